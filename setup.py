@@ -1,0 +1,41 @@
+"""rtfm-sim: a camera simulator for robotics whose camera is a learned frame model."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rtfm-env",
+    version="0.1.0",
+    description="Camera simulator for robotics whose camera is a learned posed-frame model",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rtfm_env", "rtfm_env.*"]),
+    include_package_data=True,
+    package_data={"rtfm_env": ["py.typed"]},
+    install_requires=[
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "torch==2.13.0",
+        "gymnasium>=1.0,<2",
+        "miniworld==2.1.0",
+        "pyglet>=1.5,<2",
+        "transforms3d>=0.4",
+        "safetensors>=0.4",
+        "scikit-image>=0.22",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "imageio>=2.30",
+        "imageio-ffmpeg>=0.5",
+    ],
+    extras_require={
+        "rl": ["stable-baselines3>=2.3"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6.100",
+            "psutil>=5.9",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={"console_scripts": ["rtfm-env = rtfm_env.cli:main"]},
+)
