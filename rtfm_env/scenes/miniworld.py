@@ -1,0 +1,759 @@
+"""MiniWorld as a :class:`~rtfm_env.scenes.base.Scene`.
+
+A :class:`MiniWorldScene` wraps one MiniWorld env: ``reset(seed)`` builds MiniWorld's layout
+for that seed, :meth:`MiniWorldScene.move` applies discrete actions or velocity commands with
+MiniWorld's own collision test (``env.intersect`` with the agent's radius), and
+:meth:`MiniWorldScene.render` draws the ground truth from any roll-free camera-to-world pose by
+placing MiniWorld's agent camera there. For planning and metrics the scene rasterises the same
+collision test into a free-space grid and runs Dijkstra over it (16-connected, no corner
+cutting) for geodesic distances and shortest paths.
+
+MiniWorld envs are expensive to create and leak GL memory even after ``close()``, so they live
+in a module-level pool keyed by (env id, width, height): a scene acquires an env of its own
+(two live scenes never share one) and returns it on :meth:`MiniWorldScene.close` (or when it
+is garbage collected) for the next scene to ``reset(seed=...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import itertools
+import math
+import threading
+import types
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import gymnasium as gym
+import miniworld  # noqa: F401  (registers the MiniWorld-* ids with Gymnasium)
+import numpy as np
+from miniworld.miniworld import MiniWorldEnv
+from miniworld.opengl import FrameBuffer
+from pyglet import gl
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
+
+from rtfm_env.geometry import (
+    DiscreteAction,
+    Intrinsics,
+    KinematicsConfig,
+    RobotState,
+    angle_difference,
+    apply_discrete,
+    apply_velocity,
+    pose_to_state,
+)
+from rtfm_env.scenes.base import Action, Scene, TopDownMap
+
+__all__ = ["MiniWorldScene", "miniworld_env_ids", "resolve_env_id", "pool_stats"]
+
+MAP_PIXELS = 512  # pixels, side of the frame buffer the top-down map image is rendered into
+MAX_SUBSTEP = 0.05  # metres between collision checks along one move (robot radius is 0.4 m)
+MAX_RENDER_PITCH = math.radians(89.0)  # radians; MiniWorld's look-at camera degenerates at +-90
+ROLL_TOLERANCE = 1e-6  # |y component| of the camera's x axis accepted as "no roll"
+INSIDE_TOLERANCE = 1e-9  # metres; a point on a room's edge counts as inside (portals are edges)
+FIELD_CACHE_SIZE = 16  # distance fields (one per goal cell) kept per layout
+GOAL_TRIES = 32  # candidate goals checked against geodesic_distance in sample_goal
+Z_NEAR, Z_FAR = 0.04, 100.0  # metres, MiniWorld's perspective clip planes (render_obs)
+
+
+# --------------------------------------------------------------------------------------
+# Env ids
+# --------------------------------------------------------------------------------------
+
+
+def miniworld_env_ids() -> tuple[str, ...]:
+    """All MiniWorld env ids registered with Gymnasium, sorted."""
+    return tuple(sorted(k for k in gym.registry if k.startswith("MiniWorld-")))
+
+
+def resolve_env_id(name: str) -> str:
+    """Full MiniWorld env id for a full id (``"MiniWorld-Maze-v0"``) or a short name (``"Maze"``).
+
+    Raises:
+        ValueError: if ``name`` names no registered MiniWorld env; the message lists the valid ids.
+    """
+    ids = miniworld_env_ids()
+    if isinstance(name, str):
+        if name in ids:
+            return name
+        if f"MiniWorld-{name}-v0" in ids:
+            return f"MiniWorld-{name}-v0"
+    raise ValueError(f"unknown MiniWorld env id {name!r}; valid ids: {', '.join(ids)}")
+
+
+# --------------------------------------------------------------------------------------
+# The env pool
+# --------------------------------------------------------------------------------------
+
+
+def _compile_static(self: MiniWorldEnv) -> None:
+    """``MiniWorldEnv._render_static``, compiled into this env's own display list.
+
+    MiniWorld compiles every env's static geometry into display list 1, but pyglet shares one
+    GL object space between all its contexts, so the env reset last would overwrite what every
+    other live env draws. Bound to each pooled env in place of the original.
+    """
+    gl.glNewList(self._rtfm_display_list, gl.GL_COMPILE)
+    # The same expressions as MiniWorld's, so lighting matches its own renders exactly.
+    gl.glLightfv(gl.GL_LIGHT0, gl.GL_POSITION, (gl.GLfloat * 4)(*self.light_pos + [1]))
+    gl.glLightfv(gl.GL_LIGHT0, gl.GL_AMBIENT, (gl.GLfloat * 4)(*self.light_ambient))
+    gl.glLightfv(gl.GL_LIGHT0, gl.GL_DIFFUSE, (gl.GLfloat * 4)(*self.light_color))
+    gl.glEnable(gl.GL_LIGHTING)
+    gl.glEnable(gl.GL_LIGHT0)
+    gl.glShadeModel(gl.GL_SMOOTH)
+    gl.glEnable(gl.GL_COLOR_MATERIAL)
+    gl.glColorMaterial(gl.GL_FRONT_AND_BACK, gl.GL_AMBIENT_AND_DIFFUSE)
+    gl.glEnable(gl.GL_TEXTURE_2D)
+    for room in self.rooms:
+        room._render()
+    for ent in self.entities:
+        if ent.is_static:
+            ent.render()
+    gl.glEndList()
+
+
+def _render_world(self: MiniWorldEnv, frame_buffer: FrameBuffer, render_agent: bool) -> np.ndarray:
+    """``MiniWorldEnv._render_world`` drawing this env's own display list (see :func:`_compile_static`)."""
+    gl.glCallList(self._rtfm_display_list)
+    for ent in self.entities:
+        if not ent.is_static and ent is not self.agent:
+            ent.render()
+    if render_agent:
+        self.agent.render()
+    return frame_buffer.resolve()
+
+
+def _make_env(env_id: str, width: int, height: int) -> MiniWorldEnv:
+    # MiniWorld prints a line whenever the GL driver lowers the multisample count.
+    with contextlib.redirect_stdout(io.StringIO()):
+        env = gym.make(
+            env_id,
+            obs_width=width,
+            obs_height=height,
+            window_width=MAP_PIXELS,
+            window_height=MAP_PIXELS,
+            disable_env_checker=True,
+        ).unwrapped
+    env.domain_rand = False
+    env.shadow_window.switch_to()
+    env._rtfm_display_list = int(gl.glGenLists(1))
+    env._render_static = types.MethodType(_compile_static, env)
+    env._render_world = types.MethodType(_render_world, env)
+    return env
+
+
+class _EnvPool:
+    """Idle MiniWorld envs by (env id, width, height), handed to one scene at a time."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int, int], list[MiniWorldEnv]] = {}
+        self._created: dict[tuple[str, int, int], int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: tuple[str, int, int]) -> MiniWorldEnv:
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop()
+            self._created[key] = self._created.get(key, 0) + 1
+        return _make_env(*key)
+
+    def release(self, key: tuple[str, int, int], env: MiniWorldEnv) -> None:
+        with self._lock:
+            self._idle.setdefault(key, []).append(env)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            keys = set(self._created) | set(self._idle)
+            return {
+                f"{k[0]}@{k[1]}x{k[2]}": {"created": self._created.get(k, 0), "idle": len(self._idle.get(k, []))}
+                for k in sorted(keys)
+            }
+
+
+_POOL = _EnvPool()
+
+
+def pool_stats() -> dict[str, dict[str, int]]:
+    """Envs created so far and idle now, per ``"<env id>@<width>x<height>"``."""
+    return _POOL.stats()
+
+
+# --------------------------------------------------------------------------------------
+# Free space
+# --------------------------------------------------------------------------------------
+
+#: Grid moves (d_row, d_col) and the cells the straight line between the two cell centres
+#: passes through; a move is allowed only where those are free too, so paths never cut corners.
+#: Knight moves make the grid 16-connected: distances err by at most ~2.7% instead of 8.2%.
+_MOVES: tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...] = (
+    (0, 1, ()),
+    (1, 0, ()),
+    (1, 1, ((0, 1), (1, 0))),
+    (1, -1, ((0, -1), (1, 0))),
+    (1, 2, ((0, 1), (1, 1))),
+    (2, 1, ((1, 0), (1, 1))),
+    (1, -2, ((0, -1), (1, -1))),
+    (2, -1, ((1, 0), (1, -1))),
+)
+
+
+def _room_edges(env: MiniWorldEnv) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every room's edge start points (E, 2), inward normals (E, 2) and per-room edge offsets."""
+    points = np.concatenate([r.outline[:, [0, 2]] for r in env.rooms])
+    normals = np.concatenate([r.edge_norms[:, [0, 2]] for r in env.rooms])
+    starts = np.cumsum([0] + [r.num_walls for r in env.rooms[:-1]])
+    return points, normals, starts
+
+
+def _inside_any_room(edges: tuple[np.ndarray, np.ndarray, np.ndarray], x: float, z: float) -> bool:
+    """MiniWorld's ``Room.point_inside`` for all rooms at once, with the boundary counted as inside."""
+    points, normals, starts = edges
+    dots = (x - points[:, 0]) * normals[:, 0] + (z - points[:, 1]) * normals[:, 1]
+    inside = np.minimum.reduceat((dots >= -INSIDE_TOLERANCE).astype(np.int8), starts)
+    return bool(inside.any())
+
+
+def _span(centres: np.ndarray, lo: float, hi: float) -> slice:
+    """Indices of sorted ``centres`` within [lo, hi] (widened by a hair)."""
+    i0 = int(np.searchsorted(centres, lo - 1e-6, side="left"))
+    i1 = int(np.searchsorted(centres, hi + 1e-6, side="right"))
+    return slice(i0, i1)
+
+
+def _rasterise_free(env: MiniWorldEnv, radius: float, cell: float) -> tuple[np.ndarray, float, float]:
+    """Free-space grid of a MiniWorld layout: cell centres where the robot's centre may stand.
+
+    The predicate is the one :meth:`MiniWorldScene.is_free` evaluates exactly (inside a room,
+    no wall segment closer than ``radius``, no entity closer than ``radius`` + its radius),
+    written with the same formulas as MiniWorld's ``intersect``. Each room, wall and entity
+    only touches the cells of its bounding box, so the cost is the covered area, not rooms x cells.
+
+    Returns:
+        (free (rows, cols) bool, origin_x, origin_z): cell (i, j) is centred at
+        (origin_x + (j + 0.5) * cell, origin_z + (i + 0.5) * cell).
+    """
+    origin_x = math.floor(env.min_x / cell) * cell - cell
+    origin_z = math.floor(env.min_z / cell) * cell - cell
+    cols = int(math.ceil((env.max_x - origin_x) / cell)) + 1
+    rows = int(math.ceil((env.max_z - origin_z) / cell)) + 1
+    xs = origin_x + (np.arange(cols) + 0.5) * cell
+    zs = origin_z + (np.arange(rows) + 0.5) * cell
+
+    inside = np.zeros((rows, cols), dtype=bool)
+    for room in env.rooms:
+        rs, cs = _span(zs, room.min_z, room.max_z), _span(xs, room.min_x, room.max_x)
+        px, pz = xs[None, cs], zs[rs, None]
+        ok = np.ones((len(zs[rs]), len(xs[cs])), dtype=bool)
+        for (vx, _, vz), (nx, _, nz) in zip(room.outline, room.edge_norms, strict=True):
+            ok &= (px - vx) * nx + (pz - vz) * nz >= -INSIDE_TOLERANCE
+        inside[rs, cs] |= ok
+
+    blocked = np.zeros((rows, cols), dtype=bool)
+    for seg in env.wall_segs:
+        (ax, _, az), (bx, _, bz) = seg
+        rs = _span(zs, min(az, bz) - radius, max(az, bz) + radius)
+        cs = _span(xs, min(ax, bx) - radius, max(ax, bx) + radius)
+        px, pz = xs[None, cs], zs[rs, None]
+        abx, abz = bx - ax, bz - az
+        ab2 = abx * abx + abz * abz
+        t = np.clip(((px - ax) * abx + (pz - az) * abz) / ab2, 0.0, 1.0) if ab2 > 0 else np.zeros_like(px + pz)
+        dist = np.hypot(ax + t * abx - px, az + t * abz - pz)
+        blocked[rs, cs] |= dist < radius
+    for ent in env.entities:
+        if ent is env.agent:
+            continue
+        reach = radius + ent.radius
+        ex, _, ez = ent.pos
+        rs, cs = _span(zs, ez - reach, ez + reach), _span(xs, ex - reach, ex + reach)
+        blocked[rs, cs] |= np.hypot(xs[None, cs] - ex, zs[rs, None] - ez) < reach
+    return inside & ~blocked, origin_x, origin_z
+
+
+class _FreeSpace:
+    """A free-space grid with a 16-connected graph over its free cells and cached distance fields."""
+
+    def __init__(self, free: np.ndarray, origin_x: float, origin_z: float, cell: float) -> None:
+        self.free = free
+        self.origin_x, self.origin_z, self.cell = origin_x, origin_z, cell
+        rows, cols = free.shape
+        self.node = np.full(free.shape, -1, dtype=np.int64)
+        self.num_nodes = int(free.sum())
+        self.node[free] = np.arange(self.num_nodes)
+        self.node_row, self.node_col = np.nonzero(free)
+        if self.num_nodes:
+            # For every cell, the index of the nearest free cell: points in walls snap there.
+            _, self.nearest = ndimage.distance_transform_edt(~free, return_indices=True)
+        self.graph = self._build_graph()
+        self._fields: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def _build_graph(self) -> sparse.csr_matrix:
+        rows, cols = self.free.shape
+        pad = 2
+        free_p = np.pad(self.free, pad, constant_values=False)
+        node_p = np.pad(self.node, pad, constant_values=-1)
+
+        def shifted(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
+            return a[pad + dr : pad + dr + rows, pad + dc : pad + dc + cols]
+
+        src, dst, weight = [], [], []
+        for dr, dc, via in _MOVES:
+            ok = self.free & shifted(free_p, dr, dc)
+            for vr, vc in via:
+                ok &= shifted(free_p, vr, vc)
+            src.append(self.node[ok])
+            dst.append(shifted(node_p, dr, dc)[ok])
+            weight.append(np.full(int(ok.sum()), self.cell * math.hypot(dr, dc)))
+        n = self.num_nodes
+        return sparse.csr_matrix((np.concatenate(weight), (np.concatenate(src), np.concatenate(dst))), shape=(n, n))
+
+    def snap(self, xz: np.ndarray) -> int | None:
+        """Graph node of the free cell containing ``xz``, or of the nearest free cell; None if none is free."""
+        if not self.num_nodes:
+            return None
+        rows, cols = self.free.shape
+        r = min(max(int(math.floor((xz[1] - self.origin_z) / self.cell)), 0), rows - 1)
+        c = min(max(int(math.floor((xz[0] - self.origin_x) / self.cell)), 0), cols - 1)
+        if not self.free[r, c]:
+            r, c = int(self.nearest[0, r, c]), int(self.nearest[1, r, c])
+        return int(self.node[r, c])
+
+    def centre(self, node: int | np.ndarray) -> np.ndarray:
+        """World (x, z) of the centre of node(s): (2,) or (N, 2)."""
+        x = self.origin_x + (self.node_col[node] + 0.5) * self.cell
+        z = self.origin_z + (self.node_row[node] + 0.5) * self.cell
+        return np.stack([x, z], axis=-1).astype(np.float64)
+
+    def cell_is_free(self, xz: np.ndarray) -> np.ndarray:
+        """Whether the cells containing points (N, 2) are free (False outside the grid)."""
+        c = np.floor((xz[:, 0] - self.origin_x) / self.cell).astype(np.int64)
+        r = np.floor((xz[:, 1] - self.origin_z) / self.cell).astype(np.int64)
+        rows, cols = self.free.shape
+        ok = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+        out = np.zeros(len(xz), dtype=bool)
+        out[ok] = self.free[r[ok], c[ok]]
+        return out
+
+    def line_of_sight(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether every cell the straight segment a-b crosses is free (sampled every quarter cell)."""
+        n = int(math.ceil(float(np.hypot(*(b - a))) / (0.25 * self.cell))) + 1
+        t = np.linspace(0.0, 1.0, max(n, 2))[:, None]
+        return bool(self.cell_is_free(a + t * (b - a)).all())
+
+    def field(self, goal: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distances (metres) from every node to ``goal`` and each node's next node towards it."""
+        if goal in self._fields:
+            self._fields.move_to_end(goal)
+            return self._fields[goal]
+        dist, pred = csgraph.dijkstra(self.graph, directed=False, indices=goal, return_predecessors=True)
+        self._fields[goal] = (dist, pred)
+        if len(self._fields) > FIELD_CACHE_SIZE:
+            self._fields.popitem(last=False)
+        return dist, pred
+
+    def path(self, start: int, goal: int) -> list[int] | None:
+        """Nodes from ``start`` to ``goal`` along the graph, or None if unreachable."""
+        dist, pred = self.field(goal)
+        if not np.isfinite(dist[start]):
+            return None
+        nodes = [start]
+        while nodes[-1] != goal:
+            nodes.append(int(pred[nodes[-1]]))
+        return nodes
+
+
+# --------------------------------------------------------------------------------------
+# The scene
+# --------------------------------------------------------------------------------------
+
+
+def _check_xz(p: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(p, dtype=np.float64)
+    if arr.shape != (2,):
+        raise ValueError(f"{name} must be a floor point (x, z) of shape (2,), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values: {arr.tolist()}")
+    return arr
+
+
+def _check_rng(rng: np.random.Generator) -> np.random.Generator:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    return rng
+
+
+class MiniWorldScene(Scene):
+    """A MiniWorld env as a scene: seeded layouts, collision-aware motion, ground-truth frames.
+
+    Args:
+        env_id: a MiniWorld env id (``"MiniWorld-Maze-v0"``) or its short name (``"Maze"``).
+        width: rendered image width, pixels.
+        height: rendered image height, pixels.
+        fov_y: vertical field of view of rendered images, degrees.
+        kinematics: step sizes of the discrete actions and the pitch limit.
+        cell: metres per cell of the free-space grid used for geodesic distance and sampling.
+        cam_height: metres above the floor of the camera in states returned by :meth:`reset`
+            and :meth:`sample_free_state`.
+
+    Attributes:
+        intrinsics: the pinhole intrinsics of :meth:`render`.
+        env_id: the full MiniWorld env id.
+        seed: the seed of the current layout, None before the first :meth:`reset`.
+        radius: the robot's radius in metres (MiniWorld's agent radius).
+
+    Raises:
+        ValueError: an unknown env id (the message lists the valid ids) or a bad size, field
+            of view, cell or camera height.
+    """
+
+    def __init__(
+        self,
+        env_id: str = "MiniWorld-OneRoom-v0",
+        width: int = 64,
+        height: int = 64,
+        fov_y: float = 60.0,
+        kinematics: KinematicsConfig = KinematicsConfig(),  # noqa: B008 (frozen dataclass)
+        cell: float = 0.1,
+        cam_height: float = 1.5,
+    ) -> None:
+        self.env_id = resolve_env_id(env_id)
+        for name, val in (("width", width), ("height", height)):
+            if isinstance(val, bool) or not isinstance(val, int | np.integer) or val <= 0:
+                raise ValueError(f"{name} must be a positive integer number of pixels, got {val!r}")
+        self.intrinsics = Intrinsics(int(width), int(height), float(fov_y))
+        if not isinstance(kinematics, KinematicsConfig):
+            raise TypeError(f"kinematics must be a KinematicsConfig, got {type(kinematics).__name__}")
+        if not (math.isfinite(float(cell)) and 0.0 < float(cell) <= 1.0):
+            raise ValueError(f"cell must be in (0, 1] metres, got {cell!r}")
+        if not (math.isfinite(float(cam_height)) and float(cam_height) > 0.0):
+            raise ValueError(f"cam_height must be a positive number of metres, got {cam_height!r}")
+        self.kinematics = kinematics
+        self.cell = float(cell)  # metres per free-space grid cell
+        self.cam_height = float(cam_height)  # metres
+        self.seed: int | None = None
+        key = (self.env_id, int(width), int(height))
+        self._env: MiniWorldEnv | None = _POOL.acquire(key)
+        # Hand the env back to the pool on close() or, if the user never calls it, on collection.
+        self._release = weakref.finalize(self, _POOL.release, key, self._env)
+        self.radius = float(self._env.agent.radius)  # metres
+        self._start: RobotState | None = None
+        self._edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._free_space: _FreeSpace | None = None
+        self._map_image: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        w, h = self.intrinsics.width, self.intrinsics.height
+        state = "closed" if self._env is None else f"seed={self.seed}"
+        return f"MiniWorldScene({self.env_id!r}, {w}x{h}, fov_y={self.intrinsics.fov_y}, {state})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def miniworld_env(self) -> MiniWorldEnv:
+        """The (unwrapped) MiniWorld env this scene holds; its agent is moved by every render."""
+        if self._env is None:
+            raise RuntimeError(f"{self!r} is closed")
+        return self._env
+
+    def _layout_env(self) -> MiniWorldEnv:
+        env = self.miniworld_env
+        if self.seed is None:
+            raise RuntimeError(f"{self!r} has no layout yet: call reset(seed) first")
+        return env
+
+    def reset(self, seed: int) -> RobotState:
+        """Build MiniWorld's layout for ``seed`` and return MiniWorld's own start placement.
+
+        The same seed gives the same world and bit-identical renders, in any scene of this id
+        and resolution. The start state has the agent's position and heading (``dir`` as yaw),
+        camera height ``cam_height`` and zero pitch.
+        """
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        env = self.miniworld_env
+        env.shadow_window.switch_to()
+        env.reset(seed=int(seed))
+        self.seed = int(seed)
+        self._edges = _room_edges(env)
+        self._free_space = None
+        self._map_image = None
+        x, _, z = env.agent.pos
+        yaw = float(angle_difference(float(env.agent.dir), 0.0))
+        self._start = RobotState(float(x), float(z), yaw, self.cam_height, 0.0)
+        return self._start
+
+    @property
+    def start_state(self) -> RobotState:
+        """The state :meth:`reset` returned for the current layout."""
+        self._layout_env()
+        return self._start
+
+    def close(self) -> None:
+        """Return the MiniWorld env to the pool; the scene cannot be used afterwards. Idempotent."""
+        self._release()
+        self._env = None
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def _place_camera(self, pose: np.ndarray) -> MiniWorldEnv:
+        """Put MiniWorld's agent camera exactly at ``pose`` (validated)."""
+        env = self._layout_env()
+        state = pose_to_state(pose)
+        pose = np.asarray(pose, dtype=np.float64)
+        if abs(pose[1, 0]) > ROLL_TOLERANCE:
+            raise ValueError(
+                f"pose has a roll (camera x axis has y component {pose[1, 0]:.3g}); MiniWorld's camera keeps "
+                "the horizon level, so only poses from camera_pose(x, z, yaw, height, pitch) can be rendered"
+            )
+        if abs(state.pitch) > MAX_RENDER_PITCH:
+            raise ValueError(
+                f"pose pitch {math.degrees(state.pitch):.2f} deg is beyond +-{math.degrees(MAX_RENDER_PITCH):.0f} deg, "
+                "where MiniWorld's look-at camera is undefined"
+            )
+        agent = env.agent
+        agent.pos = np.array([state.x, 0.0, state.z])
+        agent.dir = state.yaw
+        agent.cam_height = state.cam_height
+        agent.cam_pitch = math.degrees(state.pitch)  # MiniWorld stores pitch in degrees
+        agent.cam_fwd_disp = 0.0  # the camera centre is the pose's translation, not ahead of it
+        agent.cam_fov_y = self.intrinsics.fov_y
+        return env
+
+    def render(self, pose: np.ndarray) -> np.ndarray:
+        """Ground-truth RGB (H, W, 3) uint8 from a camera-to-world pose with no roll.
+
+        Raises:
+            ValueError: a malformed pose (shape, NaN, not rigid), a rolled camera or |pitch| > 89 deg.
+        """
+        env = self._place_camera(pose)
+        return np.array(env.render_obs(), dtype=np.uint8, copy=True)
+
+    def render_depth(self, pose: np.ndarray) -> np.ndarray:
+        """Ground-truth depth (H, W) float32 in metres along the optical axis; inf where nothing is hit.
+
+        Reads the depth buffer as floats (MiniWorld's own ``render_depth`` quantises to 16 bits).
+        """
+        env = self._place_camera(pose)
+        env.render_obs()
+        fb = env.obs_fb
+        buf = np.empty((fb.height, fb.width), dtype=np.float32)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fb.final_fbo)
+        gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 1)
+        out = buf.ctypes.data_as(ctypes.POINTER(gl.GLfloat))
+        gl.glReadPixels(0, 0, fb.width, fb.height, gl.GL_DEPTH_COMPONENT, gl.GL_FLOAT, out)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        d = np.flipud(buf).astype(np.float64)  # GL rows start at the bottom
+        ndc = 2.0 * d - 1.0
+        depth = 2.0 * Z_FAR * Z_NEAR / ((Z_FAR + Z_NEAR) - ndc * (Z_FAR - Z_NEAR))
+        depth[d >= 1.0] = np.inf
+        return depth.astype(np.float32)
+
+    # -- motion ----------------------------------------------------------------------------
+
+    def _free_at(self, x: float, z: float) -> bool:
+        env = self._env
+        if not _inside_any_room(self._edges, x, z):
+            return False
+        return not env.intersect(env.agent, np.array([x, 0.0, z]), self.radius)
+
+    def is_free(self, x: float, z: float) -> bool:
+        """True where the robot's centre may stand: inside a room, clear of walls and entities by its radius."""
+        self._layout_env()
+        x, z = float(x), float(z)
+        if not (math.isfinite(x) and math.isfinite(z)):
+            raise ValueError(f"is_free needs finite coordinates, got ({x}, {z})")
+        return self._free_at(x, z)
+
+    def move(self, state: RobotState, action: Action) -> tuple[RobotState, bool]:
+        """Apply a discrete action id or a ``(v [m/s], omega [rad/s], dt [s])`` command with collisions.
+
+        The translation is checked every ``MAX_SUBSTEP`` metres along its path, so no command
+        can tunnel through a wall. If any point is blocked the robot keeps its position (turns
+        and pitch changes still apply) and ``collided`` is True.
+
+        Raises:
+            ValueError: an unknown discrete id, a non-integer id, or a NaN/inf/negative-dt command.
+        """
+        self._layout_env()
+        if not isinstance(state, RobotState):
+            raise TypeError(f"state must be a RobotState, got {type(state).__name__}")
+        if isinstance(action, Sequence | np.ndarray) and np.ndim(action) == 1:
+            if len(action) != 3:
+                raise ValueError(f"a continuous action is (v, omega, dt), got {len(action)} values: {action!r}")
+            v, omega, dt = (float(a) for a in action)
+            target = apply_velocity(state, v, omega, dt)
+            # Past one full turn an arc only revisits points already checked.
+            horizon = dt if abs(omega) < 1e-9 else min(dt, 2.0 * math.pi / abs(omega))
+            if not math.isfinite(abs(v) * horizon):
+                raise ValueError(f"velocity command travels an infinite distance: v={v}, dt={dt}")
+            n = max(1, math.ceil(abs(v) * horizon / MAX_SUBSTEP))
+            substates = (apply_velocity(state, v, omega, horizon * k / n) for k in range(1, n + 1))
+            points = itertools.chain(((s.x, s.z) for s in substates), [(target.x, target.z)])
+        else:
+            target = apply_discrete(state, self._check_discrete(action), self.kinematics)
+            target = target.replace(x=float(target.x), z=float(target.z))
+            n = max(1, math.ceil(math.hypot(target.x - state.x, target.z - state.z) / MAX_SUBSTEP))
+            dx, dz = target.x - state.x, target.z - state.z
+            points = ((state.x + dx * k / n, state.z + dz * k / n) for k in range(1, n + 1))
+        if (target.x, target.z) == (state.x, state.z):
+            return target, False
+        # Lazily, so a long command stops at the first blocked point.
+        if all(self._free_at(x, z) for x, z in points):
+            return target, False
+        return target.replace(x=state.x, z=state.z), True
+
+    @staticmethod
+    def _check_discrete(action: object) -> int:
+        names = dict(enumerate(DiscreteAction.NAMES))
+        if isinstance(action, bool) or not (
+            isinstance(action, int | np.integer)
+            or (isinstance(action, np.ndarray) and action.ndim == 0 and np.issubdtype(action.dtype, np.integer))
+        ):
+            raise ValueError(f"a discrete action must be an integer id, got {action!r}; valid: {names}")
+        a = int(action)
+        if a not in names:
+            raise ValueError(f"unknown discrete action {a}; valid: {names}")
+        return a
+
+    # -- free space and distances ----------------------------------------------------------
+
+    def _grid(self) -> _FreeSpace:
+        env = self._layout_env()
+        if self._free_space is None:
+            free, ox, oz = _rasterise_free(env, self.radius, self.cell)
+            self._free_space = _FreeSpace(free, ox, oz, self.cell)
+        return self._free_space
+
+    def geodesic_distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Shortest free-space path length in metres between floor points (x, z); inf if none.
+
+        Exactly the Euclidean distance where the straight segment crosses only free cells;
+        otherwise the 16-connected grid distance between the points' cells (never below the
+        Euclidean distance). Points in occupied cells use the nearest free cell. The distance
+        field of each goal cell is cached, so repeated queries to one goal cost O(1).
+        """
+        a, b = _check_xz(a, "a"), _check_xz(b, "b")
+        fs = self._grid()
+        na, nb = fs.snap(a), fs.snap(b)
+        if na is None or nb is None:
+            return math.inf
+        euclid = float(np.hypot(*(b - a)))
+        if fs.line_of_sight(a, b):
+            return euclid
+        d = float(fs.field(nb)[0][na])
+        return max(d, euclid) if math.isfinite(d) else math.inf
+
+    def shortest_path(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Waypoints (N, 2) of floor points (x, z) from ``a`` to ``b``; (0, 2) if unreachable.
+
+        The grid path is shortened greedily: a waypoint is dropped while the segment from the
+        previous kept one to the next crosses only free cells. Endpoints in occupied cells are
+        replaced by the nearest free cell's centre.
+        """
+        a, b = _check_xz(a, "a"), _check_xz(b, "b")
+        fs = self._grid()
+        na, nb = fs.snap(a), fs.snap(b)
+        if na is None or nb is None:
+            return np.zeros((0, 2))
+        nodes = fs.path(na, nb)
+        if nodes is None:
+            return np.zeros((0, 2))
+        points = fs.centre(np.asarray(nodes))
+        if fs.cell_is_free(a[None])[0]:
+            points[0] = a
+        if fs.cell_is_free(b[None])[0]:
+            points[-1] = b
+        kept = [points[0]]
+        for i in range(1, len(points) - 1):
+            if not fs.line_of_sight(kept[-1], points[i + 1]):
+                kept.append(points[i])
+        if len(points) > 1:
+            kept.append(points[-1])
+        return np.stack(kept)
+
+    def top_down_map(self) -> TopDownMap:
+        """The free-space grid and MiniWorld's top view of the same extent (without the agent)."""
+        fs = self._grid()
+        if self._map_image is None:
+            self._map_image = self._render_map(fs)
+        return TopDownMap(
+            free=fs.free.copy(),
+            origin_x=fs.origin_x,
+            origin_z=fs.origin_z,
+            cell=fs.cell,
+            image=self._map_image.copy(),
+        )
+
+    def _render_map(self, fs: _FreeSpace) -> np.ndarray:
+        env = self._env
+        img, scale = env.render_top_view(env.vis_fb, render_agent=False, return_scale=True)
+        rows, cols = fs.free.shape
+        # The top view maps x to columns and z to rows (row 0 at the smallest z), like the grid.
+        c0 = round(scale["x_offset"] + fs.origin_x * scale["x_scale"])
+        c1 = round(scale["x_offset"] + (fs.origin_x + cols * fs.cell) * scale["x_scale"])
+        r0 = round(scale["z_offset"] + fs.origin_z * scale["z_scale"])
+        r1 = round(scale["z_offset"] + (fs.origin_z + rows * fs.cell) * scale["z_scale"])
+        h, w = img.shape[:2]
+        return np.ascontiguousarray(img[max(r0, 0) : min(r1, h), max(c0, 0) : min(c1, w)])
+
+    def sample_free_state(self, rng: np.random.Generator) -> RobotState:
+        """A random free state reachable from the start: uniform over those cells, random yaw.
+
+        Restricting to the start's connected free space keeps the robot out of pockets it
+        could never leave (e.g. between two boxes and a wall). Height ``cam_height``, pitch 0.
+        """
+        rng = _check_rng(rng)
+        fs = self._grid()
+        start = fs.snap(np.array([self._start.x, self._start.z]))
+        if start is None:
+            raise RuntimeError(f"{self!r} has no free space at the resolution cell={self.cell}")
+        reachable = np.flatnonzero(np.isfinite(fs.field(start)[0]))
+        for _ in range(GOAL_TRIES):
+            x, z = fs.centre(int(rng.choice(reachable))) + rng.uniform(-0.5, 0.5, size=2) * self.cell
+            if self._free_at(float(x), float(z)):
+                break
+        else:
+            x, z = fs.centre(start)
+        yaw = float(rng.uniform(-math.pi, math.pi))
+        return RobotState(float(x), float(z), yaw, self.cam_height, 0.0)
+
+    def sample_goal(self, rng: np.random.Generator, start_xz: np.ndarray, min_d: float, max_d: float) -> np.ndarray:
+        """A free floor point (x, z) reachable from ``start_xz`` at geodesic distance in [min_d, max_d].
+
+        Where the layout has no such point the range is clipped to what it allows: the goal is
+        then drawn from the reachable cells whose distance is nearest the range (e.g. the
+        farthest ones when the whole reachable space is closer than ``min_d``).
+
+        Raises:
+            ValueError: a bad range, or no free point other than the start is reachable.
+        """
+        rng = _check_rng(rng)
+        start = _check_xz(start_xz, "start_xz")
+        min_d, max_d = float(min_d), float(max_d)
+        if not (math.isfinite(min_d) and math.isfinite(max_d) and 0.0 <= min_d <= max_d):
+            raise ValueError(f"need finite 0 <= min_d <= max_d, got min_d={min_d}, max_d={max_d}")
+        fs = self._grid()
+        ns = fs.snap(start)
+        dist = fs.field(ns)[0] if ns is not None else np.zeros(0)
+        reachable = np.isfinite(dist) & (dist > 0.0)
+        if not reachable.any():
+            raise ValueError(f"no free point is reachable from {start.tolist()} in {self!r}")
+        gap = np.maximum(np.maximum(min_d - dist, dist - max_d), 0.0)
+        best = float(gap[reachable].min())
+        candidates = np.flatnonzero(reachable & (gap <= best + self.cell))
+        # The grid distance of a candidate and geodesic_distance (exact where the way is straight)
+        # differ by up to a few percent, so keep the draw whose geodesic distance fits best.
+        goal, goal_gap = fs.centre(int(candidates[0])), math.inf
+        for _ in range(GOAL_TRIES):
+            g = fs.centre(int(rng.choice(candidates)))
+            d = self.geodesic_distance(start, g)
+            g_gap = max(min_d - d, d - max_d, 0.0)
+            if g_gap < goal_gap:
+                goal, goal_gap = g, g_gap
+            if goal_gap <= best:
+                break
+        return goal
