@@ -461,6 +461,14 @@ def test_shortest_path_is_free_and_as_long_as_the_geodesic(make_scene):
         assert length == pytest.approx(scene.geodesic_distance(a, b), rel=0.05)
 
 
+def test_shortest_path_within_one_cell_joins_the_two_points(make_scene):
+    """Two points in one grid cell: the path is the straight segment between them."""
+    scene = make_scene("OneRoom", seed=5)
+    a, b = np.array([5.01, 5.01]), np.array([5.04, 5.03])
+    np.testing.assert_array_equal(scene.shortest_path(a, b), np.stack([a, b]))
+    assert scene.geodesic_distance(a, b) == pytest.approx(np.linalg.norm(b - a))
+
+
 def test_unreachable_points_give_inf_and_an_empty_path(make_scene):
     """Points in separate free components are infinitely far apart with no path between them."""
     scene = make_scene("OneRoom", seed=0)

@@ -714,7 +714,7 @@ class MiniWorldScene(Scene):
         nodes = fs.path(na, nb)
         if nodes is None:
             return np.zeros((0, 2))
-        points = fs.centre(np.asarray(nodes))
+        points = fs.centre(np.asarray(nodes if len(nodes) > 1 else nodes * 2))
         if fs.cell_is_free(a[None])[0]:
             points[0] = a
         if fs.cell_is_free(b[None])[0]:
@@ -723,8 +723,7 @@ class MiniWorldScene(Scene):
         for i in range(1, len(points) - 1):
             if not fs.line_of_sight(kept[-1], points[i + 1]):
                 kept.append(points[i])
-        if len(points) > 1:
-            kept.append(points[-1])
+        kept.append(points[-1])
         return np.stack(kept)
 
     def top_down_map(self) -> TopDownMap:
