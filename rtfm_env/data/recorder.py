@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -49,6 +50,9 @@ from rtfm_env.data.shards import (
 )
 from rtfm_env.data.trajectories import TRAJECTORY_KINDS, rollout
 from rtfm_env.geometry import Intrinsics, KinematicsConfig
+
+if TYPE_CHECKING:  # importing rtfm_env.scenes loads MiniWorld and its OpenGL context
+    from rtfm_env.scenes.base import Scene
 
 __all__ = [
     "RecordConfig",
@@ -78,14 +82,14 @@ class RecordConfig:
         metadata=_opt("env ids (MiniWorld-Maze-v0) or short names (Maze); default: every id of the split",
                       nargs="+", metavar="ID"),
     )
-    episodes: int = field(default=8, metadata=_opt("episodes per env", type=int))
-    steps: int = field(default=128, metadata=_opt("frames per episode", type=int))
-    res: int = field(default=64, metadata=_opt("frame width and height, pixels", type=int))
-    fov: float = field(default=60.0, metadata=_opt("vertical field of view, degrees", type=float))
-    out: str | None = field(default=None, metadata=_opt("output directory; default: data/<split>"))
+    episodes: int = field(default=8, metadata=_opt("episodes per env", type=int, metavar="N"))
+    steps: int = field(default=128, metadata=_opt("frames per episode", type=int, metavar="T"))
+    res: int = field(default=64, metadata=_opt("frame width and height, pixels", type=int, metavar="PX"))
+    fov: float = field(default=60.0, metadata=_opt("vertical field of view, degrees", type=float, metavar="DEG"))
+    out: str | None = field(default=None, metadata=_opt("output directory; default: data/<split>", metavar="DIR"))
     split: str = field(default="train", metadata=_opt("which env ids may be recorded", choices=list(SPLITS)))
-    seed: int = field(default=0, metadata=_opt("base seed of every layout and trajectory (>= 0)", type=int))
-    episodes_per_shard: int = field(default=8, metadata=_opt("episodes per shard file", type=int))
+    seed: int = field(default=0, metadata=_opt("base seed of every layout and trajectory, >= 0", type=int, metavar="S"))
+    episodes_per_shard: int = field(default=8, metadata=_opt("episodes per shard file", type=int, metavar="N"))
     kinds: list[str] = field(
         default_factory=lambda: list(TRAJECTORY_KINDS),
         metadata=_opt("trajectory kinds, cycled through episode by episode", nargs="+",
@@ -230,7 +234,7 @@ def plan_shards(env_ids: list[str], episodes: int, episodes_per_shard: int) -> l
 
 
 def record_episode(
-    scene: object,
+    scene: Scene,
     env_id: str,
     episode: int,
     cfg: RecordConfig,
@@ -268,7 +272,7 @@ def record_episode(
     )
 
 
-def _make_scene(env_id: str, intrinsics: Intrinsics) -> object:
+def _make_scene(env_id: str, intrinsics: Intrinsics) -> Scene:
     from rtfm_env.scenes import MiniWorldScene  # loads MiniWorld: import late
 
     return MiniWorldScene(
