@@ -16,6 +16,15 @@ CFG = model_config("T", height=16, width=16, patch=4)
 INTR = Intrinsics(16, 16)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run on one thread: these tiny models are faster so, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def randomized(seed: int) -> FrameNetwork:
     """A network whose zero-initialised layers are perturbed, so outputs identify the weights."""
     net = FrameNetwork(CFG)

@@ -15,6 +15,15 @@ INTR = Intrinsics(W, H)
 TINY = nw.model_config("T", height=H, width=W, max_context=4)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run on one thread: these tiny models are faster so, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def randomized(cfg: nw.ModelConfig = TINY, seed: int = 0) -> nw.FrameNetwork:
     """A network whose zero-initialised layers are perturbed, so its output depends on everything."""
     net = nw.FrameNetwork(cfg)
@@ -140,16 +149,7 @@ def training_batch(b: int = 4, k: int = 2, size: int = 16, seed: int = 0) -> dic
     )
 
 
-@pytest.fixture
-def one_thread():
-    """Run on one thread: tiny models are faster so, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_training_loss_overfits_one_batch(one_thread):
+def test_training_loss_overfits_one_batch():
     """A tiny model memorises one small batch: the loss falls by more than half in 150 steps."""
     torch.manual_seed(0)
     net = nw.FrameNetwork(nw.model_config("T", height=16, width=16, patch=4))

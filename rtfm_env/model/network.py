@@ -422,7 +422,7 @@ class FrameNetwork(nn.Module):
             Block(d, config.heads, config.mlp_ratio, config.qk_norm) for _ in range(config.depth)
         )
         self.final_layer = FinalLayer(d, p)
-        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._pos_cache: dict[tuple[int, int, str], torch.Tensor] = {}  # fixed, so not in the state dict
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -466,10 +466,10 @@ class FrameNetwork(nn.Module):
     def _pos(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor | int:
         if not self.config.pos_embed:
             return 0
-        key = grid
+        key = (*grid, str(device))
         if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_pos_embed_2d(self.config.dim, *grid)
-        return self._pos_cache[key].to(device)  # (N, D)
+            self._pos_cache[key] = sincos_pos_embed_2d(self.config.dim, *grid).to(device)
+        return self._pos_cache[key]  # (N, D)
 
     def _embed_context(
         self, context_frames: torch.Tensor, context_rays: torch.Tensor, context_valid: torch.Tensor | None
