@@ -1,0 +1,222 @@
+"""The shared world logic of every rtfm-sim Gymnasium env: a scene, a camera and a task.
+
+:class:`RTFMEnv` owns the loop that every task shares: reset the scene's layout from the env's
+seeded generator, put the camera on the start pose, move the robot through the scene with
+collision checks, ask the camera for the frame at the new pose (through the batched
+``Camera.observe``, so a learned camera drops in), keep the :class:`~rtfm_env.envs.tasks.Episode`
+record, truncate at ``max_steps`` and render the view beside the top-down map. The task
+decides goals, rewards, termination and metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from rtfm_env import viz
+from rtfm_env.cameras import Camera, make_camera
+from rtfm_env.envs.tasks import WORLD_BOUND, Episode, Task
+from rtfm_env.geometry import DiscreteAction, RobotState
+from rtfm_env.scenes import MiniWorldScene
+from rtfm_env.scenes.base import Scene
+
+__all__ = ["RTFMEnv"]
+
+
+class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
+    """A robot in a scene, seen through a camera, doing a task (see the subclasses' docs).
+
+    Subclasses pick the task and document the env in Gymnasium's sections; this class holds
+    what all of them share. Observations are a Dict of ``rgb`` (H, W, 3) uint8 from the camera,
+    ``pose`` (4, 4) float32 camera-to-world, and the task's entries.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(
+        self,
+        task: Task,
+        scene: str = "MiniWorld-FourRooms-v0",
+        camera: str = "ground_truth",
+        resolution: int = 64,
+        fov: float = 60.0,
+        max_steps: int = 500,
+        scene_seed: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        """Build the env; arguments are documented in the subclasses' Arguments section."""
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"unknown render_mode {render_mode!r}; valid: {[None, *self.metadata['render_modes']]}")
+        if not isinstance(scene, str):
+            raise TypeError(f"scene must be a scene id string such as 'MiniWorld-FourRooms-v0', got {scene!r}")
+        if not isinstance(camera, str):
+            raise TypeError(f"camera must be a camera name such as 'ground_truth', got {camera!r}")
+        if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 8:
+            raise ValueError(f"resolution must be an integer >= 8 pixels, got {resolution!r}")
+        if not isinstance(fov, (int, float, np.number)) or not 0.0 < float(fov) < 180.0:
+            raise ValueError(f"fov must be a vertical field of view in (0, 180) degrees, got {fov!r}")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+        if scene_seed is not None and (
+            isinstance(scene_seed, bool) or not isinstance(scene_seed, (int, np.integer)) or scene_seed < 0
+        ):
+            raise ValueError(f"scene_seed must be None (a new layout every reset) or an int >= 0, got {scene_seed!r}")
+
+        self.task = task
+        self.render_mode = render_mode
+        self.resolution = int(resolution)  # pixels, square frames
+        self.fov = float(fov)  # degrees, vertical field of view
+        self.max_steps = int(max_steps)  # actions per episode before truncation
+        self.scene_seed = None if scene_seed is None else int(scene_seed)
+        self.render_height = max(256, self.resolution)  # pixels, height of render()'s composite
+
+        # The camera is built first: an unknown name then fails before a scene is acquired.
+        self.camera: Camera = make_camera(camera)
+        self.scene: Scene = MiniWorldScene(scene, width=self.resolution, height=self.resolution, fov_y=self.fov)
+
+        self.action_space = task.action_space
+        # Rotation entries lie in [-1, 1] and translations within the world; the bottom row
+        # (0, 0, 0, 1) falls inside these bounds too.
+        pose_high = np.ones((4, 4), dtype=np.float32)
+        pose_high[:, 3] = WORLD_BOUND
+        self.observation_space = spaces.Dict(
+            {
+                "rgb": spaces.Box(0, 255, shape=(self.resolution, self.resolution, 3), dtype=np.uint8),
+                "pose": spaces.Box(-pose_high, pose_high, dtype=np.float32),
+                **task.observation_spaces(),
+            }
+        )
+
+        self._episode: Episode | None = None
+        self._frame: np.ndarray | None = None
+        self._done = False
+        self._canvas: viz.MapCanvas | None = None  # the current layout's map, built on demand
+        self._closed = False
+
+    # ----------------------------------------------------------------------------------
+    # Gymnasium API
+    # ----------------------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode: a layout, the scene's start state, a task goal, the first frame.
+
+        The layout seed is ``scene_seed`` when set, else drawn from the env's generator, so
+        ``reset(seed=s)`` reproduces the world, start, goal and observations exactly.
+        """
+        if options:
+            raise ValueError(f"reset() takes no options; got {sorted(options)}")
+        super().reset(seed=seed)
+        layout_seed = self.scene_seed if self.scene_seed is not None else int(self.np_random.integers(2**31 - 1))
+        start = self.scene.reset(layout_seed)
+        self._episode = Episode(states=[start], scene_seed=layout_seed)
+        self.task.reset(self.scene, self._episode, self.np_random)
+        self._frame = self._check_frame(self.camera.reset(self.scene, start.pose()))
+        self._done = False
+        self._canvas = None
+        return self._observation(), self._info()
+
+    def step(self, action: int | np.integer) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Apply one action: move (collision-aware), observe, score, check the episode's end."""
+        if self._episode is None:
+            raise RuntimeError("step() called before reset(); call env.reset() to start an episode")
+        if self._done:
+            raise RuntimeError(
+                "step() called after the episode ended (terminated or truncated); call env.reset() first"
+            )
+        if not self.action_space.contains(action):
+            valid = ", ".join(f"{i} ({name})" for i, name in enumerate(self.task.action_names))
+            raise ValueError(
+                f"action {action!r} ({type(action).__name__}) is not in the action space {self.action_space}; "
+                f"valid actions: {valid}"
+            )
+        episode = self._episode
+        previous = episode.state
+        move = self.task.actions[int(action)]
+        state, collided = previous, False
+        if move != DiscreteAction.STOP:
+            state, collided = self.scene.move(previous, move)
+        episode.record(state, collided)
+        reward, terminated = self.task.step(self.scene, episode, int(action))
+        truncated = not terminated and episode.steps >= self.max_steps
+        self._done = terminated or truncated
+        # The same pose gives the same frame: a stop or a blocked move costs the camera nothing.
+        if state != previous:
+            self._frame = self._check_frame(self.camera.observe(state.pose()[None])[0])
+        return self._observation(), reward, terminated, truncated, self._info()
+
+    def render(self) -> np.ndarray | None:
+        """The camera view beside the top-down map (trajectory, goal, robot), uint8 (H', W', 3)."""
+        if self.render_mode is None:
+            gym.logger.warn(
+                "render() called with render_mode=None; create the env with render_mode='rgb_array' to get frames"
+            )
+            return None
+        if self._episode is None or self._frame is None:
+            raise RuntimeError("render() called before reset(); call env.reset() first")
+        if self._canvas is None:
+            self._canvas = viz.MapCanvas(self.scene.top_down_map(), height=self.render_height)
+        layer = self._canvas.draw(self._episode.states, goal=self.task.goal, goal_radius=self.task.goal_radius)
+        return viz.compose(self._frame, layer)
+
+    def close(self) -> None:
+        """Release the camera and give the scene's renderer back; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.camera.close()
+        self.scene.close()
+
+    # ----------------------------------------------------------------------------------
+    # Helpers
+    # ----------------------------------------------------------------------------------
+
+    @property
+    def episode(self) -> Episode:
+        """The record of the current episode (states, path length, collisions, steps)."""
+        if self._episode is None:
+            raise RuntimeError("no episode yet: call env.reset() first")
+        return self._episode
+
+    @property
+    def state(self) -> RobotState:
+        """The robot's current state."""
+        return self.episode.state
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        state = self.episode.state
+        pose = state.pose()
+        if np.any(np.abs(pose[:3, 3]) > WORLD_BOUND):
+            raise RuntimeError(
+                f"the robot is at {pose[:3, 3].tolist()} in scene {self.scene.env_id!r} (seed {self.scene.seed}), "
+                f"outside the +-{WORLD_BOUND} m that the observation space allows"
+            )
+        return {
+            "rgb": self._frame.copy(),
+            "pose": pose.astype(np.float32),
+            **self.task.observation(state),
+        }
+
+    def _info(self) -> dict[str, Any]:
+        episode = self.episode
+        return {
+            "steps": episode.steps,
+            "collided": episode.collided,  # whether the last move was blocked
+            "collisions": episode.collisions,
+            "path_length": float(episode.path_length),  # metres
+            "scene_seed": episode.scene_seed,
+            **self.task.metrics(self.scene, episode),
+        }
+
+    def _check_frame(self, frame: np.ndarray) -> np.ndarray:
+        expected = (self.resolution, self.resolution, 3)
+        if frame.shape != expected or frame.dtype != np.uint8:
+            raise RuntimeError(
+                f"camera {type(self.camera).__name__} returned a frame of shape {frame.shape} and dtype "
+                f"{frame.dtype}; expected {expected} uint8"
+            )
+        return frame
