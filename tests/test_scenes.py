@@ -353,6 +353,25 @@ def test_long_commands_cannot_tunnel_through_thin_walls(make_scene):
     assert crossings == 5
 
 
+@pytest.mark.parametrize("env_id", ["MiniWorld-Maze-v0", "MiniWorld-PutNext-v0", "MiniWorld-WallGap-v0"])
+def test_random_motion_never_leaves_free_space(make_scene, env_id):
+    """Hundreds of random discrete and velocity commands keep the robot in free space."""
+    scene = make_scene(env_id, seed=2)
+    rng = np.random.default_rng(5)
+    state, collisions = scene.start_state, 0
+    for _ in range(400):
+        if rng.random() < 0.5:
+            action = int(
+                rng.choice([DiscreteAction.FORWARD] * 3 + [DiscreteAction.TURN_LEFT, DiscreteAction.TURN_RIGHT])
+            )
+        else:
+            action = (float(rng.uniform(-0.5, 2.0)), float(rng.uniform(-2.0, 2.0)), float(rng.uniform(0.0, 1.5)))
+        state, collided = scene.move(state, action)
+        collisions += collided
+        assert scene.is_free(state.x, state.z)
+    assert collisions > 0  # the walk did reach walls
+
+
 @pytest.mark.parametrize(
     "action",
     [6, -1, 1.0, True, "forward", None, (float("nan"), 0.0, 1.0), (1.0, float("inf"), 1.0), (1.0, 0.0, -1.0), (1, 2)],
@@ -385,6 +404,22 @@ def test_free_grid_matches_the_collision_test(make_scene, env_id):
     start = scene.start_state
     r, c = m.world_to_cell(start.x, start.z)
     assert scene.is_free(start.x, start.z) and m.free[r, c]
+
+
+@pytest.mark.parametrize(
+    "env_id", ["MiniWorld-Maze-v0", "MiniWorld-PutNext-v0", "MiniWorld-Sign-v0", "MiniWorld-Sidewalk-v0"]
+)
+def test_is_free_is_miniworlds_own_collision_test(make_scene, env_id):
+    """is_free equals MiniWorld's point_inside (some room) and not intersect, at random points."""
+    scene = make_scene(env_id, seed=8)
+    env = scene.miniworld_env
+    rng = np.random.default_rng(1)
+    pts = rng.uniform([env.min_x - 0.5, env.min_z - 0.5], [env.max_x + 0.5, env.max_z + 0.5], size=(2000, 2))
+    pts[:1000] = rng.uniform(-0.3, 0.3, size=(1000, 2)) + [scene.start_state.x, scene.start_state.z]
+    for x, z in pts:
+        p = np.array([x, 0.0, z])
+        expected = any(r.point_inside(p) for r in env.rooms) and not env.intersect(env.agent, p, env.agent.radius)
+        assert scene.is_free(x, z) == expected, (x, z)
 
 
 def test_top_down_image_is_aligned_with_the_grid(make_scene):

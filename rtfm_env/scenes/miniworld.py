@@ -2,7 +2,8 @@
 
 A :class:`MiniWorldScene` wraps one MiniWorld env: ``reset(seed)`` builds MiniWorld's layout
 for that seed, :meth:`MiniWorldScene.move` applies discrete actions or velocity commands with
-MiniWorld's own collision test (``env.intersect`` with the agent's radius), and
+MiniWorld's own collision test (``env.intersect`` with the agent's radius, evaluated for all
+points along a move at once), and
 :meth:`MiniWorldScene.render` draws the ground truth from any roll-free camera-to-world pose by
 placing MiniWorld's agent camera there. For planning and metrics the scene rasterises the same
 collision test into a free-space grid and runs Dijkstra over it (16-connected, no corner
@@ -242,20 +243,43 @@ _MOVES: tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...] = (
 )
 
 
-def _room_edges(env: MiniWorldEnv) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every room's edge start points (E, 2), inward normals (E, 2) and per-room edge offsets."""
-    points = np.concatenate([r.outline[:, [0, 2]] for r in env.rooms])
-    normals = np.concatenate([r.edge_norms[:, [0, 2]] for r in env.rooms])
-    starts = np.cumsum([0] + [r.num_walls for r in env.rooms[:-1]])
-    return points, normals, starts
+class _Obstacles:
+    """MiniWorld's collision test for a robot of radius ``radius``, vectorised over many points.
 
+    A point is free where it lies inside some room (MiniWorld's ``Room.point_inside``, with the
+    boundary counted as inside because portals between rooms are edges) and ``env.intersect``
+    finds nothing: no wall segment closer than ``radius`` and no entity closer than ``radius``
+    plus its own radius. The arithmetic is MiniWorld's, term for term, so the answers are
+    identical; only the loop over points moves into numpy. Entities are taken as fixed (scenes
+    never pick them up).
+    """
 
-def _inside_any_room(edges: tuple[np.ndarray, np.ndarray, np.ndarray], x: float, z: float) -> bool:
-    """MiniWorld's ``Room.point_inside`` for all rooms at once, with the boundary counted as inside."""
-    points, normals, starts = edges
-    dots = (x - points[:, 0]) * normals[:, 0] + (z - points[:, 1]) * normals[:, 1]
-    inside = np.minimum.reduceat((dots >= -INSIDE_TOLERANCE).astype(np.int8), starts)
-    return bool(inside.any())
+    def __init__(self, env: MiniWorldEnv, radius: float) -> None:
+        self.radius = radius
+        self.edge_points = np.concatenate([r.outline[:, [0, 2]] for r in env.rooms])  # (E, 2)
+        self.edge_normals = np.concatenate([r.edge_norms[:, [0, 2]] for r in env.rooms])  # (E, 2) inward
+        self.room_starts = np.cumsum([0] + [r.num_walls for r in env.rooms[:-1]])  # (R,) first edge of each room
+        segs = np.asarray(env.wall_segs, dtype=np.float64).reshape(-1, 2, 3)
+        self.seg_a = segs[:, 0, [0, 2]]  # (S, 2)
+        self.seg_ab = segs[:, 1, [0, 2]] - self.seg_a  # (S, 2)
+        self.seg_ab2 = np.sum(self.seg_ab * self.seg_ab, axis=1)  # (S,)
+        ents = [e for e in env.entities if e is not env.agent]
+        self.ent_pos = np.array([[e.pos[0], e.pos[2]] for e in ents], dtype=np.float64).reshape(-1, 2)  # (M, 2)
+        self.ent_reach = np.array([radius + e.radius for e in ents], dtype=np.float64)  # (M,)
+
+    def free(self, points: np.ndarray) -> np.ndarray:
+        """Whether the robot's centre may stand at each of ``points`` (N, 2) (x, z); (N,) bool."""
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        rel = p[:, None, :] - self.edge_points  # (N, E, 2)
+        dots = rel[..., 0] * self.edge_normals[:, 0] + rel[..., 1] * self.edge_normals[:, 1]  # (N, E)
+        inside = np.minimum.reduceat(dots >= -INSIDE_TOLERANCE, self.room_starts, axis=1).any(axis=1)  # (N,)
+        ap = p[:, None, :] - self.seg_a  # (N, S, 2)
+        t = np.clip((ap[..., 0] * self.seg_ab[:, 0] + ap[..., 1] * self.seg_ab[:, 1]) / self.seg_ab2, 0.0, 1.0)
+        d = self.seg_a + t[..., None] * self.seg_ab - p[:, None, :]  # (N, S, 2) to the closest point
+        near_wall = (np.sqrt(d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]) < self.radius).any(axis=1)
+        e = self.ent_pos - p[:, None, :]  # (N, M, 2)
+        near_ent = (np.sqrt(e[..., 0] * e[..., 0] + e[..., 1] * e[..., 1]) < self.ent_reach).any(axis=1)
+        return inside & ~near_wall & ~near_ent
 
 
 def _span(centres: np.ndarray, lo: float, hi: float) -> slice:
@@ -302,7 +326,8 @@ def _rasterise_free(env: MiniWorldEnv, radius: float, cell: float) -> tuple[np.n
         abx, abz = bx - ax, bz - az
         ab2 = abx * abx + abz * abz
         t = np.clip(((px - ax) * abx + (pz - az) * abz) / ab2, 0.0, 1.0) if ab2 > 0 else np.zeros_like(px + pz)
-        dist = np.hypot(ax + t * abx - px, az + t * abz - pz)
+        dx, dz = ax + t * abx - px, az + t * abz - pz
+        dist = np.sqrt(dx * dx + dz * dz)
         blocked[rs, cs] |= dist < radius
     for ent in env.entities:
         if ent is env.agent:
@@ -310,7 +335,8 @@ def _rasterise_free(env: MiniWorldEnv, radius: float, cell: float) -> tuple[np.n
         reach = radius + ent.radius
         ex, _, ez = ent.pos
         rs, cs = _span(zs, ez - reach, ez + reach), _span(xs, ex - reach, ex + reach)
-        blocked[rs, cs] |= np.hypot(xs[None, cs] - ex, zs[rs, None] - ez) < reach
+        dx, dz = ex - xs[None, cs], ez - zs[rs, None]
+        blocked[rs, cs] |= np.sqrt(dx * dx + dz * dz) < reach
     return inside & ~blocked, origin_x, origin_z
 
 
@@ -495,7 +521,7 @@ class MiniWorldScene(Scene):
         self._release = weakref.finalize(self, _POOL.release, key, self._env)
         self.radius = float(self._env.agent.radius)  # metres; some envs change it per layout (reset)
         self._start: RobotState | None = None
-        self._edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._obstacles: _Obstacles | None = None
         self._free_space: _FreeSpace | None = None
         self._map_image: np.ndarray | None = None
 
@@ -533,7 +559,7 @@ class MiniWorldScene(Scene):
         env.reset(seed=int(seed))
         self.seed = int(seed)
         self.radius = float(env.agent.radius)  # e.g. RoomObjects widens its agent to 1.5 m
-        self._edges = _room_edges(env)
+        self._obstacles = _Obstacles(env, self.radius)
         self._free_space = None
         self._map_image = None
         x, _, z = env.agent.pos
@@ -607,10 +633,7 @@ class MiniWorldScene(Scene):
     # -- motion ----------------------------------------------------------------------------
 
     def _free_at(self, x: float, z: float) -> bool:
-        env = self._env
-        if not _inside_any_room(self._edges, x, z):
-            return False
-        return not env.intersect(env.agent, np.array([x, 0.0, z]), self.radius)
+        return bool(self._obstacles.free(np.array([[x, z]]))[0])
 
     def is_free(self, x: float, z: float) -> bool:
         """True where the robot's centre may stand: inside a room, clear of walls and entities by its radius."""
@@ -650,13 +673,14 @@ class MiniWorldScene(Scene):
             target = target.replace(x=float(target.x), z=float(target.z))
             n = max(1, math.ceil(math.hypot(target.x - state.x, target.z - state.z) / MAX_SUBSTEP))
             dx, dz = target.x - state.x, target.z - state.z
-            points = ((state.x + dx * k / n, state.z + dz * k / n) for k in range(1, n + 1))
+            points = iter([(state.x + dx * k / n, state.z + dz * k / n) for k in range(1, n + 1)])
         if (target.x, target.z) == (state.x, state.z):
             return target, False
-        # Lazily, so a long command stops at the first blocked point.
-        if all(self._free_at(x, z) for x, z in points):
-            return target, False
-        return target.replace(x=state.x, z=state.z), True
+        # In chunks, so a long command stops soon after its first blocked point.
+        while chunk := list(itertools.islice(points, 64)):
+            if not self._obstacles.free(np.array(chunk)).all():
+                return target.replace(x=state.x, z=state.z), True
+        return target, False
 
     @staticmethod
     def _check_discrete(action: object) -> int:
