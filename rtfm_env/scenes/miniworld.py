@@ -3,11 +3,10 @@
 A :class:`MiniWorldScene` wraps one MiniWorld env: ``reset(seed)`` builds MiniWorld's layout
 for that seed, :meth:`MiniWorldScene.move` applies discrete actions or velocity commands with
 MiniWorld's own collision test (``env.intersect`` with the agent's radius, evaluated for all
-points along a move at once), and
-:meth:`MiniWorldScene.render` draws the ground truth from any roll-free camera-to-world pose by
-placing MiniWorld's agent camera there. For planning and metrics the scene rasterises the same
-collision test into a free-space grid and runs Dijkstra over it (16-connected, no corner
-cutting) for geodesic distances and shortest paths.
+points along a move at once), and :meth:`MiniWorldScene.render` draws the ground truth from any
+roll-free camera-to-world pose by placing MiniWorld's agent camera there. For planning and
+metrics the scene rasterises the same collision test into a free-space grid and runs Dijkstra
+over it (16-connected, no corner cutting) for geodesic distances and shortest paths.
 
 MiniWorld envs are expensive to create and leak GL memory even after ``close()``, so they live
 in a module-level pool keyed by (env id, width, height): a scene acquires an env of its own
@@ -460,6 +459,17 @@ def _check_xz(p: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
+def _through_grid(a: np.ndarray, b: np.ndarray, grid_distance: float) -> float:
+    """Geodesic distance between points without a clear straight line, from their cells' grid distance.
+
+    Points in one cell (or off-centre in theirs) can be farther apart than their cell centres'
+    grid distance; a path is never shorter than the straight line.
+    """
+    if not math.isfinite(grid_distance):
+        return math.inf
+    return max(float(grid_distance), float(np.hypot(*(b - a))))
+
+
 def _check_rng(rng: np.random.Generator) -> np.random.Generator:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
@@ -717,11 +727,9 @@ class MiniWorldScene(Scene):
         na, nb = fs.snap(a), fs.snap(b)
         if na is None or nb is None:
             return math.inf
-        euclid = float(np.hypot(*(b - a)))
         if fs.line_of_sight(a, b):
-            return euclid
-        d = float(fs.field(nb)[0][na])
-        return max(d, euclid) if math.isfinite(d) else math.inf
+            return float(np.hypot(*(b - a)))
+        return _through_grid(a, b, float(fs.field(nb)[0][na]))
 
     def shortest_path(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Waypoints (N, 2) of floor points (x, z) from ``a`` to ``b``; (0, 2) if unreachable.
@@ -824,8 +832,10 @@ class MiniWorldScene(Scene):
         # differ by up to a few percent, so keep the draw whose geodesic distance fits best.
         goal, goal_gap = fs.centre(int(candidates[0])), math.inf
         for _ in range(GOAL_TRIES):
-            g = fs.centre(int(rng.choice(candidates)))
-            d = self.geodesic_distance(start, g)
+            node = int(rng.choice(candidates))
+            g = fs.centre(node)
+            # geodesic_distance(start, g) without a new field: the graph is undirected.
+            d = float(np.hypot(*(g - start))) if fs.line_of_sight(start, g) else _through_grid(start, g, dist[node])
             g_gap = max(min_d - d, d - max_d, 0.0)
             if g_gap < goal_gap:
                 goal, goal_gap = g, g_gap
