@@ -14,6 +14,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import rtfm_env  # noqa: F401  (registers the RTFM/* ids)
 from rtfm_env.cameras import GroundTruthCamera
 from rtfm_env.envs import PointNavEnv, PointNavTask
+from rtfm_env.envs.follower import ShortestPathFollower
 from rtfm_env.geometry import DiscreteAction, RobotState, angle_difference
 from rtfm_env.scenes import MiniWorldScene
 
@@ -43,29 +44,6 @@ def make_env():
     yield make
     for e in made:
         e.close()
-
-
-def geodesic_greedy_action(scene, state: RobotState, goal: np.ndarray, stop_distance: float) -> int:
-    """An oracle: turn towards, then step along, the heading whose forward step most shortens the geodesic.
-
-    It reads the scene's free space and geodesic distances (privileged), so it should solve
-    every episode nearly optimally; a failure means the task or its metrics are wrong.
-    """
-
-    def distance(s: RobotState) -> float:
-        return scene.geodesic_distance(np.array([s.x, s.z]), goal)
-
-    if distance(state) < stop_distance:
-        return STOP
-    turn = scene.kinematics.turn_step
-    best_turns, best_distance = 0, math.inf
-    for k in sorted(range(-11, 13), key=abs):  # every heading reachable by turning, fewest turns first
-        moved, collided = scene.move(state.replace(yaw=state.yaw + k * turn), DiscreteAction.FORWARD)
-        if not collided and distance(moved) < best_distance - 1e-9:
-            best_turns, best_distance = k, distance(moved)
-    if best_turns == 0:
-        return FORWARD
-    return LEFT if best_turns > 0 else RIGHT
 
 
 def _rollout(env, seed: int, actions: list[int]) -> list[tuple]:
@@ -277,7 +255,7 @@ def test_oracle_policy_succeeds_with_high_spl(env, seed):
     d0 = info["distance_to_goal"]
     rewards, done = [], False
     while not done:
-        action = geodesic_greedy_action(env.scene, env.state, env.task.goal, env.task.success_distance)
+        action = ShortestPathFollower(env.scene, env.task.success_distance).act(env.state, env.task.goal)
         _, reward, terminated, truncated, info = env.step(action)
         rewards.append(reward)
         done = terminated or truncated

@@ -175,11 +175,8 @@ class PointNavTask(Task):
 
     def reset(self, scene: Scene, episode: Episode, rng: np.random.Generator) -> None:
         """Sample a reachable goal from the start and reset the distances."""
-        sample_goal = getattr(scene, "sample_goal", None)
-        if sample_goal is None:
-            raise TypeError(f"PointNav needs a scene with sample_goal(rng, start_xz, min_d, max_d); {scene!r} has none")
         start = np.array([episode.start.x, episode.start.z])
-        goal = np.asarray(sample_goal(rng, start, self.min_goal_distance, self.max_goal_distance), dtype=np.float64)
+        goal = np.asarray(scene.sample_goal(rng, start, self.min_goal_distance, self.max_goal_distance), dtype=np.float64)
         if goal.shape != (2,) or not np.all(np.isfinite(goal)):
             raise RuntimeError(f"scene {scene.env_id!r} returned an invalid goal {goal!r}")
         self.goal = goal

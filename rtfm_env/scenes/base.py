@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtfm_env.geometry import Intrinsics, RobotState
+from rtfm_env.geometry import Intrinsics, KinematicsConfig, RobotState
 
 __all__ = ["Scene", "TopDownMap", "Action"]
 
@@ -57,11 +57,13 @@ class Scene(ABC):
 
     Attributes:
         intrinsics: the camera intrinsics that :meth:`render` uses.
+        kinematics: the step sizes of the discrete actions that :meth:`move` applies.
         env_id: an identifier of the world family (e.g. ``"MiniWorld-Maze-v0"``).
         seed: the seed of the current layout (set by :meth:`reset`).
     """
 
     intrinsics: Intrinsics
+    kinematics: KinematicsConfig
     env_id: str
     seed: int | None = None
 
@@ -103,6 +105,31 @@ class Scene(ABC):
     @abstractmethod
     def sample_free_state(self, rng: np.random.Generator) -> RobotState:
         """A random free state (uniform over free space, random yaw)."""
+
+    def sample_goal(
+        self, rng: np.random.Generator, start_xz: np.ndarray, min_d: float, max_d: float, tries: int = 200
+    ) -> np.ndarray:
+        """A free floor point (x, z) at a geodesic distance in [min_d, max_d] from ``start_xz``.
+
+        Rejection sampling over :meth:`sample_free_state`; if no point in range is found, the
+        reachable point whose distance is closest to the range is returned, so a small layout
+        still yields a goal. Raises ``RuntimeError`` when nothing is reachable at all.
+        """
+        best, best_gap = None, np.inf
+        for _ in range(tries):
+            s = self.sample_free_state(rng)
+            p = np.array([s.x, s.z])
+            d = self.geodesic_distance(np.asarray(start_xz, dtype=np.float64), p)
+            if not np.isfinite(d):
+                continue
+            if min_d <= d <= max_d:
+                return p
+            gap = min_d - d if d < min_d else d - max_d
+            if gap < best_gap:
+                best, best_gap = p, gap
+        if best is None:
+            raise RuntimeError(f"no reachable goal from {tuple(start_xz)} in {self.env_id!r} after {tries} tries")
+        return best
 
     def close(self) -> None:
         """Release resources (renderers, windows)."""
