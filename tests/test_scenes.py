@@ -517,6 +517,16 @@ def test_unreachable_points_give_inf_and_an_empty_path(make_scene):
     assert scene.geodesic_distance(a, c) == pytest.approx(np.linalg.norm(c - a))
 
 
+def test_sample_goal_fails_when_nothing_is_reachable(make_scene):
+    """A start whose free space is a single cell has no goal to offer: RuntimeError."""
+    scene = make_scene("OneRoom", seed=0)
+    free = np.zeros((10, 10), dtype=bool)
+    free[5, 5] = True
+    scene._free_space = _FreeSpace(free, 0.0, 0.0, 0.1)
+    with pytest.raises(RuntimeError, match="reachable"):
+        scene.sample_goal(np.random.default_rng(0), np.array([0.55, 0.55]), 0.0, 1.0)
+
+
 def test_grid_distances_are_accurate_and_never_cut_corners():
     """The 16-connected grid errs by < 3% in any direction and cannot squeeze between diagonal cells."""
     free = np.ones((101, 101), dtype=bool)

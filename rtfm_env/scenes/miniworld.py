@@ -804,15 +804,20 @@ class MiniWorldScene(Scene):
         yaw = float(rng.uniform(-math.pi, math.pi))
         return RobotState(float(x), float(z), yaw, self.cam_height, 0.0)
 
-    def sample_goal(self, rng: np.random.Generator, start_xz: np.ndarray, min_d: float, max_d: float) -> np.ndarray:
+    def sample_goal(
+        self, rng: np.random.Generator, start_xz: np.ndarray, min_d: float, max_d: float, tries: int = GOAL_TRIES
+    ) -> np.ndarray:
         """A free floor point (x, z) reachable from ``start_xz`` at geodesic distance in [min_d, max_d].
 
-        Where the layout has no such point the range is clipped to what it allows: the goal is
-        then drawn from the reachable cells whose distance is nearest the range (e.g. the
-        farthest ones when the whole reachable space is closer than ``min_d``).
+        Candidates come straight from the start's distance field (one Dijkstra), so there is no
+        rejection sampling over the whole floor; ``tries`` candidates at most are checked
+        against :meth:`geodesic_distance`. Where the layout has no point in range the range is
+        clipped to what it allows: the goal is drawn from the reachable cells whose distance is
+        nearest the range (e.g. the farthest ones when all reachable space is closer than ``min_d``).
 
         Raises:
-            ValueError: a bad range, or no free point other than the start is reachable.
+            ValueError: a bad range or start point.
+            RuntimeError: no free point other than the start is reachable.
         """
         rng = _check_rng(rng)
         start = _check_xz(start_xz, "start_xz")
@@ -824,14 +829,14 @@ class MiniWorldScene(Scene):
         dist = fs.field(ns)[0] if ns is not None else np.zeros(0)
         reachable = np.isfinite(dist) & (dist > 0.0)
         if not reachable.any():
-            raise ValueError(f"no free point is reachable from {start.tolist()} in {self!r}")
+            raise RuntimeError(f"no free point is reachable from {start.tolist()} in {self!r}")
         gap = np.maximum(np.maximum(min_d - dist, dist - max_d), 0.0)
         best = float(gap[reachable].min())
         candidates = np.flatnonzero(reachable & (gap <= best + self.cell))
         # The grid distance of a candidate and geodesic_distance (exact where the way is straight)
         # differ by up to a few percent, so keep the draw whose geodesic distance fits best.
         goal, goal_gap = fs.centre(int(candidates[0])), math.inf
-        for _ in range(GOAL_TRIES):
+        for _ in range(max(1, int(tries))):
             node = int(rng.choice(candidates))
             g = fs.centre(node)
             # geodesic_distance(start, g) without a new field: the graph is undirected.
