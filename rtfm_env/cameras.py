@@ -32,7 +32,7 @@ class Camera(ABC):
     def observe(self, poses: np.ndarray) -> np.ndarray:
         """Frames (B, H, W, 3) uint8 seen from camera-to-world poses (B, 4, 4)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: most cameras hold nothing to release)
         """Release resources."""
 
 
@@ -54,11 +54,13 @@ class GroundTruthCamera(Camera):
         self.scene: Scene | None = None
 
     def reset(self, scene: Scene, pose: np.ndarray) -> np.ndarray:
+        """Attach to ``scene`` and return the ground-truth frame at ``pose``."""
         self.scene = scene
         self.intrinsics = scene.intrinsics
         return self.observe(pose)[0]
 
     def observe(self, poses: np.ndarray) -> np.ndarray:
+        """Render the scene at each pose; raises if the scene has no renderer."""
         if self.scene is None:
             raise RuntimeError("GroundTruthCamera.observe called before reset(scene, pose)")
         poses = _check_poses(poses)

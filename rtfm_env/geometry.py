@@ -138,10 +138,12 @@ class Intrinsics:
         return np.array([[f, 0.0, self.width / 2.0], [0.0, f, self.height / 2.0], [0.0, 0.0, 1.0]])
 
     def to_dict(self) -> dict:
+        """JSON-ready form: width, height, fov_y."""
         return {"width": int(self.width), "height": int(self.height), "fov_y": float(self.fov_y)}
 
     @classmethod
     def from_dict(cls, d: dict) -> Intrinsics:
+        """Inverse of :meth:`to_dict`."""
         return cls(int(d["width"]), int(d["height"]), float(d["fov_y"]))
 
 
@@ -175,9 +177,11 @@ class RobotState:
         return camera_pose(self.x, self.z, self.yaw, self.cam_height, self.pitch)
 
     def replace(self, **kw: float) -> RobotState:
+        """A copy with some fields changed."""
         return replace(self, **kw)
 
     def as_array(self) -> np.ndarray:
+        """(x, z, yaw, cam_height, pitch) as float64."""
         return np.array([self.x, self.z, self.yaw, self.cam_height, self.pitch], dtype=np.float64)
 
 
@@ -275,16 +279,18 @@ def plucker_rays(
         o is the camera centre, both in the reference frame. The identity camera's rays have
         moment zero and directions ((u - cx) / f, -(v - cy) / f, -1) normalised.
     """
-    poses_t = torch.as_tensor(np.asarray(poses) if not torch.is_tensor(poses) else poses, dtype=torch.float64)
+    poses_t = _as_float64(poses)
     if poses_t.shape[-2:] != (4, 4):
         raise ValueError(f"poses must have shape (..., 4, 4), got {tuple(poses_t.shape)}")
     if not torch.isfinite(poses_t).all():
         raise ValueError("poses contain NaN or infinite values")
     if reference is not None:
-        ref = torch.as_tensor(np.asarray(reference) if not torch.is_tensor(reference) else reference, dtype=torch.float64)
+        ref = _as_float64(reference)
         poses_t = _invert_torch(ref) @ poses_t
     h, w, f = intrinsics.height, intrinsics.width, intrinsics.focal
-    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij"
+    )
     dirs_cam = torch.stack([(u - w / 2.0) / f, -(v - h / 2.0) / f, -torch.ones_like(u)], dim=-1)  # (H, W, 3)
     dirs_cam = dirs_cam / dirs_cam.norm(dim=-1, keepdim=True)
     rot = poses_t[..., :3, :3]  # (..., 3, 3)
@@ -293,6 +299,10 @@ def plucker_rays(
     m = torch.cross(origin[..., None, None, :].expand_as(d), d, dim=-1)  # (..., H, W, 3)
     rays = torch.cat([d, m], dim=-1)  # (..., H, W, 6)
     return rays.movedim(-1, -3).to(dtype)  # (..., 6, H, W)
+
+
+def _as_float64(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return x.to(torch.float64) if torch.is_tensor(x) else torch.as_tensor(np.asarray(x), dtype=torch.float64)
 
 
 def _invert_torch(pose: torch.Tensor) -> torch.Tensor:
@@ -354,6 +364,7 @@ def apply_velocity(state: RobotState, v: float, omega: float, dt: float) -> Robo
     """Integrate a unicycle command exactly over ``dt`` seconds, ignoring collisions.
 
     Args:
+        state: the state to start from.
         v: forward speed, m/s (positive moves along the heading).
         omega: yaw rate, rad/s (positive turns left, as ROS's angular.z).
         dt: duration, s.

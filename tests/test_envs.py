@@ -15,7 +15,7 @@ import rtfm_env  # noqa: F401  (registers the RTFM/* ids)
 from rtfm_env.cameras import GroundTruthCamera
 from rtfm_env.envs import PointNavEnv, PointNavTask
 from rtfm_env.envs.follower import ShortestPathFollower
-from rtfm_env.geometry import DiscreteAction, RobotState, angle_difference
+from rtfm_env.geometry import RobotState, angle_difference
 from rtfm_env.scenes import MiniWorldScene
 
 RTFM_IDS = sorted(k for k in gym.registry if k.startswith("RTFM/"))

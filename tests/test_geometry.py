@@ -114,8 +114,7 @@ def test_plucker_identity_camera():
 @given(rigid(), rigid())
 @settings(max_examples=25, deadline=None)
 def test_plucker_in_reference_frame(cam, ref):
-    """Rays in a reference frame equal world rays moved by that frame's inverse pose,
-    and every ray passes through its camera's centre (moment = o x d)."""
+    """Rays in a reference frame are the relative camera's rays and pass through its centre."""
     intr = g.Intrinsics(5, 4, 70.0)
     rays = g.plucker_rays(cam, intr, reference=ref, dtype=torch.float64)
     rel = g.relative_pose(ref, cam)

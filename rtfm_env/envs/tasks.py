@@ -176,7 +176,8 @@ class PointNavTask(Task):
     def reset(self, scene: Scene, episode: Episode, rng: np.random.Generator) -> None:
         """Sample a reachable goal from the start and reset the distances."""
         start = np.array([episode.start.x, episode.start.z])
-        goal = np.asarray(scene.sample_goal(rng, start, self.min_goal_distance, self.max_goal_distance), dtype=np.float64)
+        goal = scene.sample_goal(rng, start, self.min_goal_distance, self.max_goal_distance)
+        goal = np.asarray(goal, dtype=np.float64)
         if goal.shape != (2,) or not np.all(np.isfinite(goal)):
             raise RuntimeError(f"scene {scene.env_id!r} returned an invalid goal {goal!r}")
         self.goal = goal

@@ -1,5 +1,6 @@
-"""The Scene interface: the physics of a world (walls, free space, goals) and, where it has
-one, its ground-truth renderer.
+"""The Scene interface: the physics of a world and, where it has one, its renderer.
+
+The physics are walls, free space and goals; the renderer gives ground truth.
 
 A scene never decides what the agent *sees* through the frame model; cameras do. It answers
 where the robot may go (:meth:`Scene.move`), what the world looks like from a camera pose
@@ -131,5 +132,5 @@ class Scene(ABC):
             raise RuntimeError(f"no reachable goal from {tuple(start_xz)} in {self.env_id!r} after {tries} tries")
         return best
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: scenes without resources need nothing)
         """Release resources (renderers, windows)."""
