@@ -1,0 +1,1 @@
+"""Pytest configuration: makes the repository root importable (for ``agents``)."""
