@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")
     parser.add_argument("--scene", default=DEFAULT_SCENE, help=f"MiniWorld env id (default: {DEFAULT_SCENE})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the first episode (default: 0)")
-    parser.add_argument("--episodes", type=int, default=2, help="episodes to drive (default: 2)")
+    parser.add_argument("--episodes", type=int, default=3, help="episodes to drive (default: 3)")
     parser.add_argument("--max-steps", type=int, default=150, help="step limit per episode (default: 150)")
     parser.add_argument("--camera", default="ground_truth", help="camera: ground_truth (default)")
     parser.add_argument("--resolution", type=int, default=64, help="camera frame size in pixels (default: 64)")
