@@ -16,13 +16,7 @@ CFG = model_config("T", height=16, width=16, patch=4)
 INTR = Intrinsics(16, 16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run on one thread: these tiny models are faster so, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomized(seed: int) -> FrameNetwork:

@@ -44,13 +44,7 @@ def inputs(cfg: nw.ModelConfig, b: int = 2, k: int = 3, height: int | None = Non
 TINY = nw.model_config("T", height=32, width=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run on one thread: these tiny models are faster so, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("size, low, high", [("T", 1e5, 1e6), ("S", 6e6, 8e6), ("M", 20e6, 30e6)])

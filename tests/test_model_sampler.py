@@ -15,13 +15,7 @@ INTR = Intrinsics(W, H)
 TINY = nw.model_config("T", height=H, width=W, max_context=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run on one thread: these tiny models are faster so, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomized(cfg: nw.ModelConfig = TINY, seed: int = 0) -> nw.FrameNetwork:
