@@ -1,7 +1,7 @@
 """Cameras: what the agent sees from a pose.
 
 A camera is reset onto a scene at a start pose and then asked for frames at batches of
-camera-to-world poses. :class:`GroundTruthCamera` renders the scene itself; the model camera
+camera-to-world poses. :class:`GroundTruthCamera` renders the scene itself; :class:`ModelCamera`
 (``camera="model"``) generates frames with the frame model from posed frames kept in a
 :class:`~rtfm_env.memory.SpatialMemory`, and has the same interface so envs and the ROS node
 never care which one they hold.
@@ -9,14 +9,50 @@ never care which one they hold.
 
 from __future__ import annotations
 
+import math
+import os
 from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+import transforms3d
 
 from rtfm_env.geometry import Intrinsics, check_pose
+from rtfm_env.memory import SpatialMemory
+from rtfm_env.model.checkpoint import CONFIG_FILE
+from rtfm_env.model.sampler import FrameModel
 from rtfm_env.scenes.base import Scene
 
-__all__ = ["Camera", "GroundTruthCamera", "CAMERAS", "make_camera"]
+__all__ = [
+    "Camera",
+    "GroundTruthCamera",
+    "ModelCamera",
+    "CAMERAS",
+    "make_camera",
+    "CONTEXT_STRATEGIES",
+    "AUTOCAST_DTYPES",
+    "DEFAULT_CHECKPOINT",
+    "select_context",
+    "turn_in_place",
+]
+
+#: Where the shipped frame-model checkpoint lives; ``ModelCamera(checkpoint=None)`` loads it.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "model" / "checkpoints" / "default"
+
+#: How the model camera picks the context frames of each new frame from its memory:
+#: ``spatial`` = :meth:`SpatialMemory.retrieve` (context juggling), ``last_k`` = the k most
+#: recent frames (a sliding window), ``first_only`` = the k oldest frames (the start's
+#: ground truth), ``all`` = every stored frame, evenly thinned to the model's ``max_context``.
+CONTEXT_STRATEGIES = ("spatial", "last_k", "first_only", "all")
+
+#: Inference precision choices of the model camera: autocast dtype, or none for float32.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": None,
+}
 
 
 class Camera(ABC):
@@ -25,8 +61,12 @@ class Camera(ABC):
     intrinsics: Intrinsics
 
     @abstractmethod
-    def reset(self, scene: Scene, pose: np.ndarray) -> np.ndarray:
-        """Start a new episode in ``scene`` with the camera at ``pose``; returns the first frame."""
+    def reset(self, scene: Scene, pose: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Start a new episode in ``scene`` with the camera at ``pose``; returns the first frame.
+
+        ``seed`` seeds whatever is random in the camera (the env derives it from its own seed,
+        so ``env.reset(seed=s)`` reproduces the frames); deterministic cameras ignore it.
+        """
 
     @abstractmethod
     def observe(self, poses: np.ndarray) -> np.ndarray:
@@ -42,9 +82,15 @@ def _check_poses(poses: np.ndarray) -> np.ndarray:
         poses = poses[None]
     if poses.ndim != 3 or poses.shape[1:] != (4, 4):
         raise ValueError(f"poses must have shape (B, 4, 4), got {poses.shape}")
+    if len(poses) == 0:
+        raise ValueError("poses is empty (B = 0); give at least one (4, 4) pose")
     for i, p in enumerate(poses):
         check_pose(p, name=f"poses[{i}]")
     return poses
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 class GroundTruthCamera(Camera):
@@ -53,8 +99,8 @@ class GroundTruthCamera(Camera):
     def __init__(self) -> None:
         self.scene: Scene | None = None
 
-    def reset(self, scene: Scene, pose: np.ndarray) -> np.ndarray:
-        """Attach to ``scene`` and return the ground-truth frame at ``pose``."""
+    def reset(self, scene: Scene, pose: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Attach to ``scene`` and return the ground-truth frame at ``pose`` (``seed`` is unused)."""
         self.scene = scene
         self.intrinsics = scene.intrinsics
         return self.observe(pose)[0]
@@ -70,12 +116,337 @@ class GroundTruthCamera(Camera):
         return np.stack(frames)
 
 
-#: Camera names accepted by envs and the ROS node. The model camera registers itself here
-#: when the frame model is available.
-CAMERAS: dict[str, type[Camera]] = {"ground_truth": GroundTruthCamera}
+# --------------------------------------------------------------------------------------
+# The model camera
+# --------------------------------------------------------------------------------------
 
 
-def make_camera(name: str, **kwargs) -> Camera:
+def turn_in_place(pose: np.ndarray, n: int) -> np.ndarray:
+    """``n`` poses at the camera centre of ``pose``, turned by evenly spaced yaws.
+
+    The first is ``pose`` itself; the i-th is turned left by ``360 * i / n`` degrees about the
+    world's vertical axis, so a robot's level camera stays level (and renderable).
+
+    Returns:
+        (n, 4, 4) camera-to-world poses.
+    """
+    pose = check_pose(pose, "pose")
+    if not (_is_int(n) and n >= 1):
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    out = np.repeat(pose[None], n, axis=0)
+    for i in range(1, n):
+        turn = transforms3d.axangles.axangle2mat([0.0, 1.0, 0.0], 2.0 * math.pi * i / n)
+        out[i, :3, :3] = turn @ pose[:3, :3]
+    return out
+
+
+def select_context(
+    memory: SpatialMemory,
+    pose: np.ndarray,
+    k: int,
+    strategy: str,
+    intrinsics: Intrinsics | None = None,
+    cap: int = 8,
+) -> list[int]:
+    """Ids of the stored frames to condition the frame seen from ``pose`` on.
+
+    Args:
+        memory: the frames stored so far (at least one).
+        pose: (4, 4) camera-to-world pose of the frame to generate.
+        k: context frames wanted (``spatial``, ``last_k``, ``first_only``).
+        strategy: one of :data:`CONTEXT_STRATEGIES`:
+            ``spatial``: ``memory.retrieve(pose, k, intrinsics, fill=True)``, in pick order;
+            ``last_k``: the ``k`` most recently added frames still stored, oldest first;
+            ``first_only``: the ``k`` oldest frames still stored (the reset's ground truth);
+            ``all``: every stored frame, oldest first, or ``cap`` of them evenly spaced over
+            the history (the oldest and the newest always among them) when more are stored.
+        intrinsics: the query camera's intrinsics (``spatial``); the last add's by default.
+        cap: most frames that ``all`` returns (the model's ``max_context``).
+
+    Returns:
+        Between 1 and ``k`` ids (``cap`` for ``all``); fewer only when fewer are stored.
+
+    Raises:
+        ValueError: an unknown strategy (the message lists the valid ones), ``k`` or ``cap``
+            below 1, or an empty memory.
+    """
+    if strategy not in CONTEXT_STRATEGIES:
+        raise ValueError(f"unknown context strategy {strategy!r}; valid strategies: {list(CONTEXT_STRATEGIES)}")
+    if not (_is_int(k) and k >= 1) or not (_is_int(cap) and cap >= 1):
+        raise ValueError(f"k and cap must be integers >= 1, got k={k!r}, cap={cap!r}")
+    if len(memory) == 0:
+        raise ValueError("the memory is empty: nothing to condition on (reset the camera first)")
+    if strategy == "spatial":
+        return memory.retrieve(pose, k, intrinsics, fill=True)
+    ids = memory.ids
+    if strategy == "last_k":
+        return ids[-k:].tolist()
+    if strategy == "first_only":
+        return ids[:k].tolist()
+    if len(ids) <= cap:
+        return ids.tolist()
+    # Even spacing over the whole history shows the model as much of it as it can attend to.
+    return ids[np.unique(np.rint(np.linspace(0, len(ids) - 1, cap)).astype(np.int64))].tolist()
+
+
+class ModelCamera(Camera):
+    """The frame model as a camera: each frame is generated from posed frames in a spatial memory.
+
+    At :meth:`reset` the memory is seeded with the scene's ground truth at the start: one frame
+    by default (RTFM starts from a single image), or ``seed_views`` frames turned in place
+    (evenly spaced yaws, see :func:`turn_in_place`). Each :meth:`observe` then, for every
+    requested pose, picks context frames from the memory (``context_strategy``, see
+    :func:`select_context`), generates all the frames in ONE batched
+    :meth:`FrameModel.generate` call, and adds each generated frame to the memory as
+    ``"generated"``. The B frames of one call are generated from the same memory, so they do
+    not condition on each other.
+
+    Generation is stochastic but seeded: the torch generator behind the flow noise is seeded
+    with ``seed`` at construction and re-seeded by ``reset(..., seed=s)``; the env passes a
+    seed drawn from its own generator, so ``env.reset(seed=s)`` followed by the same actions
+    gives identical frames run to run (on the same device and precision).
+
+    Args:
+        checkpoint: a checkpoint directory (``save_checkpoint``'s layout), None for the shipped
+            :data:`DEFAULT_CHECKPOINT`, or a loaded :class:`FrameModel` to share (its device and
+            precision are then kept, and ``device`` and ``autocast`` must be None).
+        k: context frames per generated frame, 1 to the model's ``max_context``.
+        steps: Euler sampling steps; None for the model's ``sample_steps``.
+        context_strategy: one of :data:`CONTEXT_STRATEGIES`.
+        seed_views: ground-truth frames stored at reset (the start and turns in place).
+        memory_capacity: frames the memory keeps at most (it evicts the most redundant,
+            generated ones first); None keeps every frame. At least ``seed_views``.
+        seed: seed of the flow-noise generator until a reset gives one.
+        autocast: inference precision, a key of :data:`AUTOCAST_DTYPES`; None is ``"bfloat16"``.
+        device: where to run the model; None picks CUDA when available, else the CPU.
+        resolution: the frame size the camera will be used at, ``int`` (square) or
+            ``(height, width)``; when given, a checkpoint for another size fails here
+            rather than at the first reset.
+
+    Attributes:
+        model: the :class:`FrameModel`.
+        memory: the :class:`SpatialMemory` of observed and generated frames (None before the
+            first reset or :meth:`load_world`).
+        last_context: for each pose of the last :meth:`observe`, the ids of its context frames.
+
+    Raises:
+        FileNotFoundError: ``checkpoint=None`` and no checkpoint is shipped yet.
+        CheckpointError: a checkpoint directory that is missing, incomplete or corrupt.
+        ValueError: a bad option (unknown strategy or precision lists the valid ones) or a
+            checkpoint made for another resolution than ``resolution``.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | FrameModel | None = None,
+        k: int = 2,
+        steps: int | None = None,
+        context_strategy: str = "spatial",
+        seed_views: int = 1,
+        memory_capacity: int | None = None,
+        seed: int = 0,
+        autocast: str | None = None,
+        device: str | torch.device | None = None,
+        resolution: int | tuple[int, int] | None = None,
+    ) -> None:
+        if context_strategy not in CONTEXT_STRATEGIES:
+            raise ValueError(
+                f"unknown context strategy {context_strategy!r}; valid strategies: {list(CONTEXT_STRATEGIES)}"
+            )
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"unknown autocast {autocast!r}; valid: {list(AUTOCAST_DTYPES)}")
+        if not (_is_int(seed_views) and seed_views >= 1):
+            raise ValueError(f"seed_views must be an integer >= 1, got {seed_views!r}")
+        if memory_capacity is not None and not (_is_int(memory_capacity) and memory_capacity >= seed_views):
+            raise ValueError(
+                f"memory_capacity must be None or an integer >= seed_views ({seed_views}), got {memory_capacity!r}"
+            )
+        if steps is not None and not (_is_int(steps) and steps >= 1):
+            raise ValueError(f"steps must be None (the model's default) or an integer >= 1, got {steps!r}")
+        if not (_is_int(seed) and seed >= 0):
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+
+        if isinstance(checkpoint, FrameModel):
+            if device is not None or autocast is not None:
+                raise ValueError("device and autocast apply when loading a checkpoint; a FrameModel keeps its own")
+            self.model = checkpoint
+            self.checkpoint: Path | None = None
+        else:
+            if checkpoint is None:
+                checkpoint = DEFAULT_CHECKPOINT
+                if not checkpoint.is_dir():
+                    raise FileNotFoundError(
+                        f"no frame-model checkpoint is shipped yet (nothing at {checkpoint}); train one with "
+                        "rtfm_env/model/train.py and pass its directory: ModelCamera(checkpoint=DIR), "
+                        "gym.make('RTFM/PointNav-v0', camera='model', checkpoint=DIR) or "
+                        "'rtfm-env demo --camera model --checkpoint DIR'"
+                    )
+            device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+            dtype = AUTOCAST_DTYPES["bfloat16" if autocast is None else autocast]
+            self.checkpoint = Path(checkpoint)
+            self.model = FrameModel.from_pretrained(self.checkpoint, device=device, autocast_dtype=dtype)
+
+        max_context = self.model.config.max_context
+        if not (_is_int(k) and 1 <= k <= max_context):
+            raise ValueError(f"k must be an integer in [1, {max_context}] (the model's max_context), got {k!r}")
+        self.k = int(k)
+        self.steps = None if steps is None else int(steps)
+        self.context_strategy = context_strategy
+        self.seed_views = int(seed_views)
+        self.memory_capacity = None if memory_capacity is None else int(memory_capacity)
+        self.seed = int(seed)
+        # The noise is drawn on the CPU and moved, so a seed gives the same noise on any device.
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.memory: SpatialMemory | None = None
+        self.last_context: list[list[int]] = []
+        self._step = 0  # observe calls since the reset; stored as each generated frame's step
+        if resolution is not None:
+            size = (resolution, resolution) if _is_int(resolution) else tuple(resolution)
+            if len(size) != 2 or not all(_is_int(v) and v >= 1 for v in size):
+                raise ValueError(f"resolution must be an int or (height, width) of positive ints, got {resolution!r}")
+            self._check_size(int(size[0]), int(size[1]), "the camera is asked for")
+
+    # -- Camera interface ------------------------------------------------------------------
+
+    def reset(self, scene: Scene, pose: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Empty the memory, store the ground truth at the start, return the start's frame.
+
+        Args:
+            scene: the scene; its renderer gives the ``seed_views`` ground-truth frames.
+            pose: (4, 4) camera-to-world start pose.
+            seed: re-seeds the flow-noise generator (None continues its stream).
+
+        Raises:
+            ValueError: a bad pose or seed, or a scene whose frames are not the model's size.
+            RuntimeError: the scene has no ground-truth renderer.
+        """
+        pose = check_pose(pose, "start pose")
+        if seed is not None:
+            if not (_is_int(seed) and 0 <= seed < 2**64):
+                raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
+            self.generator.manual_seed(int(seed))
+        intrinsics = scene.intrinsics
+        self._check_size(intrinsics.height, intrinsics.width, f"scene {scene.env_id!r} renders")
+        memory = SpatialMemory(capacity=self.memory_capacity)
+        first = None
+        for view in turn_in_place(pose, self.seed_views):
+            frame = scene.render(view)
+            if frame is None:
+                raise RuntimeError(
+                    f"scene {scene.env_id!r} has no ground-truth renderer; the model camera needs the start's "
+                    "frame to seed its memory"
+                )
+            memory.add(frame, view, intrinsics, "observed", step=0)
+            first = frame if first is None else first
+        self.intrinsics = intrinsics
+        self.memory = memory
+        self.last_context = []
+        self._step = 0
+        return np.array(first, dtype=np.uint8, copy=True)
+
+    def observe(self, poses: np.ndarray) -> np.ndarray:
+        """Generate the frames seen from ``poses`` (B, 4, 4) and store them in the memory.
+
+        One :meth:`FrameModel.generate` call for all B poses; each pose has its own context
+        (padded with masked views when the memory holds fewer than ``k`` frames for some).
+
+        Returns:
+            (B, H, W, 3) uint8 RGB.
+        """
+        if self.memory is None:
+            raise RuntimeError("ModelCamera.observe called before reset(scene, pose) or load_world(path)")
+        poses = _check_poses(poses)
+        memory, cap = self.memory, self.model.config.max_context
+        contexts = [select_context(memory, p, self.k, self.context_strategy, self.intrinsics, cap) for p in poses]
+        width = max(len(c) for c in contexts)
+        ids = np.array([c + [c[0]] * (width - len(c)) for c in contexts], dtype=np.int64)  # (B, K)
+        valid = np.array([[j < len(c) for j in range(width)] for c in contexts])  # (B, K)
+        b = len(poses)
+        frames = memory.frames(ids.ravel()).reshape(b, width, *memory.resolution, 3)  # (B, K, H, W, 3)
+        context_poses = memory.poses(ids.ravel()).reshape(b, width, 4, 4)  # (B, K, 4, 4)
+        out = self.model.generate(
+            poses,
+            frames,
+            context_poses,
+            self.intrinsics,
+            steps=self.steps,
+            generator=self.generator,
+            context_valid=None if valid.all() else valid,
+        )
+        self._step += 1
+        for frame, pose in zip(out, poses, strict=True):
+            memory.add(frame, pose, self.intrinsics, "generated", step=self._step)
+        self.last_context = contexts
+        return out
+
+    # -- Worlds ----------------------------------------------------------------------------
+
+    def save_world(self, path: str | os.PathLike) -> None:
+        """Write the memory (the world as this camera knows it) to a safetensors file, atomically."""
+        if self.memory is None:
+            raise RuntimeError("nothing to save: the camera has no memory before reset() or load_world()")
+        self.memory.save(path)
+
+    def load_world(self, path: str | os.PathLike) -> None:
+        """Replace the memory with one saved by :meth:`save_world` (or ``SpatialMemory.save``).
+
+        No scene is needed afterwards: :meth:`observe` generates from the loaded frames. The
+        memory keeps the capacity it was saved with.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            MemoryFormatError: the file is not a readable spatial memory.
+            ValueError: the memory is empty, its frames are not the model's size, or they were
+                taken with different intrinsics.
+        """
+        memory = SpatialMemory.load(path)
+        if len(memory) == 0:
+            raise ValueError(f"{path} holds an empty memory: nothing to generate from")
+        height, width = memory.resolution
+        self._check_size(height, width, f"the memory in {path} holds")
+        intrinsics = set(memory.intrinsics_of(memory.ids))
+        if len(intrinsics) != 1:
+            raise ValueError(f"the frames in {path} have different intrinsics {sorted(map(str, intrinsics))}")
+        self.intrinsics = intrinsics.pop()
+        self.memory = memory
+        self.last_context = []
+        self._step = max((s for s in memory.steps(memory.ids) if s is not None), default=0)
+
+    # -- Introspection ---------------------------------------------------------------------
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """JSON-ready settings of this camera, to store beside any result it produced."""
+        dtype = self.model.autocast_dtype
+        return {
+            "camera": "model",
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+            "k": self.k,
+            "steps": self.model.config.sample_steps if self.steps is None else self.steps,
+            "context_strategy": self.context_strategy,
+            "seed_views": self.seed_views,
+            "memory_capacity": self.memory_capacity,
+            "autocast": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
+            "device": str(self.model.device),
+            "model_config": self.model.config.to_dict(),
+        }
+
+    def _check_size(self, height: int, width: int, what: str) -> None:
+        cfg = self.model.config
+        if (height, width) != (cfg.height, cfg.width):
+            source = "the given FrameModel" if self.checkpoint is None else str(self.checkpoint / CONFIG_FILE)
+            raise ValueError(
+                f"resolution mismatch: {source} is for {cfg.width}x{cfg.height} frames but {what} "
+                f"{width}x{height} frames; use a checkpoint trained at {width}x{height} or a resolution of "
+                f"{cfg.width}x{cfg.height}"
+            )
+
+
+#: Camera names accepted by envs and the ROS node.
+CAMERAS: dict[str, type[Camera]] = {"ground_truth": GroundTruthCamera, "model": ModelCamera}
+
+
+def make_camera(name: str, **kwargs: Any) -> Camera:
     """Instantiate a camera by name; unknown names fail with the valid choices."""
     if name not in CAMERAS:
         raise ValueError(f"unknown camera {name!r}; valid cameras: {sorted(CAMERAS)}")

@@ -10,6 +10,7 @@ decides goals, rewards, termination and metrics.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -17,7 +18,7 @@ import numpy as np
 from gymnasium import spaces
 
 from rtfm_env import viz
-from rtfm_env.cameras import Camera, make_camera
+from rtfm_env.cameras import CAMERAS, Camera, make_camera
 from rtfm_env.envs.tasks import WORLD_BOUND, Episode, Task
 from rtfm_env.geometry import DiscreteAction, RobotState
 from rtfm_env.scenes import MiniWorldScene
@@ -46,14 +47,41 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         max_steps: int = 500,
         scene_seed: int | None = None,
         render_mode: str | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        k: int | None = None,
+        context_strategy: str | None = None,
+        sampling_steps: int | None = None,
+        seed_views: int | None = None,
+        memory_capacity: int | None = None,
     ) -> None:
-        """Build the env; arguments are documented in the subclasses' Arguments section."""
+        """Build the env; arguments are documented in the subclasses' Arguments section.
+
+        The model camera's options (``checkpoint`` to ``memory_capacity``) are None unless
+        given; None leaves :class:`~rtfm_env.cameras.ModelCamera`'s default. Giving any of
+        them with another camera is an error rather than silently ignored.
+        """
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unknown render_mode {render_mode!r}; valid: {[None, *self.metadata['render_modes']]}")
         if not isinstance(scene, str):
             raise TypeError(f"scene must be a scene id string such as 'MiniWorld-FourRooms-v0', got {scene!r}")
         if not isinstance(camera, str):
             raise TypeError(f"camera must be a camera name such as 'ground_truth', got {camera!r}")
+        if camera not in CAMERAS:
+            raise ValueError(f"unknown camera {camera!r}; valid cameras: {sorted(CAMERAS)}")
+        model_options = {
+            "checkpoint": checkpoint,
+            "k": k,
+            "context_strategy": context_strategy,
+            "sampling_steps": sampling_steps,
+            "seed_views": seed_views,
+            "memory_capacity": memory_capacity,
+        }
+        given = {name: value for name, value in model_options.items() if value is not None}
+        if given and camera != "model":
+            raise ValueError(
+                f"{sorted(given)} apply only to camera='model', but camera={camera!r}; "
+                "drop them or pass camera='model'"
+            )
         if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 8:
             raise ValueError(f"resolution must be an integer >= 8 pixels, got {resolution!r}")
         if not isinstance(fov, (int, float, np.number)) or not 0.0 < float(fov) < 180.0:
@@ -73,8 +101,13 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.scene_seed = None if scene_seed is None else int(scene_seed)
         self.render_height = max(256, self.resolution)  # pixels, height of render()'s composite
 
-        # The camera is built first: an unknown name then fails before a scene is acquired.
-        self.camera: Camera = make_camera(camera)
+        # The camera is built first: a bad camera option then fails before a scene is acquired.
+        camera_kwargs: dict[str, Any] = {}
+        if camera == "model":
+            if "sampling_steps" in given:
+                given["steps"] = given.pop("sampling_steps")
+            camera_kwargs = {**given, "resolution": self.resolution}
+        self.camera: Camera = make_camera(camera, **camera_kwargs)
         self.scene: Scene = MiniWorldScene(scene, width=self.resolution, height=self.resolution, fov_y=self.fov)
 
         self.action_space = task.action_space
@@ -106,7 +139,9 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         """Start an episode: a layout, the scene's start state, a task goal, the first frame.
 
         The layout seed is ``scene_seed`` when set, else drawn from the env's generator, so
-        ``reset(seed=s)`` reproduces the world, start, goal and observations exactly.
+        ``reset(seed=s)`` reproduces the world, start, goal and observations exactly. The
+        camera is re-seeded from the same generator, so a learned camera's frames (stochastic
+        but seeded) are reproduced too.
         """
         if options:
             raise ValueError(f"reset() takes no options; got {sorted(options)}")
@@ -115,7 +150,10 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         start = self.scene.reset(layout_seed)
         self._episode = Episode(states=[start], scene_seed=layout_seed)
         self.task.reset(self.scene, self._episode, self.np_random)
-        self._frame = self._check_frame(self.camera.reset(self.scene, start.pose()))
+        # Drawn after the task's goal, so the layout and goal of reset(seed=s) do not depend on
+        # the camera; a learned camera's generator is seeded from it (deterministic ones ignore it).
+        camera_seed = int(self.np_random.integers(2**63 - 1))
+        self._frame = self._check_frame(self.camera.reset(self.scene, start.pose(), seed=camera_seed))
         self._done = False
         self._canvas = None
         return self._observation(), self._info()

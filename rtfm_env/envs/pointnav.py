@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rtfm_env.envs.base import RTFMEnv
 from rtfm_env.envs.tasks import PointNavTask
 
@@ -76,13 +78,33 @@ class PointNavEnv(RTFMEnv):
     env = gym.make("RTFM/PointNav-v0", scene="MiniWorld-FourRooms-v0", camera="ground_truth",
                    resolution=64, fov=60.0, max_steps=500, success_distance=0.2,
                    scene_seed=None, render_mode=None)
+
+    # the learned camera, with its options (each None = the camera's default)
+    env = gym.make("RTFM/PointNav-v0", camera="model", checkpoint="path/to/checkpoint",
+                   k=2, context_strategy="spatial", sampling_steps=None, seed_views=1,
+                   memory_capacity=None)
     ```
 
     - ``scene``: a MiniWorld env id. The default, ``MiniWorld-FourRooms-v0``, is a training
       world where navigation is not trivial (four 6 m rooms joined by doorways, so geodesic
       and straight-line distances differ) yet every 1-10 m goal is reachable and frames are
       cheap to render.
-    - ``camera``: a name from :data:`rtfm_env.cameras.CAMERAS` (``"ground_truth"``).
+    - ``camera``: a name from :data:`rtfm_env.cameras.CAMERAS`: ``"ground_truth"`` (the
+      scene's renderer) or ``"model"`` (:class:`rtfm_env.cameras.ModelCamera`: the frame model
+      generates each frame from a spatial memory seeded with the start's ground truth).
+      Model frames are stochastic but seeded: the camera's generator is seeded from the env's,
+      so ``reset(seed=s)`` and the same actions reproduce them.
+    - ``checkpoint`` (model camera): frame-model checkpoint directory; None for the shipped one.
+    - ``k`` (model camera): context frames per generated frame (default 2).
+    - ``context_strategy`` (model camera): how context is picked, one of
+      :data:`rtfm_env.cameras.CONTEXT_STRATEGIES` (``"spatial"``, the default, is context
+      juggling; ``"last_k"``, ``"first_only"`` and ``"all"`` are the baselines).
+    - ``sampling_steps`` (model camera): Euler steps per frame; None for the model's default.
+    - ``seed_views`` (model camera): ground-truth frames stored at reset, the start view and
+      turns in place (default 1).
+    - ``memory_capacity`` (model camera): frames kept at most; None keeps all.
+
+    The model camera's options are errors with any other camera.
     - ``resolution``: pixels of the square view.
     - ``fov``: vertical field of view, degrees.
     - ``max_steps``: actions before truncation (500, as Habitat).
@@ -93,7 +115,7 @@ class PointNavEnv(RTFMEnv):
 
     ## Version History
 
-    - v0: initial version.
+    - v0: initial version; the model camera and its options.
     """
 
     def __init__(
@@ -106,6 +128,12 @@ class PointNavEnv(RTFMEnv):
         success_distance: float = 0.2,
         scene_seed: int | None = None,
         render_mode: str | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        k: int | None = None,
+        context_strategy: str | None = None,
+        sampling_steps: int | None = None,
+        seed_views: int | None = None,
+        memory_capacity: int | None = None,
     ) -> None:
         """Build the env; see the class docstring's Arguments section."""
         super().__init__(
@@ -117,4 +145,10 @@ class PointNavEnv(RTFMEnv):
             max_steps=max_steps,
             scene_seed=scene_seed,
             render_mode=render_mode,
+            checkpoint=checkpoint,
+            k=k,
+            context_strategy=context_strategy,
+            sampling_steps=sampling_steps,
+            seed_views=seed_views,
+            memory_capacity=memory_capacity,
         )
