@@ -4,12 +4,20 @@ A shortest-path follower drives PointNav episodes on the embedded default world
 (MiniWorld FourRooms, seed 0); every frame shows the camera view beside the top-down map with
 the trajectory and goal. The video and a ``summary.json`` go to ``--out``, and a summary is
 printed.
+
+With ``--camera model`` the frame model is the camera and every video frame has three panels:
+the generated view | the ground truth at the same pose | the top-down map with the positions
+and view directions of the frames in the camera's memory (red: observed ground truth, purple:
+generated). The summary then adds the camera's options and the PSNR of the generated views::
+
+    rtfm-env demo --camera model --checkpoint path/to/checkpoint --k 2 --context-strategy spatial
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -20,6 +28,9 @@ import numpy as np
 from tqdm import tqdm
 
 import rtfm_env  # noqa: F401  (registers the RTFM/* ids)
+from rtfm_env import viz
+from rtfm_env.cameras import CAMERAS, CONTEXT_STRATEGIES
+from rtfm_env.envs.base import RTFMEnv
 from rtfm_env.envs.follower import ShortestPathFollower
 
 DEFAULT_SCENE = "MiniWorld-FourRooms-v0"
@@ -33,18 +44,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the first episode (default: 0)")
     parser.add_argument("--episodes", type=int, default=3, help="episodes to drive (default: 3)")
     parser.add_argument("--max-steps", type=int, default=150, help="step limit per episode (default: 150)")
-    parser.add_argument("--camera", default="ground_truth", help="camera: ground_truth (default)")
+    parser.add_argument(
+        "--camera", choices=sorted(CAMERAS), default="ground_truth", help="which camera sees (default: ground_truth)"
+    )
     parser.add_argument("--resolution", type=int, default=64, help="camera frame size in pixels (default: 64)")
     parser.add_argument("--fps", type=int, default=10, help="video frames per second (default: 10)")
     parser.add_argument(
         "--format", choices=("mp4", "gif"), default="mp4", help="video container (default: mp4; gif needs no ffmpeg)"
     )
+    model = parser.add_argument_group("model camera (--camera model only)")
+    model.add_argument(
+        "--checkpoint", type=Path, metavar="DIR", help="frame-model checkpoint directory (default: the shipped one)"
+    )
+    model.add_argument("--k", type=int, metavar="N", help="context frames per generated frame (default: 2)")
+    model.add_argument(
+        "--context-strategy", choices=CONTEXT_STRATEGIES, help="how context frames are picked (default: spatial)"
+    )
+    model.add_argument("--sampling-steps", type=int, metavar="N", help="Euler steps per frame (default: the model's)")
+    model.add_argument("--seed-views", type=int, metavar="N", help="ground-truth frames stored at reset (default: 1)")
+    model.add_argument("--memory-capacity", type=int, metavar="N", help="frames the memory keeps (default: all)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Drive the episodes, write the video and summary, print what happened."""
     if args.episodes < 1 or args.max_steps < 1:
         raise ValueError(f"--episodes and --max-steps must be >= 1, got {args.episodes} and {args.max_steps}")
+    options = {
+        "checkpoint": args.checkpoint,
+        "k": args.k,
+        "context_strategy": args.context_strategy,
+        "sampling_steps": args.sampling_steps,
+        "seed_views": args.seed_views,
+        "memory_capacity": args.memory_capacity,
+    }
+    # None options are the camera's defaults; the env refuses them with another camera.
     env = gym.make(
         "RTFM/PointNav-v0",
         scene=args.scene,
@@ -52,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         max_steps=args.max_steps,
         render_mode="rgb_array",
+        **{name: value for name, value in options.items() if value is not None},
     )
     base = env.unwrapped
+    model = args.camera == "model"
     follower = ShortestPathFollower(base.scene, stop_distance=base.task.success_distance * 0.9)
     frames: list[np.ndarray] = []
     episodes = []
@@ -62,26 +97,36 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(desc="demo", unit="step") as bar:
         for ep in range(args.episodes):
             obs, info = env.reset(seed=args.seed + ep)
-            frames.append(env.render())
+            canvas = viz.MapCanvas(base.scene.top_down_map(), height=base.render_height) if model else None
+            frames.append(_model_panels(base, obs["rgb"], canvas)[0] if model else env.render())
+            psnrs = []
             done = False
             while not done:
                 action = follower.act(base.state, base.task.goal)
                 obs, reward, terminated, truncated, info = env.step(action)
-                frames.append(env.render())
+                if model:
+                    frame, psnr = _model_panels(base, obs["rgb"], canvas)
+                    frames.append(frame)
+                    psnrs.append(psnr)
+                else:
+                    frames.append(env.render())
                 done = terminated or truncated
                 steps_total += 1
                 bar.update(1)
-            episodes.append(
-                {
-                    "seed": args.seed + ep,
-                    "steps": int(info["steps"]) if "steps" in info else len(base.episode.states) - 1,
-                    "success": bool(info["success"]),
-                    "spl": float(info["spl"]),
-                    "collisions": int(info["collisions"]),
-                    "distance_to_goal": float(info["distance_to_goal"]),
-                }
-            )
+            record = {
+                "seed": args.seed + ep,
+                "steps": int(info["steps"]) if "steps" in info else len(base.episode.states) - 1,
+                "success": bool(info["success"]),
+                "spl": float(info["spl"]),
+                "collisions": int(info["collisions"]),
+                "distance_to_goal": float(info["distance_to_goal"]),
+            }
+            if model:
+                record["psnr"] = round(float(np.mean(psnrs)), 3)  # dB, generated vs ground truth per step
+                record["memory_frames"] = len(base.camera.memory)
+            episodes.append(record)
     sim_seconds = time.perf_counter() - t0
+    camera_options = base.camera.options if model else None
     env.close()
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -97,16 +142,39 @@ def run(args: argparse.Namespace) -> int:
         "steps_per_second": round(steps_total / sim_seconds, 1),
         "video": str(video),
     }
+    if model:
+        summary["panels"] = ["generated", "ground truth", "map with stored frames"]
+        summary["camera_options"] = camera_options
     _write_json(args.out / "summary.json", summary)
     print(f"rtfm-env demo: {args.camera} camera in {args.scene}, {args.resolution}x{args.resolution} frames")
     for e in episodes:
+        quality = f", PSNR {e['psnr']:.1f} dB vs ground truth" if model else ""
         print(
             f"  episode seed {e['seed']}: {e['steps']} steps, success={e['success']}, SPL={e['spl']:.2f}, "
-            f"collisions={e['collisions']}, final distance {e['distance_to_goal']:.2f} m"
+            f"collisions={e['collisions']}, final distance {e['distance_to_goal']:.2f} m{quality}"
         )
+    if model:
+        print("  video panels: generated | ground truth | map (red: observed frames, purple: generated)")
     print(f"  {steps_total} steps in {sim_seconds:.1f} s ({summary['steps_per_second']} steps/s incl. rendering)")
     print(f"  video: {video} ({len(frames)} frames)   summary: {args.out / 'summary.json'}")
     return 0
+
+
+def _model_panels(env: RTFMEnv, view: np.ndarray, canvas: viz.MapCanvas) -> tuple[np.ndarray, float]:
+    """The generated view | the ground truth at its pose | the map with the memory's frames, and the PSNR (dB)."""
+    truth = env.scene.render(env.state.pose())
+    memory = env.camera.memory
+    ids = memory.ids
+    layer = canvas.draw(
+        env.episode.states,
+        goal=env.task.goal,
+        goal_radius=env.task.goal_radius,
+        frame_poses=memory.poses(ids),
+        frame_sources=memory.sources(ids),
+    )
+    mse = float(np.mean((view.astype(np.float64) - truth.astype(np.float64)) ** 2))
+    psnr = 10.0 * math.log10(255.0**2 / max(mse, 1e-10))  # identical frames give ~148 dB, not infinity
+    return viz.compose(view, truth, layer, height=env.render_height), psnr
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:

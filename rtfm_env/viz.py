@@ -30,6 +30,8 @@ COLORS = {
     "goal": (44, 160, 44),
     "outline": (0, 0, 0),
     "background": (255, 255, 255),
+    "observed": (214, 39, 40),  # stored frames from the scene's renderer (ground truth)
+    "generated": (148, 103, 189),  # stored frames the frame model generated
 }
 
 
@@ -142,6 +144,8 @@ class MapCanvas:
         states: Sequence[RobotState],
         goal: np.ndarray | None = None,
         goal_radius: float = 0.0,
+        frame_poses: np.ndarray | None = None,
+        frame_sources: Sequence[str] | None = None,
     ) -> np.ndarray:
         """A copy of the map with the trajectory through ``states``, the goal and the robot.
 
@@ -149,6 +153,10 @@ class MapCanvas:
             states: the robot's states so far, the start first; the last one is drawn as the robot.
             goal: the goal's floor point (x, z) in metres, or None.
             goal_radius: metres; a ring of this radius is drawn around the goal when > 0.
+            frame_poses: (N, 4, 4) camera-to-world poses of stored frames (a model camera's
+                memory), drawn over the trajectory as dots with a tick along the view direction.
+            frame_sources: the N frames' sources, ``"observed"`` or ``"generated"``, which
+                pick the dots' colours (:data:`COLORS`).
 
         Returns:
             (H, W, 3) uint8.
@@ -164,13 +172,42 @@ class MapCanvas:
                 radius = max(1, round(goal_radius * self.pixels_per_metre))
                 ring = draw.circle_perimeter(round(centre[0]), round(centre[1]), radius, shape=shape)
                 _fill(image, ring, COLORS["goal"])
-        if not states:
-            return image
-        points = self.to_pixels(np.array([[s.x, s.z] for s in states]))
-        _fill(image, draw.disk(tuple(points[0]), max(2.0, 0.12 * self.pixels_per_metre), shape=shape), COLORS["start"])
-        self._draw_path(image, points)
-        self._draw_robot(image, points[-1], states[-1].yaw)
+        points = self.to_pixels(np.array([[s.x, s.z] for s in states]).reshape(-1, 2))
+        if len(points):
+            disk = draw.disk(tuple(points[0]), max(2.0, 0.12 * self.pixels_per_metre), shape=shape)
+            _fill(image, disk, COLORS["start"])
+            self._draw_path(image, points)
+        if frame_poses is not None or frame_sources is not None:
+            self._draw_frames(image, frame_poses, frame_sources)
+        if len(points):
+            self._draw_robot(image, points[-1], states[-1].yaw)
         return image
+
+    def _draw_frames(self, image: np.ndarray, poses: np.ndarray | None, sources: Sequence[str] | None) -> None:
+        poses = np.asarray(poses, dtype=np.float64) if poses is not None else None
+        if poses is None or sources is None or poses.ndim != 3 or poses.shape[1:] != (4, 4):
+            shape = None if poses is None else poses.shape
+            raise ValueError(f"frame_poses must be (N, 4, 4) and given with frame_sources; got shape {shape}")
+        if len(sources) != len(poses):
+            raise ValueError(f"got {len(sources)} frame_sources for {len(poses)} frame_poses")
+        unknown = sorted(set(sources) - {"observed", "generated"})
+        if unknown:
+            raise ValueError(f"unknown frame sources {unknown}; valid: ['generated', 'observed']")
+        shape = image.shape[:2]
+        centres = self.to_pixels(poses[:, [0, 2], 3])  # (N, 2) row, col
+        # The view direction is the camera's -z axis; on the map (row, col) = (z, x).
+        view = -poses[:, [2, 0], 2]  # (N, 2)
+        norm = np.linalg.norm(view, axis=1, keepdims=True)
+        view = np.divide(view, norm, out=np.zeros_like(view), where=norm > 1e-9)
+        radius = max(2.0, 0.08 * self.pixels_per_metre)
+        tick = max(6.0, 0.3 * self.pixels_per_metre)
+        # Observed frames last, so the ground truth the world grew from stays visible.
+        order = sorted(range(len(sources)), key=lambda i: sources[i] == "observed")
+        for i in order:
+            colour = COLORS[sources[i]]
+            c, end = centres[i], centres[i] + tick * view[i]
+            _fill(image, draw.line(round(c[0]), round(c[1]), round(end[0]), round(end[1])), colour, shape)
+            _fill(image, draw.disk(tuple(c), radius, shape=shape), colour)
 
     def _draw_path(self, image: np.ndarray, points: np.ndarray) -> None:
         # Anti-aliased lines, three pixels wide so the path stays visible on textured floors.
@@ -197,8 +234,16 @@ class MapCanvas:
         _fill(image, draw.polygon_perimeter(tri[:, 0], tri[:, 1], shape=shape), COLORS["outline"])
 
 
-def _fill(image: np.ndarray, coords: tuple[np.ndarray, np.ndarray], color: tuple[int, int, int]) -> None:
+def _fill(
+    image: np.ndarray,
+    coords: tuple[np.ndarray, np.ndarray],
+    color: tuple[int, int, int],
+    shape: tuple[int, int] | None = None,
+) -> None:
     rr, cc = coords
+    if shape is not None:  # for drawing functions that take no shape to clip to
+        inside = (rr >= 0) & (rr < shape[0]) & (cc >= 0) & (cc < shape[1])
+        rr, cc = rr[inside], cc[inside]
     image[rr, cc] = color
 
 
