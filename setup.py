@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rtfm_env", "rtfm_env.*"]),
     include_package_data=True,
-    package_data={"rtfm_env": ["py.typed"]},
+    # the shipped frame-model checkpoint travels with the package
+    package_data={"rtfm_env": ["py.typed", "model/checkpoints/*/*.json", "model/checkpoints/*/*.safetensors", "model/checkpoints/*/*.md"]},
     install_requires=[
         "numpy>=1.24",
         "scipy>=1.10",
