@@ -32,6 +32,14 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "plus a manifest. Resumable: re-running the same command finishes what is missing. "
         "Refuses env ids outside the training list unless --split heldout is given.",
     ),
+    "train": (
+        "rtfm_env.model.train",
+        "train the frame model on recorded shards",
+        "Train the frame model on recordings of the train split: bf16 autocast, EMA weights, "
+        "warm-up then cosine or constant learning rate, gradient clipping, a CSV log, and atomic "
+        "checkpoints under --out (last -> checkpoints/step-N). Re-running the same command resumes "
+        "from the last checkpoint. Several processes: torchrun --nproc_per_node N -m rtfm_env.cli train ...",
+    ),
 }
 
 
