@@ -938,13 +938,14 @@ def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
                     n_acc, window_samples = 0, 0
                     window_start = time.perf_counter()
                 if step % cfg.ckpt_every == 0 or step == end:
+                    saving_start = time.perf_counter()
                     if rank0:
                         wall_s = wall_before + time.perf_counter() - run_start
                         extra = {**extra_base, "step": step, "wall_s": round(wall_s, 3)}
                         save_train_checkpoint(out, step, network, ema, optimizer, extra, cfg.keep_every)
                     if proc.distributed:
                         dist.barrier()  # no rank runs ahead while the checkpoint is written
-                    window_start = time.perf_counter()
+                    window_start += time.perf_counter() - saving_start  # throughput counts training only
                 if step >= end:
                     break
     finally:
