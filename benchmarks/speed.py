@@ -1,0 +1,221 @@
+"""Speed of the model camera: frames/s, achieved FLOP/s, and cost against memory size.
+
+Measured in one run, on whatever machine runs it (CPU by default, CUDA with --device cuda):
+
+* single stream: ``ModelCamera.observe`` of one pose at a time along a trajectory;
+* batched: ``observe`` of B poses at once (one ``FrameModel.generate`` call);
+* achieved FLOP/s of the transformer during ``generate`` (FLOPs counted by
+  ``torch.utils.flop_counter``) against a bf16 matrix product timed in the same run;
+* step time with 1e2 and 1e5 frames in the spatial memory (context juggling must keep it flat).
+
+Targets on the 2-core CPU machines: >= 20 frames/s single stream, >= 100 frames/s batched
+(B = 16), and <= 1.1x step time from 1e2 to 1e5 stored frames.
+
+    .venv/bin/python benchmarks/speed.py --checkpoint runs/s64/last --out docs/results/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from rtfm_env.cameras import ModelCamera
+from rtfm_env.model.network import posed_rays
+from rtfm_env.model.sampler import sample
+from rtfm_env.scenes import MiniWorldScene
+
+
+@dataclass
+class SpeedConfig:
+    """What the benchmark measures."""
+
+    checkpoint: str | None = None  # checkpoint directory; None: the shipped default
+    scene: str = "MiniWorld-YMaze-v0"  # a held-out world
+    resolution: int = 64  # pixels, square frames
+    k: int = 2  # context views per frame
+    steps: int | None = None  # sampling steps; None: the model's default
+    frames: int = 64  # frames timed per measurement
+    batch: int = 16  # B for the batched measurement
+    big_memory: int = 100_000  # frames stored for the memory-size comparison
+    small_memory: int = 100  # frames stored for its baseline
+    device: str = "cpu"  # cpu or cuda
+    threads: int = 0  # torch threads; 0 keeps torch's default
+    out: str = "docs/results/speed.json"  # JSON output
+
+
+def _machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _matmul_flops(device: str, n: int = 1024, reps: int = 20) -> float:
+    """Achieved bf16 FLOP/s of an n x n matrix product: the machine's practical ceiling."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def _poses_around(scene: MiniWorldScene, n: int, seed: int) -> np.ndarray:
+    """``n`` free camera poses near the start (the trajectory the camera is driven along)."""
+    rng = np.random.default_rng(seed)
+    start = scene.start_state
+    poses = []
+    while len(poses) < n:
+        s = scene.sample_free_state(rng)
+        if math.hypot(s.x - start.x, s.z - start.z) < 4.0:
+            poses.append(s.pose())
+    return np.stack(poses)
+
+
+def _fill_memory(camera: ModelCamera, scene: MiniWorldScene, n: int, seed: int) -> None:
+    """Pad the camera's memory to ``n`` frames with posed frames spread over the layout."""
+    rng = np.random.default_rng(seed)
+    frame = camera.memory.frames([camera.memory.ids[0]])[0]
+    intr = scene.intrinsics
+    for _ in tqdm(range(n - len(camera.memory)), desc=f"fill memory to {n}", unit="frame", leave=False):
+        s = scene.sample_free_state(rng)
+        camera.memory.add(frame, s.pose(), intr, source="generated")
+
+
+def _time_observe(camera: ModelCamera, poses: np.ndarray, batch: int, device: str) -> float:
+    """Seconds per frame of ``observe`` over ``poses`` in batches of ``batch``."""
+    camera.observe(poses[:batch])  # warm-up
+    _sync(device)
+    t = time.perf_counter()
+    for i in range(0, len(poses), batch):
+        camera.observe(poses[i : i + batch])
+    _sync(device)
+    return (time.perf_counter() - t) / len(poses)
+
+
+def _generate_flops(cam: ModelCamera, poses: np.ndarray, cfg: SpeedConfig) -> float:
+    """FLOPs per frame of generation: the context encoding plus every denoising step.
+
+    Runs the same network calls as ``FrameModel.generate`` on a copy of the network with
+    autograd on (the FLOP counter's module tracker needs it; the count is of the forward only),
+    with the context the camera would retrieve.
+    """
+    net, mcfg = copy.deepcopy(cam.model.network).requires_grad_(True), cam.model.config
+    b, k = len(poses), cfg.k
+    ids = [int(cam.memory.ids[0])] * k
+    ctx = torch.as_tensor(cam.memory.frames(ids)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (K, 3, H, W)
+    ctx = ctx[None].expand(b, -1, -1, -1, -1).contiguous().to(cfg.device)  # (B, K, 3, H, W)
+    ctx_poses = np.repeat(cam.memory.poses(ids)[None], b, axis=0)  # (B, K, 4, 4)
+    target_rays, context_rays = posed_rays(poses, ctx_poses, cam.intrinsics)
+    steps = cfg.steps or mcfg.sample_steps
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        cache = net.encode_context(ctx, context_rays.to(cfg.device))
+        sample(net, ctx[:, 0], target_rays.to(cfg.device), cache, steps)
+    return counter.get_total_flops() / b
+
+
+def main(cfg: SpeedConfig) -> dict:
+    """Run every measurement and write the JSON; returns the result dict."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    scene = MiniWorldScene(cfg.scene, width=cfg.resolution, height=cfg.resolution)
+    start = scene.reset(0)
+
+    def fresh_camera() -> ModelCamera:
+        cam = ModelCamera(cfg.checkpoint, k=cfg.k, steps=cfg.steps, device=cfg.device, resolution=cfg.resolution)
+        cam.reset(scene, start.pose(), seed=0)
+        return cam
+
+    poses = _poses_around(scene, cfg.frames, seed=1)
+    cam = fresh_camera()
+    single = _time_observe(cam, poses, 1, cfg.device)
+    cam = fresh_camera()
+    batched = _time_observe(cam, np.concatenate([poses] * max(1, cfg.batch * 4 // len(poses))), cfg.batch, cfg.device)
+
+    flops_per_frame = _generate_flops(cam, poses[: cfg.batch], cfg)
+    matmul = _matmul_flops(cfg.device)
+
+    # cost against memory size: same query poses, 1e2 vs 1e5 stored frames
+    timings = {}
+    for n in (cfg.small_memory, cfg.big_memory):
+        cam = fresh_camera()
+        _fill_memory(cam, scene, n, seed=2)
+        timings[n] = _time_observe(cam, poses, 1, cfg.device)
+    scene.close()
+
+    result = {
+        "benchmark": "speed",
+        "config": asdict(cfg),
+        "model_config": asdict(cam.model.config),
+        "machine": _machine(),
+        "single_stream": {"seconds_per_frame": single, "frames_per_s": 1.0 / single},
+        "batched": {"batch": cfg.batch, "seconds_per_frame": batched, "frames_per_s": 1.0 / batched},
+        "flops": {
+            "per_frame": flops_per_frame,
+            "achieved_per_s_batched": flops_per_frame / batched,
+            "bf16_matmul_per_s": matmul,
+            "fraction_of_matmul": flops_per_frame / batched / matmul,
+        },
+        "memory_size": {
+            "seconds_per_frame": {str(n): t for n, t in timings.items()},
+            "ratio_big_over_small": timings[cfg.big_memory] / timings[cfg.small_memory],
+        },
+        "targets": {
+            "single_stream_frames_per_s": 20,
+            "batched_frames_per_s": 100,
+            "memory_ratio_max": 1.1,
+        },
+    }
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    return result
+
+
+def _parse() -> SpeedConfig:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = SpeedConfig()
+    for name in SpeedConfig.__dataclass_fields__:
+        d = getattr(defaults, name)
+        kind = int if name in ("steps",) else (str if d is None else type(d))
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=d)
+    return SpeedConfig(**vars(p.parse_args()))
+
+
+if __name__ == "__main__":
+    r = main(_parse())
+    fl, ms = r["flops"], r["memory_size"]
+    print(f"single stream: {r['single_stream']['frames_per_s']:.1f} frames/s (target >= 20)")
+    print(f"batched (B={r['batched']['batch']}): {r['batched']['frames_per_s']:.1f} frames/s (target >= 100)")
+    print(
+        f"transformer: {fl['per_frame'] / 1e9:.2f} GFLOP/frame, {fl['achieved_per_s_batched'] / 1e9:.0f} GFLOP/s "
+        f"= {100 * fl['fraction_of_matmul']:.0f}% of a bf16 matmul ({fl['bf16_matmul_per_s'] / 1e9:.0f} GFLOP/s)"
+    )
+    print(f"step time 1e5 vs 1e2 frames in memory: {ms['ratio_big_over_small']:.2f}x (target <= 1.1)")
