@@ -5,12 +5,14 @@ import json
 import math
 import os
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
 import torch.multiprocessing as mp
+from torch.optim.swa_utils import AveragedModel
 
 from rtfm_env import cli
 from rtfm_env.data import recorder as rec
@@ -20,6 +22,7 @@ from rtfm_env.geometry import Intrinsics, RobotState
 from rtfm_env.model import checkpoint as ck
 from rtfm_env.model import sampler as sm
 from rtfm_env.model import train as tr
+from rtfm_env.model.checkpoint import load_checkpoint
 from rtfm_env.model.network import FrameNetwork
 from rtfm_env.model.sampler import FrameModel
 
@@ -405,3 +408,19 @@ def test_ddp_two_processes_hold_identical_weights(tmp_path, recording):
     assert_same_tensors({k: v for k, v in rank0.items() if k.startswith("model.")},
                         {k: v for k, v in saved.items() if k.startswith("model.")})
     assert [r["step"] for r in read_log(tmp_path / "run")] == ["1", "2", "3"]
+
+
+def test_init_from_copies_checkpoint_weights(tmp_path, recording):
+    """--init-from starts the network and its EMA at a checkpoint's weights; another config is refused."""
+    first = tr.main(tiny(recording, tmp_path / "first"))
+    source = load_checkpoint(tmp_path / "first" / tr.LAST)
+    network = FrameNetwork(first.ema.config)
+    ema = AveragedModel(network)
+    tr._init_from(str(tmp_path / "first" / tr.LAST), network, ema, first.ema.config)
+    assert_same_tensors(state_of(network), state_of(source.model))
+    assert_same_tensors(state_of(ema.module), state_of(source.model))
+    other = replace(first.ema.config, depth=first.ema.config.depth + 1)
+    with pytest.raises(ValueError, match="depth"):
+        tr._init_from(str(tmp_path / "first" / tr.LAST), FrameNetwork(other), AveragedModel(FrameNetwork(other)), other)
+    started = tr.main(tiny(recording, tmp_path / "second", steps=2, init_from=str(tmp_path / "first" / tr.LAST)))
+    assert started.step == 2

@@ -170,6 +170,11 @@ class TrainConfig:
         metadata=_opt("ModelConfig fields to override, e.g. patch=4 depth=8 (height and width come from the data)",
                       nargs="+", metavar="FIELD=VALUE"),
     )
+    init_from: str | None = field(
+        default=None,
+        metadata=_opt("start a new run from this checkpoint's weights (e.g. the shipped default) with a fresh "
+                      "optimizer; its model config must match; ignored when resuming", metavar="DIR"),
+    )
     # -- optimisation
     batch_size: int = field(
         default=32, metadata=_opt("samples per optimizer step, all processes together", type=int, metavar="B")
@@ -825,6 +830,18 @@ def main(cfg: TrainConfig, *, until: int | None = None) -> TrainResult:
             dist.destroy_process_group()
 
 
+def _init_from(directory: str, network: FrameNetwork, ema: AveragedModel, mcfg: ModelConfig) -> None:
+    """Copy a checkpoint's (EMA) weights into the network and its EMA before step 0."""
+    source = load_checkpoint(directory)
+    if source.config != mcfg:
+        theirs, ours = asdict(source.config), asdict(mcfg)
+        diff = {k: (theirs[k], ours[k]) for k in ours if theirs.get(k) != ours[k]}
+        raise ValueError(f"--init-from {directory}: its model config differs from this run's (theirs, ours): {diff}")
+    state = source.model.state_dict()
+    network.load_state_dict(state)
+    ema.module.load_state_dict(state)
+
+
 def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
     rank0, device = proc.rank == 0, proc.device
     out = Path(cfg.out)
@@ -846,6 +863,8 @@ def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
         resumed = load_train_checkpoint(last, network, ema, optimizer)
         _check_resumable(resumed.extra, cfg, data.record, last)
         step, wall_before = resumed.step, float(resumed.extra.get("wall_s", 0.0))
+    elif cfg.init_from:
+        _init_from(cfg.init_from, network, ema, mcfg)
     loss_model: nn.Module = _FlowLoss(network)
     if proc.distributed:
         loss_model = DistributedDataParallel(loss_model, device_ids=[device.index] if device.type == "cuda" else None)
