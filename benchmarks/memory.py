@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import scipy
+from benchlib import machine_info, write_atomic
 from tqdm import tqdm
 
 from rtfm_env.geometry import Intrinsics, camera_pose
@@ -98,19 +97,6 @@ def time_queries(mem: SpatialMemory, queries: np.ndarray, k: int, m: int) -> tup
         nearest_ns.append(t2 - t1)
         returned.append(len(ids))
     return percentiles_us(np.array(retrieve_ns)), percentiles_us(np.array(nearest_ns)), float(np.mean(returned))
-
-
-def machine_info() -> dict:
-    """Where the numbers were measured."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "load_average_1min": os.getloadavg()[0],  # other jobs on the machine inflate latencies
-    }
 
 
 def growth_run(cfg: BenchConfig, rng: np.random.Generator) -> list[dict]:
@@ -277,17 +263,10 @@ def main(cfg: BenchConfig) -> dict:
     }
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, json.dumps(report, indent=2) + "\n")
-    _write_atomic(out.with_suffix(".md"), markdown(report))
+    write_atomic(out, json.dumps(report, indent=2) + "\n")
+    write_atomic(out.with_suffix(".md"), markdown(report))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return report
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:

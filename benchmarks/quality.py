@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib import machine_info, write_atomic
 from tqdm import tqdm
 
 from rtfm_env.data.dataset import PosedFrameDataset
@@ -54,17 +54,6 @@ class QualityConfig:
     seed: int = 0  # dataset draw and flow noise
     threads: int = 0  # torch threads; 0 keeps torch's default
     out: str = "docs/results/quality.json"  # JSON path; the PNG grid goes beside it
-
-
-def _machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def _draw(ds: PosedFrameDataset, n: int, seed: int) -> list[dict]:
@@ -157,7 +146,7 @@ def main(cfg: QualityConfig) -> dict:
         "benchmark": "quality",
         "config": asdict(cfg),
         "model_config": asdict(model.config),
-        "machine": _machine(),
+        "machine": machine_info(),
         "data_envs": sorted({it["env_id"] for it in items}),
         "two_views": {name: _summary(v) for name, v in scores.items()},
     }
@@ -180,10 +169,7 @@ def main(cfg: QualityConfig) -> dict:
     result["model_minus_copy_db"] = m - c
     result["seconds"] = time.perf_counter() - t0
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(result, indent=2))
     _grid(out.with_suffix(".png"), frames)
     return result
 

@@ -20,14 +20,13 @@ import argparse
 import copy
 import json
 import math
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib import machine_info, write_atomic
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
@@ -53,17 +52,6 @@ class SpeedConfig:
     device: str = "cpu"  # cpu or cuda
     threads: int = 0  # torch threads; 0 keeps torch's default
     out: str = "docs/results/speed.json"  # JSON output
-
-
-def _machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def _sync(device: str) -> None:
@@ -172,7 +160,7 @@ def main(cfg: SpeedConfig) -> dict:
         "benchmark": "speed",
         "config": asdict(cfg),
         "model_config": asdict(cam.model.config),
-        "machine": _machine(),
+        "machine": machine_info(),
         "single_stream": {"seconds_per_frame": single, "frames_per_s": 1.0 / single},
         "batched": {"batch": cfg.batch, "seconds_per_frame": batched, "frames_per_s": 1.0 / batched},
         "flops": {
@@ -192,10 +180,7 @@ def main(cfg: SpeedConfig) -> dict:
         },
     }
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(result, indent=2))
     return result
 
 

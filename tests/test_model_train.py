@@ -309,7 +309,7 @@ def test_resume_refuses_other_options_or_data(tmp_path, recording):
 
 
 def _fail_weights_half_written(monkeypatch):
-    real = tr._write_synced
+    real = tr._write_file
 
     def dying(path, data):
         if path.name == tr.STATE_WEIGHTS:
@@ -318,7 +318,7 @@ def _fail_weights_half_written(monkeypatch):
             raise OSError("No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(tr, "_write_synced", dying)
+    monkeypatch.setattr(tr, "_write_file", dying)
 
 
 def _fail_model_file(monkeypatch):

@@ -70,7 +70,7 @@ from tqdm import tqdm
 from rtfm_env.data.dataset import PosedFrameDataset
 from rtfm_env.data.shards import read_manifest
 from rtfm_env.geometry import Intrinsics
-from rtfm_env.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rtfm_env.model.checkpoint import CheckpointError, _fsync_dir, _write_file, load_checkpoint, save_checkpoint
 from rtfm_env.model.network import MODEL_SIZES, FrameNetwork, ModelConfig, model_config
 from rtfm_env.model.sampler import FrameModel, training_loss
 
@@ -484,25 +484,6 @@ def _ema_update(decay: float):  # noqa: ANN202 (torch's multi_avg_fn signature)
 # --------------------------------------------------------------------------------------
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes renames durable; not every platform can open a directory.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
@@ -569,8 +550,8 @@ def save_train_checkpoint(
             "progress": {k: extra[k] for k in ("wall_s", "world_size") if k in extra},
             "tensors": {"file": STATE_WEIGHTS, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
         }
-        _write_synced(tmp / STATE_WEIGHTS, weights)
-        _write_synced(tmp / STATE_RECORD, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
+        _write_file(tmp / STATE_WEIGHTS, weights)
+        _write_file(tmp / STATE_RECORD, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)  # a stale save of this step that `last` never pointed at
