@@ -82,7 +82,7 @@ def _score(model: FrameModel, items: list[dict], cfg: QualityConfig, intr: Intri
         gen_frames = model.generate(tgt_poses, ctx, ctx_poses, intr, steps=cfg.steps, generator=gen)
         nearest = nearest_context(tgt_poses, ctx_poses, None, model.config.nearest_rotation_weight).numpy()
         for j, it in enumerate(chunk):
-            gt = it["target_frame"]
+            gt = np.asarray(it["target_frame"])
             copy = ctx[j, nearest[j]]
             mean = np.round(ctx[j].astype(np.float64).mean(0)).astype(np.uint8)
             for name, img in (("model", gen_frames[j]), ("copy", copy), ("mean", mean)):

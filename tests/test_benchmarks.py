@@ -1,0 +1,74 @@
+"""Smoke tests of the benchmark scripts on tiny inputs: they run and write what they promise."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from rtfm_env.data import recorder as rec
+from rtfm_env.model import FrameNetwork, model_config, save_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import memory as memory_bench  # noqa: E402
+import quality as quality_bench  # noqa: E402
+import speed as speed_bench  # noqa: E402
+
+RES = 32
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    """A real held-out recording: YMaze, 2 episodes x 16 frames at 32x32."""
+    out = tmp_path_factory.mktemp("data") / "heldout"
+    rec.record(rec.RecordConfig(envs=["YMaze"], episodes=2, steps=16, res=RES, split="heldout", out=str(out)),
+               progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random-weight T model at 32x32."""
+    cfg = model_config("T", height=RES, width=RES)
+    directory = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(directory, FrameNetwork(cfg), cfg, {"note": "random weights for a smoke test"})
+    return directory
+
+
+def test_memory_benchmark_writes_json_and_table(tmp_path):
+    """The memory benchmark measures each size and writes JSON plus a Markdown table."""
+    out = tmp_path / "memory.json"
+    report = memory_bench.main(memory_bench.BenchConfig(sizes=(300,), queries=20, capacity=100, capacity_adds=250,
+                                                        out=str(out)))
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert "300" in out.with_suffix(".md").read_text()
+    assert saved["machine"]["cpu_count"] >= 1
+
+
+def test_quality_benchmark_scores_model_and_baselines(tmp_path, heldout, checkpoint):
+    """The quality benchmark scores model, copy and mean on held-out samples and draws a grid."""
+    out = tmp_path / "quality.json"
+    r = quality_bench.main(quality_bench.QualityConfig(checkpoint=str(checkpoint), data=str(heldout), samples=6,
+                                                       batch=4, context_sweep=[1, 2], out=str(out)))
+    assert json.loads(out.read_text())["two_views"]["copy"]["n"] == 6
+    assert out.with_suffix(".png").stat().st_size > 1000
+    for name in ("model", "copy", "mean"):
+        assert 5.0 < r["two_views"][name]["mean"] < 100.0
+    assert set(r["context_sweep"]) == {"1", "2"}
+    assert math.isfinite(r["model_minus_copy_db"])
+
+
+def test_speed_benchmark_measures_frames_flops_and_memory(tmp_path, checkpoint):
+    """The speed benchmark reports frames/s, FLOPs against a matmul, and the memory-size ratio."""
+    out = tmp_path / "speed.json"
+    r = speed_bench.main(speed_bench.SpeedConfig(checkpoint=str(checkpoint), resolution=RES, frames=4, batch=2,
+                                                 big_memory=300, small_memory=10, out=str(out)))
+    assert json.loads(out.read_text())["batched"]["batch"] == 2
+    assert r["single_stream"]["frames_per_s"] > 0 and r["batched"]["frames_per_s"] > 0
+    assert r["flops"]["per_frame"] > 0 and 0 < r["flops"]["fraction_of_matmul"] < 10
+    assert r["memory_size"]["ratio_big_over_small"] > 0
