@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= rl,dev
+EXTRAS ?= rl,dev,ros
 APT_PACKAGES := libegl1 libgl1-mesa-dri
 # The stamp names what was installed, so editing setup.py, this file or EXTRAS re-installs.
 STAMP := $(VENV)/.installed-$(shell (cat setup.py Makefile; echo "$(EXTRAS)") | sha1sum | cut -c1-12)

@@ -30,6 +30,16 @@ setup(
     ],
     extras_require={
         "rl": ["stable-baselines3>=2.3"],
+        # ROS 2 Kilted from PyPI wheels (no ROS install needed) for the camera node, rosbags for bags
+        "ros": [
+            "ros-rclpy>=9.1",
+            "ros-rmw-fastrtps-cpp>=9.3",
+            "ros-sensor-msgs>=5.5",
+            "ros-geometry-msgs>=5.5",
+            "ros-nav-msgs>=5.5",
+            "ros-std-srvs>=5.5",
+            "rosbags>=0.10",
+        ],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.2",
@@ -38,5 +48,7 @@ setup(
             "ruff>=0.5",
         ],
     },
-    entry_points={"console_scripts": ["rtfm-env = rtfm_env.cli:main"]},
+    entry_points={
+        "console_scripts": ["rtfm-env = rtfm_env.cli:main", "rtfm-camera = rtfm_env.ros.camera_node:main"]
+    },
 )

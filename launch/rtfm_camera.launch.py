@@ -1,0 +1,51 @@
+"""Launch the rtfm-sim camera node: ``ros2 launch rtfm_ros rtfm_camera.launch.py scene:=Maze rate_hz:=30.0``.
+
+Parameters come from ``params_file`` (default: the installed ``rtfm_camera.yaml``) and then
+from the launch arguments below, which override the file. Every argument is a parameter of
+``rtfm_env.ros.camera_node`` (the package's tests check this).
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+# (name, default, type, description): the node's main parameters, overridable from the command line.
+ARGUMENTS = [
+    ("scene", "MiniWorld-OneRoom-v0", str, "MiniWorld env id or short name of the simulated world"),
+    ("seed", "0", int, "layout seed of the scene"),
+    ("camera", "ground_truth", str, "what renders frames: ground_truth or model"),
+    ("checkpoint", "", str, "frame-model checkpoint directory (camera:=model)"),
+    ("k", "2", int, "context frames per generated frame (camera:=model)"),
+    ("sampling_steps", "0", int, "Euler sampling steps; 0 uses the checkpoint's default"),
+    ("rate_hz", "10.0", float, "frames per second"),
+    ("width", "64", int, "image width, pixels"),
+    ("height", "64", int, "image height, pixels"),
+    ("fov", "60.0", float, "vertical field of view, degrees"),
+]
+
+
+def generate_launch_description() -> LaunchDescription:
+    """The camera node with its parameter file and argument overrides."""
+    default_params = os.path.join(get_package_share_directory("rtfm_ros"), "launch", "rtfm_camera.yaml")
+    actions = [
+        DeclareLaunchArgument("params_file", default_value=default_params, description="YAML parameter file"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+    ]
+    actions += [DeclareLaunchArgument(n, default_value=d, description=desc) for n, d, _, desc in ARGUMENTS]
+    overrides = {n: ParameterValue(LaunchConfiguration(n), value_type=t) for n, _, t, _ in ARGUMENTS}
+    actions.append(
+        Node(
+            package="rtfm_ros",
+            executable="camera_node",
+            name="rtfm_camera",
+            namespace=LaunchConfiguration("namespace"),
+            parameters=[LaunchConfiguration("params_file"), overrides],
+            output="screen",
+        )
+    )
+    return LaunchDescription(actions)

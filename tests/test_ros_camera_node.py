@@ -1,0 +1,293 @@
+"""Tests of rtfm_env.ros.camera_node with real processes: the node runs in a subprocess.
+
+Each test starts its own node with its own ROS_DOMAIN_ID (discovery kept on this host), talks
+to it through rclpy from the test process, and always stops it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="needs the ros extra: pip install -e '.[ros]'")
+
+import transforms3d  # noqa: E402
+from geometry_msgs.msg import PoseStamped, Twist  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from rtfm_env.geometry import Intrinsics  # noqa: E402
+from rtfm_env.ros.camera_node import STARTUP_ERROR_EXIT  # noqa: E402
+
+START_TIMEOUT = 60.0  # seconds for the node to import torch/MiniWorld and publish its first frame
+# Domain ids 0-232 are valid for Fast DDS; spread by pid so parallel sessions do not meet.
+_DOMAINS = itertools.count(10 + (os.getpid() % 40) * 5)
+
+
+def _yaw(q) -> float:
+    """Yaw about z of a geometry_msgs/Quaternion."""
+    return float(transforms3d.euler.quat2euler([q.w, q.x, q.y, q.z], axes="sxyz")[2])
+
+
+class NodeProcess:
+    """A camera node in a subprocess plus a test-side rclpy node that records what it publishes."""
+
+    def __init__(self, params: dict[str, object]) -> None:
+        self.domain = next(_DOMAINS) % 233
+        env = dict(os.environ, ROS_DOMAIN_ID=str(self.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+        args = [f"{k}:={v}" for k, v in params.items()]
+        cmd = [sys.executable, "-m", "rtfm_env.ros.camera_node", "--ros-args"]
+        cmd += [a for kv in args for a in ("-p", kv)]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=self.domain)
+        self.node = rclpy.create_node("rtfm_test_client", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.images: list[tuple[float, Image]] = []  # (arrival time, message)
+        self.infos: list[CameraInfo] = []
+        self.odoms: list[Odometry] = []
+        self.poses: list[PoseStamped] = []
+        qos = qos_profile_sensor_data
+        on_image = lambda m: self.images.append((time.monotonic(), m))  # noqa: E731
+        self.node.create_subscription(Image, "camera/image_raw", on_image, qos)
+        self.node.create_subscription(CameraInfo, "camera/camera_info", self.infos.append, qos)
+        self.node.create_subscription(Odometry, "odom", self.odoms.append, 10)
+        self.node.create_subscription(PoseStamped, "camera/pose", self.poses.append, 10)
+        self.cmd_pub = self.node.create_publisher(Twist, "cmd_vel", 10)
+        self.set_pose_pub = self.node.create_publisher(PoseStamped, "set_pose", 10)
+        self.reset_client = self.node.create_client(Trigger, "reset")
+
+    def spin_until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        """Process callbacks until ``cond()`` holds; fail with ``what`` (and the node's output) on timeout."""
+        end = time.monotonic() + timeout
+        while not cond():
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                raise AssertionError(f"node exited with {code} while waiting for {what}:\n{self.output()}")
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            self.executor.spin_once(timeout_sec=0.02)
+
+    def spin_for(self, seconds: float, each: Callable[[], None] | None = None, period: float = 0.05) -> None:
+        """Process callbacks for ``seconds``, calling ``each`` every ``period`` seconds."""
+        end, next_call = time.monotonic() + seconds, 0.0
+        while (now := time.monotonic()) < end:
+            if each is not None and now >= next_call:
+                each()
+                next_call = now + period
+            self.executor.spin_once(timeout_sec=0.01)
+
+    def wait_started(self) -> None:
+        """Wait for the first odometry and image."""
+        self.spin_until(lambda: bool(self.odoms) and bool(self.images), START_TIMEOUT, "the first frame")
+        # Commands published before discovery matches the node's subscriptions would be lost.
+        matched = (self.cmd_pub, self.set_pose_pub)
+        self.spin_until(lambda: all(p.get_subscription_count() > 0 for p in matched), 10.0, "subscriptions")
+
+    def twist(self, v: float, omega: float) -> Callable[[], None]:
+        """A callable publishing one Twist with linear.x = v, angular.z = omega."""
+        msg = Twist()
+        msg.linear.x, msg.angular.z = float(v), float(omega)
+        return lambda: self.cmd_pub.publish(msg)
+
+    def call_reset(self) -> Trigger.Response:
+        """Call the node's reset service and return its response."""
+        assert self.reset_client.wait_for_service(timeout_sec=10.0), "reset service not available"
+        future = self.reset_client.call_async(Trigger.Request())
+        self.spin_until(future.done, 10.0, "the reset response")
+        return future.result()
+
+    def output(self) -> str:
+        """What the node printed, once it has exited."""
+        return self.proc.stdout.read() if self.proc.poll() is not None else ""
+
+    def stop(self) -> str:
+        """Stop the node (SIGINT, then SIGKILL) and the test-side rclpy context; return its output."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+                try:
+                    self.proc.wait(timeout=10.0)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10.0)
+            return self.proc.stdout.read()
+        finally:
+            self.executor.shutdown()
+            self.node.destroy_node()
+            rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture
+def camera_node() -> Iterator[Callable[..., NodeProcess]]:
+    """Factory of started camera nodes; every node it made is stopped at teardown."""
+    made: list[NodeProcess] = []
+
+    def start(**params: object) -> NodeProcess:
+        node = NodeProcess(params)
+        made.append(node)
+        node.wait_started()
+        return node
+
+    yield start
+    for node in made:
+        node.stop()
+
+
+def _xy(odom: Odometry) -> np.ndarray:
+    p = odom.pose.pose.position
+    return np.array([p.x, p.y])
+
+
+@pytest.mark.parametrize("rate_hz, reliable", [(10.0, False), (20.0, True)])
+def test_images_arrive_at_rate_with_matching_camera_info(camera_node, rate_hz, reliable):
+    """Images arrive at rate_hz within 20%; CameraInfo K/P/D match the intrinsics; one stamp per frame."""
+    n = camera_node(rate_hz=rate_hz, reliable_images=reliable, width=48, height=32, fov=70.0)
+    n.images.clear()
+    n.spin_for(3.0)
+    times = [t for t, _ in n.images]
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert abs(rate - rate_hz) <= 0.2 * rate_hz, f"images at {rate:.2f} Hz, configured {rate_hz} Hz"
+
+    image = n.images[-1][1]
+    assert (image.width, image.height, image.encoding, image.step) == (48, 32, "rgb8", 48 * 3)
+    assert len(image.data) == 48 * 32 * 3 and image.header.frame_id == "camera_optical_frame"
+    k = Intrinsics(48, 32, 70.0).K
+    info = n.infos[-1]
+    np.testing.assert_allclose(np.reshape(info.k, (3, 3)), k)
+    np.testing.assert_allclose(np.reshape(info.p, (3, 4)), np.hstack([k, np.zeros((3, 1))]))
+    np.testing.assert_allclose(np.reshape(info.r, (3, 3)), np.eye(3))
+    assert info.distortion_model == "plumb_bob" and list(info.d) == [0.0] * 5
+    # Every message of one frame carries the same stamp.
+    stamps = {
+        name: {(m.header.stamp.sec, m.header.stamp.nanosec) for m in msgs}
+        for name, msgs in (("image", [m for _, m in n.images]), ("info", n.infos), ("odom", n.odoms), ("pose", n.poses))
+    }
+    common = stamps["image"] & stamps["info"] & stamps["odom"] & stamps["pose"]
+    assert len(common) >= len(stamps["image"]) - 3, "image, camera_info, odom and pose stamps differ"
+    assert n.odoms[-1].header.frame_id == "odom" and n.odoms[-1].child_frame_id == "base_link"
+
+
+def test_odometry_follows_twist(camera_node):
+    """A (v, omega) Twist moves odom by exactly v/rate per frame along the heading and turns omega/rate."""
+    rate, v, omega = 20.0, 0.5, 0.4
+    n = camera_node(rate_hz=rate, seed=0)  # OneRoom seed 0 starts with > 1 m free ahead
+    n.odoms.clear()
+    n.spin_for(1.5, each=n.twist(v, omega))
+    moving = [(a, b) for a, b in itertools.pairwise(n.odoms) if b.twist.twist.linear.x == pytest.approx(v)]
+    assert len(moving) >= 0.8 * 1.5 * rate * 0.8, f"only {len(moving)} frames moved"
+    for a, b in moving:
+        # Exact unicycle arc: chord length and direction at the mean heading.
+        dyaw = (_yaw(b.pose.pose.orientation) - _yaw(a.pose.pose.orientation) + math.pi) % (2 * math.pi) - math.pi
+        assert dyaw == pytest.approx(omega / rate, abs=1e-9)
+        chord = 2 * v / omega * math.sin(omega / rate / 2)
+        step = _xy(b) - _xy(a)
+        assert np.linalg.norm(step) == pytest.approx(chord, rel=1e-6)
+        mid = _yaw(a.pose.pose.orientation) + dyaw / 2
+        np.testing.assert_allclose(step / np.linalg.norm(step), [math.cos(mid), math.sin(mid)], atol=1e-6)
+    assert all(o.pose.pose.position.z == 0.0 for o in n.odoms)
+
+
+def test_wall_stops_robot_and_reset_returns_to_start(camera_node):
+    """Driving straight at full speed ends against a wall (odom stops, twist 0); reset returns to the start."""
+    n = camera_node(rate_hz=20.0, seed=0)
+    start = _xy(n.odoms[0])
+    n.spin_for(8.0, each=n.twist(2.0, 0.0))  # OneRoom is at most ~12 m across
+    last = n.odoms[-10:]
+    assert all(o.twist.twist.linear.x == 0.0 for o in last), "robot still moving after 8 s at 2 m/s"
+    np.testing.assert_array_equal(_xy(last[0]), _xy(last[-1]))
+    assert np.linalg.norm(_xy(last[-1]) - start) > 1.0
+
+    response = n.call_reset()
+    assert response.success, response.message
+    n.odoms.clear()
+    n.spin_until(lambda: len(n.odoms) >= 2, 10.0, "odometry after reset")
+    np.testing.assert_allclose(_xy(n.odoms[-1]), start, atol=1e-9)
+
+
+def _pose_msg(x: float, y: float, yaw: float, frame: str = "odom", quat=None) -> PoseStamped:
+    msg = PoseStamped()
+    msg.header.frame_id = frame
+    msg.pose.position.x, msg.pose.position.y = float(x), float(y)
+    w, qx, qy, qz = quat if quat is not None else transforms3d.euler.euler2quat(0.0, 0.0, yaw, axes="sxyz")
+    o = msg.pose.orientation
+    o.w, o.x, o.y, o.z = float(w), float(qx), float(qy), float(qz)
+    return msg
+
+
+def test_set_pose_teleports_and_rejects_malformed(camera_node):
+    """Malformed set_pose messages (NaN, zero quaternion, roll, wrong frame, in a wall) leave odom unchanged."""
+    n = camera_node(rate_hz=20.0, seed=0)
+    here = _xy(n.odoms[-1])
+    bad = [
+        _pose_msg(float("nan"), here[1], 0.0),
+        _pose_msg(here[0], here[1], 0.0, quat=(0.0, 0.0, 0.0, 0.0)),
+        _pose_msg(here[0], here[1], 0.0, quat=transforms3d.euler.euler2quat(0.3, 0.0, 0.0, axes="sxyz")),
+        _pose_msg(here[0] + 0.5, here[1], 0.0, frame="map"),
+        _pose_msg(1e6, -1e6, 0.0),
+    ]
+    for msg in bad:
+        n.set_pose_pub.publish(msg)
+    n.spin_for(1.0)
+    np.testing.assert_allclose(_xy(n.odoms[-1]), here, atol=1e-12)
+
+    target = (here[0] + 0.3, here[1] - 0.2, 1.0)
+    n.set_pose_pub.publish(_pose_msg(*target))
+    n.spin_for(0.5)
+    np.testing.assert_allclose(_xy(n.odoms[-1]), target[:2], atol=1e-9)
+    assert _yaw(n.odoms[-1].pose.pose.orientation) == pytest.approx(target[2], abs=1e-9)
+
+
+def test_fuzz_twists_keep_node_alive(camera_node):
+    """1,000 random Twists (NaN, inf, huge, zero, ordinary) leave the node publishing with a finite pose."""
+    n = camera_node(rate_hz=20.0, seed=0)
+    rng = np.random.default_rng(0)
+    specials = np.array([np.nan, np.inf, -np.inf, 1e300, -1e300, 0.0, 1e-300])
+    pub = n.cmd_pub
+    for i in range(1000):
+        msg = Twist()
+        vals = np.where(rng.random(6) < 0.5, rng.choice(specials, 6), rng.normal(0.0, 3.0, 6))
+        msg.linear.x, msg.linear.y, msg.linear.z, msg.angular.x, msg.angular.y, msg.angular.z = map(float, vals)
+        pub.publish(msg)
+        if i % 20 == 0:
+            n.executor.spin_once(timeout_sec=0.005)
+    count = len(n.odoms)
+    n.spin_until(lambda: len(n.odoms) >= count + 10, 10.0, "odometry after the fuzz")
+    assert n.proc.poll() is None, "node died under fuzzed cmd_vel"
+    for o in n.odoms[count:]:
+        p, q = o.pose.pose.position, o.pose.pose.orientation
+        assert np.isfinite([p.x, p.y, p.z, q.x, q.y, q.z, q.w]).all()
+    assert abs(n.odoms[-1].twist.twist.linear.x) <= 2.0 and abs(n.odoms[-1].twist.twist.angular.z) <= math.pi
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"scene": "NoSuchWorld"}, "MiniWorld-OneRoom-v0"),  # the valid ids are listed
+        ({"camera": "pinhole"}, "ground_truth"),
+        ({"camera": "model", "checkpoint": "/nonexistent/checkpoint"}, "/nonexistent/checkpoint"),
+        ({"fov": 90}, "fov"),  # an integer where a double is declared
+    ],
+)
+def test_bad_start_parameters_exit_with_clear_error(params, message):
+    """Unknown scene/camera, missing checkpoint or a mistyped parameter: exit status 2 naming the problem."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(next(_DOMAINS) % 233), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    cmd = [sys.executable, "-m", "rtfm_env.ros.camera_node", "--ros-args"]
+    cmd += [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=START_TIMEOUT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == STARTUP_ERROR_EXIT, out
+    assert "cannot start" in out and message in out, out
