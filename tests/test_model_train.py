@@ -361,7 +361,7 @@ def test_failed_save_keeps_last_checkpoint(tmp_path, recording, monkeypatch, fai
 
 @pytest.mark.parametrize("damage, message", [
     (lambda last: (last / tr.STATE_WEIGHTS).write_bytes((last / tr.STATE_WEIGHTS).read_bytes()[:100]),
-     "truncated, corrupt or from another save"),
+     "truncated or from another save"),
     (lambda last: (last / tr.STATE_RECORD).write_text("{not json"), "not valid JSON"),
     (lambda last: (last / tr.STATE_RECORD).unlink(), "is missing"),
     (lambda last: (last / ck.WEIGHTS_FILE).write_bytes(b"junk"), "truncated or from another save"),

@@ -182,6 +182,38 @@ def _read_record(path: Path) -> dict[str, Any]:
     return record
 
 
+def read_verified_safetensors(
+    path: Path, expected: dict | None, record_path: Path, required: bool = False
+) -> dict[str, torch.Tensor]:
+    """Read a safetensors file after checking its size and SHA-256 against a JSON record.
+
+    Args:
+        path: the safetensors file.
+        expected: ``{"bytes": int, "sha256": str}`` from the record, or None.
+        record_path: the JSON file ``expected`` came from (named in errors).
+        required: refuse a missing record instead of trusting the safetensors parse alone.
+
+    Raises:
+        CheckpointError: naming the file, when it is truncated, corrupt, from another save or
+            not safetensors at all.
+    """
+    data = path.read_bytes()
+    if not isinstance(expected, dict):
+        if required:
+            raise CheckpointError(f"{record_path} records no size and SHA-256 for {path}")
+        expected = {}
+    if "bytes" in expected and len(data) != expected["bytes"]:
+        raise CheckpointError(f"{path} is {len(data)} bytes but {record_path} records "
+                              f"{expected['bytes']}: the file is truncated or from another save")
+    if "sha256" in expected and hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        raise CheckpointError(f"{path} does not match the SHA-256 recorded in {record_path}: "
+                              "the file is corrupt or from another save")
+    try:
+        return safetensors.torch.load(data)
+    except Exception as e:  # safetensors raises its own error types for every kind of bad file
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+
+
 def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
@@ -212,20 +244,8 @@ def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu") -
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{config_path} holds an invalid model_config: {e}") from e
 
-    data = weights_path.read_bytes()
-    expected = record.get("weights")
     # Hand-assembled checkpoints may lack the record; then only the safetensors parse checks them.
-    if isinstance(expected, dict):
-        if "bytes" in expected and len(data) != expected["bytes"]:
-            raise CheckpointError(f"{weights_path} is {len(data)} bytes but {config_path} records "
-                                  f"{expected['bytes']}: the file is truncated or from another save")
-        if "sha256" in expected and hashlib.sha256(data).hexdigest() != expected["sha256"]:
-            raise CheckpointError(f"{weights_path} does not match the SHA-256 recorded in {config_path}: "
-                                  "the weights are corrupt or from another save")
-    try:
-        state = safetensors.torch.load(data)
-    except Exception as e:  # safetensors raises its own error types for every kind of bad file
-        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {e}") from e
+    state = read_verified_safetensors(weights_path, record.get("weights"), config_path)
 
     model = FrameNetwork(config)
     wanted = model.state_dict()

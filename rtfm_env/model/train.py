@@ -70,7 +70,14 @@ from tqdm import tqdm
 from rtfm_env.data.dataset import PosedFrameDataset
 from rtfm_env.data.shards import read_manifest
 from rtfm_env.geometry import Intrinsics
-from rtfm_env.model.checkpoint import CheckpointError, _fsync_dir, _write_file, load_checkpoint, save_checkpoint
+from rtfm_env.model.checkpoint import (
+    CheckpointError,
+    _fsync_dir,
+    _write_file,
+    load_checkpoint,
+    read_verified_safetensors,
+    save_checkpoint,
+)
 from rtfm_env.model.network import MODEL_SIZES, FrameNetwork, ModelConfig, model_config
 from rtfm_env.model.sampler import FrameModel, training_loss
 
@@ -614,15 +621,7 @@ def load_train_checkpoint(
     if record.get("format_version") != STATE_VERSION:
         raise CheckpointError(f"{record_path} has format_version {record.get('format_version')!r}; "
                               f"this code reads {STATE_VERSION}")
-    data = weights_path.read_bytes()
-    expected = record.get("tensors", {})
-    if len(data) != expected.get("bytes") or hashlib.sha256(data).hexdigest() != expected.get("sha256"):
-        raise CheckpointError(f"{weights_path} does not match the size and SHA-256 recorded in {record_path}: "
-                              "it is truncated, corrupt or from another save")
-    try:
-        tensors = safetensors.torch.load(data)
-    except Exception as e:  # safetensors raises its own error types for every kind of bad file
-        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {e}") from e
+    tensors = read_verified_safetensors(weights_path, record.get("tensors"), record_path, required=True)
 
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     wanted = network.state_dict()
