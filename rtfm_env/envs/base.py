@@ -126,6 +126,7 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._episode: Episode | None = None
         self._frame: np.ndarray | None = None
         self._done = False
+        self._reward, self._terminated, self._truncated = 0.0, False, False  # of the last step
         self._canvas: viz.MapCanvas | None = None  # the current layout's map, built on demand
         self._closed = False
 
@@ -154,12 +155,26 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         # the camera; a learned camera's generator is seeded from it (deterministic ones ignore it).
         camera_seed = int(self.np_random.integers(2**63 - 1))
         self._frame = self._check_frame(self.camera.reset(self.scene, start.pose(), seed=camera_seed))
+        self.task.on_frame(self._frame)
         self._done = False
         self._canvas = None
         return self._observation(), self._info()
 
     def step(self, action: int | np.integer) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Apply one action: move (collision-aware), observe, score, check the episode's end."""
+        pose = self.begin_step(action)
+        return self.end_step(None if pose is None else self.camera.observe(pose[None])[0])
+
+    def begin_step(self, action: int | np.integer) -> np.ndarray | None:
+        """First half of :meth:`step`: check and apply ``action``, score it, end the episode if due.
+
+        A vector env calls this on each of its envs, generates the frames of all the returned
+        poses in one batched camera call, then hands each env its frame with :meth:`end_step`.
+
+        Returns:
+            The (4, 4) camera pose whose frame the camera must produce, or None when the pose
+            did not change (a stop or a blocked move: the same pose gives the same frame).
+        """
         if self._episode is None:
             raise RuntimeError("step() called before reset(); call env.reset() to start an episode")
         if self._done:
@@ -179,13 +194,21 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         if move != DiscreteAction.STOP:
             state, collided = self.scene.move(previous, move)
         episode.record(state, collided)
-        reward, terminated = self.task.step(self.scene, episode, int(action))
-        truncated = not terminated and episode.steps >= self.max_steps
-        self._done = terminated or truncated
-        # The same pose gives the same frame: a stop or a blocked move costs the camera nothing.
-        if state != previous:
-            self._frame = self._check_frame(self.camera.observe(state.pose()[None])[0])
-        return self._observation(), reward, terminated, truncated, self._info()
+        self._reward, self._terminated = self.task.step(self.scene, episode, int(action))
+        self._truncated = not self._terminated and episode.steps >= self.max_steps
+        self._done = self._terminated or self._truncated
+        return state.pose() if state != previous else None
+
+    def end_step(self, frame: np.ndarray | None) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Second half of :meth:`step`: take the camera's frame (None keeps the last one).
+
+        Returns:
+            What :meth:`step` returns: (observation, reward, terminated, truncated, info).
+        """
+        if frame is not None:
+            self._frame = self._check_frame(frame)
+            self.task.on_frame(self._frame)
+        return self._observation(), self._reward, self._terminated, self._truncated, self._info()
 
     def render(self) -> np.ndarray | None:
         """The camera view beside the top-down map (trajectory, goal, robot), uint8 (H', W', 3)."""

@@ -103,6 +103,9 @@ class Task(ABC):
     def metrics(self, scene: Scene, episode: Episode) -> dict[str, Any]:
         """The task's entries of ``info`` at the current step."""
 
+    def on_frame(self, frame: np.ndarray) -> None:  # noqa: B027 (optional hook: most tasks ignore frames)
+        """Called with each new camera frame (the start's at reset, then each changed pose's)."""
+
 
 class PointNavTask(Task):
     """Reach a goal point given its distance and direction (Habitat's PointNav with GPS+compass).
