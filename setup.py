@@ -29,7 +29,8 @@ setup(
         "imageio-ffmpeg>=0.5",
     ],
     extras_require={
-        "rl": ["stable-baselines3>=2.3"],
+        # moviepy: gymnasium.wrappers.RecordVideo writes its videos with it
+        "rl": ["stable-baselines3>=2.3", "moviepy>=2.1"],
         # ROS 2 Kilted from PyPI wheels (no ROS install needed) for the camera node, rosbags for bags
         "ros": [
             "ros-rclpy>=9.1",
