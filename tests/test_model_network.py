@@ -194,6 +194,19 @@ def test_cached_path_matches_plain_path_bf16():
     torch.testing.assert_close(cached, reference, atol=0.1, rtol=0.05)
 
 
+def test_cast_linear_weights_keeps_bf16_outputs_identical():
+    """Linear weights stored in bf16 give bit-identical outputs under bf16 autocast."""
+    net = randomized(TINY)
+    batch = inputs(TINY, b=2, k=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = net(**batch)
+        net.cast_linear_weights(torch.bfloat16)
+        after = net(**batch)
+    assert net.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert net.blocks[0].attn.q_norm.weight.dtype == torch.float32
+    assert torch.equal(before, after)
+
+
 def test_context_cache_does_not_depend_on_target():
     """Changing the noisy target and time leaves every block's context keys/values unchanged."""
     net = randomized(TINY)

@@ -329,7 +329,10 @@ class FrameModel:
         """
         from rtfm_env.model.checkpoint import load_checkpoint
 
-        return cls(load_checkpoint(directory, device=device).model, autocast_dtype)
+        network = load_checkpoint(directory, device=device).model
+        if autocast_dtype is not None:
+            network.cast_linear_weights(autocast_dtype)  # same outputs, no per-forward weight casts
+        return cls(network, autocast_dtype)
 
     def _autocast(self) -> torch.autocast | nullcontext:
         if self.autocast_dtype is None:
