@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "ModelCamera",
     "CAMERAS",
     "make_camera",
+    "observe_many",
     "CONTEXT_STRATEGIES",
     "AUTOCAST_DTYPES",
     "DEFAULT_CHECKPOINT",
@@ -355,29 +357,7 @@ class ModelCamera(Camera):
         """
         if self.memory is None:
             raise RuntimeError("ModelCamera.observe called before reset(scene, pose) or load_world(path)")
-        poses = _check_poses(poses)
-        memory, cap = self.memory, self.model.config.max_context
-        contexts = [select_context(memory, p, self.k, self.context_strategy, self.intrinsics, cap) for p in poses]
-        width = max(len(c) for c in contexts)
-        ids = np.array([c + [c[0]] * (width - len(c)) for c in contexts], dtype=np.int64)  # (B, K)
-        valid = np.array([[j < len(c) for j in range(width)] for c in contexts])  # (B, K)
-        b = len(poses)
-        frames = memory.frames(ids.ravel()).reshape(b, width, *memory.resolution, 3)  # (B, K, H, W, 3)
-        context_poses = memory.poses(ids.ravel()).reshape(b, width, 4, 4)  # (B, K, 4, 4)
-        out = self.model.generate(
-            poses,
-            frames,
-            context_poses,
-            self.intrinsics,
-            steps=self.steps,
-            generator=self.generator,
-            context_valid=None if valid.all() else valid,
-        )
-        self._step += 1
-        for frame, pose in zip(out, poses, strict=True):
-            memory.add(frame, pose, self.intrinsics, "generated", step=self._step)
-        self.last_context = contexts
-        return out
+        return observe_many([self], [poses])[0]
 
     # -- Worlds ----------------------------------------------------------------------------
 
@@ -440,6 +420,96 @@ class ModelCamera(Camera):
                 f"{width}x{height} frames; use a checkpoint trained at {width}x{height} or a resolution of "
                 f"{cfg.width}x{cfg.height}"
             )
+
+
+def observe_many(cameras: Sequence[ModelCamera], poses: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Generate frames for several model cameras that share one :class:`FrameModel`, in ONE call.
+
+    What each camera's own :meth:`ModelCamera.observe` does, for all of them at once: each
+    camera picks the context of each of its poses from its own memory with its own ``k`` and
+    ``context_strategy``, draws its flow noise from its own generator, and stores its
+    generated frames in its own memory. Only the :meth:`FrameModel.generate` call is shared,
+    so a batch of envs (a vector env) costs one batched network call per step. With one
+    camera this is exactly :meth:`ModelCamera.observe` (which calls it). With several, each
+    camera's noise and contexts are the ones its own ``observe`` would use; its frames differ
+    from those only by the arithmetic of a larger batch (and of padding views, when cameras
+    retrieve different numbers of context frames).
+
+    Args:
+        cameras: distinct :class:`ModelCamera` objects, each reset (or given a world), all
+            holding the same :class:`FrameModel` object, with the same intrinsics and
+            sampling steps.
+        poses: for each camera, its (B_i, 4, 4) (or one (4, 4)) camera-to-world poses.
+
+    Returns:
+        For each camera, its (B_i, H, W, 3) uint8 frames.
+
+    Raises:
+        ValueError: empty or mismatched lists, a camera listed twice, cameras with different
+            models, intrinsics or steps, or bad poses.
+        TypeError: an entry of ``cameras`` that is not a :class:`ModelCamera`.
+        RuntimeError: a camera that has not been reset.
+    """
+    cameras, poses = list(cameras), list(poses)
+    if not cameras:
+        raise ValueError("cameras is empty: give at least one ModelCamera")
+    if len(poses) != len(cameras):
+        raise ValueError(f"got {len(cameras)} cameras but {len(poses)} pose batches; give one (B_i, 4, 4) per camera")
+    for i, camera in enumerate(cameras):
+        if not isinstance(camera, ModelCamera):
+            raise TypeError(f"cameras[{i}] is a {type(camera).__name__}, not a ModelCamera")
+        if camera.memory is None:
+            raise RuntimeError(f"cameras[{i}] is observed before reset(scene, pose) or load_world(path)")
+    if len({id(c) for c in cameras}) != len(cameras):
+        raise ValueError("a camera is listed twice; pass all of one camera's poses as one (B, 4, 4) batch")
+    first = cameras[0]
+    model = first.model
+    for i, camera in enumerate(cameras[1:], start=1):
+        if camera.model is not model:
+            raise ValueError(
+                f"cameras[{i}] holds another FrameModel than cameras[0]; build them with one shared model: "
+                "ModelCamera(checkpoint=frame_model)"
+            )
+        if camera.intrinsics != first.intrinsics:
+            raise ValueError(f"cameras[{i}] has intrinsics {camera.intrinsics}, cameras[0] {first.intrinsics}")
+        if camera.steps != first.steps:
+            raise ValueError(f"cameras[{i}] samples with steps={camera.steps}, cameras[0] with {first.steps}")
+    batches = [_check_poses(p) for p in poses]
+    cap = model.config.max_context
+    contexts = [
+        [select_context(camera.memory, p, camera.k, camera.context_strategy, camera.intrinsics, cap) for p in batch]
+        for camera, batch in zip(cameras, batches, strict=True)
+    ]
+    width = max(len(c) for per_camera in contexts for c in per_camera)
+    frames, context_poses, valid, noise = [], [], [], []
+    for camera, batch, per_camera in zip(cameras, batches, contexts, strict=True):
+        memory, b = camera.memory, len(batch)
+        ids = np.array([c + [c[0]] * (width - len(c)) for c in per_camera], dtype=np.int64)  # (B_i, K)
+        valid.append([[j < len(c) for j in range(width)] for c in per_camera])
+        frames.append(memory.frames(ids.ravel()).reshape(b, width, *memory.resolution, 3))  # (B_i, K, H, W, 3)
+        context_poses.append(memory.poses(ids.ravel()).reshape(b, width, 4, 4))  # (B_i, K, 4, 4)
+        # Drawn as the sampler would draw it from this generator, so each stream is the camera's own.
+        noise.append(torch.randn((b, 3, *memory.resolution), generator=camera.generator))  # (B_i, 3, H, W)
+    valid_all = np.concatenate([np.array(v, dtype=bool).reshape(-1, width) for v in valid])  # (B, K)
+    out = model.generate(
+        np.concatenate(batches),
+        np.concatenate(frames),
+        np.concatenate(context_poses),
+        first.intrinsics,
+        steps=first.steps,
+        context_valid=None if valid_all.all() else valid_all,
+        noise=torch.cat(noise),
+    )
+    results, start = [], 0
+    for camera, batch, per_camera in zip(cameras, batches, contexts, strict=True):
+        mine = out[start : start + len(batch)]
+        start += len(batch)
+        camera._step += 1
+        for frame, pose in zip(mine, batch, strict=True):
+            camera.memory.add(frame, pose, camera.intrinsics, "generated", step=camera._step)
+        camera.last_context = per_camera
+        results.append(mine)
+    return results
 
 
 #: Camera names accepted by envs and the ROS node.

@@ -275,6 +275,94 @@ def test_camera_seed_reproduces_frames(checkpoint, scene):
 
 
 # ---------------------------------------------------------------------------------------
+# Several cameras, one generate call (observe_many)
+# ---------------------------------------------------------------------------------------
+
+
+def _camera_pair(checkpoint, scene, model=None):
+    """Two reset cameras sharing one model, with different k, strategies, seed views and seeds."""
+    first = ModelCamera(checkpoint if model is None else model, k=1, context_strategy="last_k")
+    second = ModelCamera(first.model, k=2, seed_views=3)
+    first.reset(scene, scene.start_state.pose(), seed=1)
+    second.reset(scene, _ahead(scene, 0.5), seed=2)
+    return first, second
+
+
+def test_observe_many_is_each_cameras_own_observe_in_one_call(checkpoint, scene, monkeypatch):
+    """One generate call gives each camera the frames, memory and contexts of its own observe."""
+    batched = _camera_pair(checkpoint, scene)
+    alone = _camera_pair(checkpoint, scene, model=batched[0].model)
+    poses = [np.stack([_ahead(scene, 0.25), _ahead(scene, 0.75)]), _ahead(scene, 1.0)[None]]
+    calls = []
+    generate = batched[0].model.generate
+
+    def spy(target_poses, *args, **kwargs):
+        calls.append(len(target_poses))
+        return generate(target_poses, *args, **kwargs)
+
+    monkeypatch.setattr(batched[0].model, "generate", spy)
+    for _ in range(2):
+        together = cameras.observe_many(batched, poses)
+        separate = [camera.observe(p) for camera, p in zip(alone, poses, strict=True)]
+        for a, b, x, y in zip(together, separate, batched, alone, strict=True):
+            assert a.shape == b.shape and a.dtype == np.uint8
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # batch and padding arithmetic only
+            assert x.last_context == y.last_context and len(x.memory) == len(y.memory)
+            np.testing.assert_array_equal(x.memory.frames(x.memory.ids[-len(a) :]), a)
+    assert calls == [3, 2, 1, 3, 2, 1]  # together, then each alone, twice
+    assert batched[0].last_context == [[2], [2]]  # last_k with k = 1: the newest frame before the call
+
+
+def test_observe_many_of_one_camera_is_its_observe(checkpoint, scene):
+    """observe_many([camera], [poses]) is bit for bit camera.observe(poses) with the same seed."""
+    a, b = ModelCamera(checkpoint), ModelCamera(checkpoint)
+    a.reset(scene, scene.start_state.pose(), seed=4)
+    b.reset(scene, scene.start_state.pose(), seed=4)
+    poses = np.stack([_ahead(scene, 0.25), _ahead(scene, 0.5)])
+    np.testing.assert_array_equal(cameras.observe_many([a], [poses])[0], b.observe(poses))
+
+
+@pytest.mark.parametrize(
+    "case, error, match",
+    [
+        ("empty", ValueError, "cameras is empty"),
+        ("count", ValueError, "2 cameras but 1 pose batches"),
+        ("twice", ValueError, "listed twice"),
+        ("models", ValueError, r"another FrameModel.*ModelCamera\(checkpoint=frame_model\)"),
+        ("steps", ValueError, "steps=3"),
+        ("ground-truth", TypeError, "GroundTruthCamera, not a ModelCamera"),
+        ("unreset", RuntimeError, r"cameras\[1\] is observed before reset"),
+        ("pose", ValueError, r"poses must have shape \(B, 4, 4\)"),
+    ],
+)
+def test_observe_many_rejects_bad_input(checkpoint, scene, case, error, match):
+    """Mismatched lists, shared or foreign cameras and bad poses raise with a message naming the problem."""
+    first, second = _camera_pair(checkpoint, scene)
+    pose = _ahead(scene, 0.25)[None]
+    cams, poses = [first, second], [pose, pose]
+    if case == "empty":
+        cams, poses = [], []
+    elif case == "count":
+        poses = [pose]
+    elif case == "twice":
+        cams = [first, first]
+    elif case == "models":
+        cams[1] = _camera_pair(checkpoint, scene)[1]
+    elif case == "steps":
+        cams[1] = ModelCamera(first.model, steps=3)
+        cams[1].reset(scene, scene.start_state.pose())
+    elif case == "ground-truth":
+        cams[1] = make_camera("ground_truth")
+    elif case == "unreset":
+        cams[1] = ModelCamera(first.model)
+    elif case == "pose":
+        poses[1] = np.zeros((2, 3))
+    with pytest.raises(error, match=match):
+        cameras.observe_many(cams, poses)
+    assert len(first.memory) == 1  # nothing was generated or stored
+
+
+# ---------------------------------------------------------------------------------------
 # Worlds on disk
 # ---------------------------------------------------------------------------------------
 

@@ -300,6 +300,22 @@ def test_generate_padding_views(model):
     assert np.abs(ref.astype(int) - out.astype(int)).max() <= 1
 
 
+def test_generate_noise_equals_its_generator(model):
+    """Noise drawn from a generator gives exactly the frames of that generator; rows serve separate streams."""
+    target, frames, context_poses = scene(b=2, k=2)
+    by_generator = model.generate(target, frames, context_poses, INTR, generator=seeded(3))
+    noise = torch.randn((2, 3, H, W), generator=seeded(3))
+    np.testing.assert_array_equal(model.generate(target, frames, context_poses, INTR, noise=noise), by_generator)
+    # Each row drawn from its own generator: each element is that generator's frame alone.
+    rows = torch.cat([torch.randn((1, 3, H, W), generator=seeded(s)) for s in (7, 8)])
+    fm = sm.FrameModel(model.network, autocast_dtype=None)
+    together = fm.generate(target, frames, context_poses, INTR, noise=rows)
+    for i, s in enumerate((7, 8)):
+        alone = fm.generate(target[i : i + 1], frames[i : i + 1], context_poses[i : i + 1], INTR, generator=seeded(s))
+        assert np.abs(alone[0].astype(int) - together[i].astype(int)).max() <= 1
+    assert np.abs(together[0].astype(int) - together[1].astype(int)).mean() > 0.5
+
+
 def _nan_pose(scene_):
     target, frames, context_poses = scene_
     target = target.copy()
@@ -342,8 +358,13 @@ def test_generate_rejects_bad_inputs(model, change, message):
         (dict(intrinsics=(32, 32, 60.0)), "intrinsics must be rtfm_env.geometry.Intrinsics"),
         (dict(context_valid=np.zeros((2, 3), bool)), r"batch elements \[0, 1\] have no valid context view"),
         (dict(context_valid=np.ones((2, 2), bool)), r"context_valid must be bool of shape \(2, 3\)"),
+        (dict(noise=np.zeros((1, 3, H, W), np.float32)), r"noise must be floats of shape \(2, 3, 32, 32\)"),
+        (dict(noise=np.zeros((2, 3, H, W), np.int64)), "noise must be floats"),
+        (dict(noise=np.full((2, 3, H, W), np.nan, np.float32)), "noise contains NaN"),
+        (dict(noise=np.zeros((2, 3, H, W), np.float32), generator=torch.Generator()), "generator or noise, not both"),
     ],
-    ids=["zero-steps", "float-steps", "bad-generator", "tuple-intrinsics", "all-padding", "mask-shape"],
+    ids=["zero-steps", "float-steps", "bad-generator", "tuple-intrinsics", "all-padding", "mask-shape",
+         "noise-shape", "noise-dtype", "noise-nan", "noise-and-generator"],
 )
 def test_generate_rejects_bad_options(model, kwargs, message):
     """Bad steps, generator, intrinsics and masks raise ValueError."""

@@ -89,6 +89,7 @@ def flow_start(
     nearest: torch.Tensor,
     config: ModelConfig,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The flow's start x0 and its noise-free mean.
 
@@ -97,13 +98,18 @@ def flow_start(
         nearest: (B,) index of each target's nearest context view (see :func:`nearest_context`).
         config: ``flow_start`` and ``flow_sigma`` are read.
         generator: seeds the noise.
+        noise: (B, 3, H, W) standard-normal noise to use instead of drawing it from
+            ``generator``.
 
     Returns:
         x0 (B, 3, H, W) and its mean (the nearest view, or zeros for a pure-noise start).
     """
     b = context_frames.shape[0]
     shape = (b, *context_frames.shape[2:])
-    eps = _noise(shape, generator, context_frames.device)  # (B, 3, H, W)
+    if noise is None:
+        eps = _noise(shape, generator, context_frames.device)  # (B, 3, H, W)
+    else:
+        eps = noise.to(context_frames.device, torch.float32)  # (B, 3, H, W)
     if config.flow_start == "noise":
         return eps, torch.zeros_like(eps)
     rows = torch.arange(b, device=context_frames.device)
@@ -151,6 +157,15 @@ def _check_valid(context_valid: np.ndarray | torch.Tensor | None, b: int, k: int
         empty = torch.nonzero(~valid.any(dim=1)).flatten().tolist()
         raise ValueError(f"batch elements {empty} have no valid context view")
     return valid
+
+
+def _check_noise(noise: np.ndarray | torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    eps = _as_tensor(noise)
+    if not eps.is_floating_point() or tuple(eps.shape) != shape:
+        raise ValueError(f"noise must be floats of shape {shape} (B, 3, H, W), got {eps.dtype} {tuple(eps.shape)}")
+    if not torch.isfinite(eps).all():
+        raise ValueError("noise contains NaN or infinite values")
+    return eps
 
 
 def _check_poses(poses: np.ndarray | torch.Tensor, name: str, lead: tuple[int | None, ...]) -> np.ndarray:
@@ -348,6 +363,7 @@ class FrameModel:
         steps: int | None = None,
         generator: torch.Generator | None = None,
         context_valid: np.ndarray | torch.Tensor | None = None,
+        noise: np.ndarray | torch.Tensor | None = None,
     ) -> np.ndarray:
         """Frames seen from ``target_poses``.
 
@@ -360,6 +376,12 @@ class FrameModel:
             generator: seeds the flow noise; the same seed gives the same frames.
             context_valid: optional (B, K) bool, False for padding views (so elements of a
                 batch may use different numbers of views).
+            noise: optional (B, 3, H, W) float standard-normal flow noise, used instead of
+                drawing it from ``generator`` (give one or the other). It lets one call serve
+                several independently seeded streams, each drawing its own rows (see
+                :func:`rtfm_env.cameras.observe_many`); rows drawn as
+                ``torch.randn(shape, generator=g)`` on the CPU give exactly the frames that
+                ``generator=g`` gives.
 
         Returns:
             (B, H, W, 3) uint8 RGB frames.
@@ -373,6 +395,8 @@ class FrameModel:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if noise is not None and generator is not None:
+            raise ValueError("give generator or noise, not both: the noise would ignore the generator")
         target = _check_poses(target_poses, "target_poses", (None,))
         b = target.shape[0]
         if b == 0:
@@ -392,6 +416,7 @@ class FrameModel:
         if h % self.config.patch or w % self.config.patch:
             raise ValueError(f"frame size {w}x{h} is not divisible by the model's patch {self.config.patch}")
         valid = _check_valid(context_valid, b, k)
+        eps = None if noise is None else _check_noise(noise, (b, 3, h, w))
 
         device = self.device
         target_rays, context_rays = posed_rays(target, context_poses_np, intrinsics)
@@ -400,6 +425,6 @@ class FrameModel:
         with torch.inference_mode(), self._autocast():
             valid_d = None if valid is None else valid.to(device)
             cache = self.network.encode_context(context, context_rays.to(device), valid_d)
-            x0, _ = flow_start(context, nearest, self.config, generator)  # (B, 3, H, W)
+            x0, _ = flow_start(context, nearest, self.config, generator, eps)  # (B, 3, H, W)
             x1 = sample(self.network, x0, target_rays.to(device), cache, steps)  # (B, 3, H, W)
         return to_uint8(x1)
