@@ -32,6 +32,7 @@ COLORS = {
     "background": (255, 255, 255),
     "observed": (214, 39, 40),  # stored frames from the scene's renderer (ground truth)
     "generated": (148, 103, 189),  # stored frames the frame model generated
+    "seen": (188, 189, 34),  # floor an exploring robot has seen
 }
 
 
@@ -121,6 +122,7 @@ class MapCanvas:
         if not 0.0 <= fade <= 1.0:
             raise ValueError(f"fade must be in [0, 1], got {fade}")
         rows, cols = top_down.free.shape
+        self.grid_shape = (rows, cols)  # the free-space grid that overlays such as ``seen`` share
         self.origin = np.array([top_down.origin_x, top_down.origin_z], dtype=np.float64)  # metres
         self.extent = np.array([cols * top_down.cell, rows * top_down.cell], dtype=np.float64)  # metres (x, z)
         if not np.all(self.extent > 0):
@@ -146,6 +148,8 @@ class MapCanvas:
         goal_radius: float = 0.0,
         frame_poses: np.ndarray | None = None,
         frame_sources: Sequence[str] | None = None,
+        seen: np.ndarray | None = None,
+        target: np.ndarray | None = None,
     ) -> np.ndarray:
         """A copy of the map with the trajectory through ``states``, the goal and the robot.
 
@@ -157,12 +161,18 @@ class MapCanvas:
                 memory), drawn over the trajectory as dots with a tick along the view direction.
             frame_sources: the N frames' sources, ``"observed"`` or ``"generated"``, which
                 pick the dots' colours (:data:`COLORS`).
+            seen: (rows, cols) bool over the map's free-space grid (:attr:`grid_shape`): cells
+                tinted as seen floor, under everything else.
+            target: a pose to reach, (x, z, yaw) in metres and radians, drawn as an outlined
+                triangle in the goal's colour pointing along the heading to take.
 
         Returns:
             (H, W, 3) uint8.
         """
         image = self.image.copy()
         shape = image.shape[:2]
+        if seen is not None:
+            self._tint(image, seen, COLORS["seen"])
         if goal is not None:
             centre = self.to_pixels(np.asarray(goal, dtype=np.float64))
             size = max(3.0, 0.2 * self.pixels_per_metre)
@@ -172,6 +182,11 @@ class MapCanvas:
                 radius = max(1, round(goal_radius * self.pixels_per_metre))
                 ring = draw.circle_perimeter(round(centre[0]), round(centre[1]), radius, shape=shape)
                 _fill(image, ring, COLORS["goal"])
+        if target is not None:
+            target = np.asarray(target, dtype=np.float64)
+            if target.shape != (3,) or not np.all(np.isfinite(target)):
+                raise ValueError(f"target must be a finite (x, z, yaw), got {target!r}")
+            self._draw_triangle(image, self.to_pixels(target[:2]), float(target[2]), None, COLORS["goal"])
         points = self.to_pixels(np.array([[s.x, s.z] for s in states]).reshape(-1, 2))
         if len(points):
             disk = draw.disk(tuple(points[0]), max(2.0, 0.12 * self.pixels_per_metre), shape=shape)
@@ -221,7 +236,30 @@ class MapCanvas:
                 rr, cc, val = rr[inside], cc[inside], val[inside, None]
                 image[rr, cc] = np.rint(image[rr, cc] * (1 - val) + colour * val).astype(np.uint8)
 
+    def _tint(self, image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> None:
+        mask = np.asarray(mask)
+        if mask.shape != self.grid_shape or mask.dtype != np.bool_:
+            raise ValueError(
+                f"seen must be a bool mask of the map's grid shape {self.grid_shape}, got {mask.dtype} {mask.shape}"
+            )
+        # Nearest grid cell of every map pixel: the map image spans exactly the grid's extent.
+        h, w = image.shape[:2]
+        rows = np.minimum((np.arange(h) * mask.shape[0]) // h, mask.shape[0] - 1)
+        cols = np.minimum((np.arange(w) * mask.shape[1]) // w, mask.shape[1] - 1)
+        pixels = mask[rows[:, None], cols[None, :]]
+        image[pixels] = np.rint(0.5 * image[pixels] + 0.5 * np.array(colour, dtype=np.float64)).astype(np.uint8)
+
     def _draw_robot(self, image: np.ndarray, centre: np.ndarray, yaw: float) -> None:
+        self._draw_triangle(image, centre, yaw, COLORS["robot"], COLORS["outline"])
+
+    def _draw_triangle(
+        self,
+        image: np.ndarray,
+        centre: np.ndarray,
+        yaw: float,
+        fill: tuple[int, int, int] | None,
+        outline: tuple[int, int, int],
+    ) -> None:
         # A triangle pointing along the heading; the base faces (cos yaw, -sin yaw) in (x, z),
         # which is (row, col) = (-sin yaw, cos yaw) on the map.
         size = max(5.0, 0.45 * self.pixels_per_metre)
@@ -230,8 +268,9 @@ class MapCanvas:
         back = centre - forward * 0.6 * size
         tri = np.stack([centre + forward * size, back + side * 0.6 * size, back - side * 0.6 * size])
         shape = image.shape[:2]
-        _fill(image, draw.polygon(tri[:, 0], tri[:, 1], shape=shape), COLORS["robot"])
-        _fill(image, draw.polygon_perimeter(tri[:, 0], tri[:, 1], shape=shape), COLORS["outline"])
+        if fill is not None:
+            _fill(image, draw.polygon(tri[:, 0], tri[:, 1], shape=shape), fill)
+        _fill(image, draw.polygon_perimeter(tri[:, 0], tri[:, 1], shape=shape), outline)
 
 
 def _fill(

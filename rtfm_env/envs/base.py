@@ -10,6 +10,7 @@ decides goals, rewards, termination and metrics.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -33,9 +34,61 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     Subclasses pick the task and document the env in Gymnasium's sections; this class holds
     what all of them share. Observations are a Dict of ``rgb`` (H, W, 3) uint8 from the camera,
     ``pose`` (4, 4) float32 camera-to-world, and the task's entries.
+
+    Every env id takes these ``gym.make`` arguments besides its task's own:
+
+    - ``scene``: a MiniWorld env id (default ``MiniWorld-FourRooms-v0``: four 6 m rooms joined
+      by doorways, so geodesic and straight-line distances differ, and frames are cheap).
+    - ``camera``: a name from :data:`rtfm_env.cameras.CAMERAS`: ``"ground_truth"`` (the
+      scene's renderer) or ``"model"`` (:class:`rtfm_env.cameras.ModelCamera`: the frame model
+      generates each frame from a spatial memory seeded with the start's ground truth). Model
+      frames are stochastic but seeded from the env's generator, so ``reset(seed=s)`` and the
+      same actions reproduce them.
+    - ``resolution``: pixels of the square view; ``fov``: vertical field of view, degrees.
+    - ``max_steps``: actions before truncation (500, as Habitat).
+    - ``scene_seed``: ``None`` for a new layout every reset, an int to keep one layout.
+    - ``render_mode``: ``None`` or ``"rgb_array"`` (the view beside the top-down map with the
+      trajectory, the robot and what the task draws).
+    - Model camera only (errors with another camera; None keeps the camera's default):
+      ``checkpoint`` (directory; None for the shipped one), ``k`` (context frames per
+      generated frame), ``context_strategy`` (one of
+      :data:`rtfm_env.cameras.CONTEXT_STRATEGIES`: ``"spatial"`` is context juggling,
+      ``"last_k"``, ``"first_only"`` and ``"all"`` the baselines), ``sampling_steps`` (Euler
+      steps per frame), ``seed_views`` (ground-truth frames stored at reset: the start view and
+      turns in place), ``memory_capacity`` (frames kept at most).
+
+    An argument no id knows raises ``TypeError`` listing the valid ones.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> RTFMEnv:
+        """Refuse unknown keyword arguments before any work, naming the valid ones.
+
+        Python's own error for an unexpected keyword lists nothing; ``gym.make`` users need the
+        choices, which are the keywords of the ``__init__`` chain (a subclass passes its
+        ``**kwargs`` on to the world and camera arguments here).
+        """
+        valid = cls.argument_names()
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            raise TypeError(f"{cls.__name__} got unknown argument(s) {unknown}; valid arguments: {sorted(valid)}")
+        return super().__new__(cls)
+
+    @classmethod
+    def argument_names(cls) -> set[str]:
+        """The keyword arguments the env accepts: its own and those it passes on to RTFMEnv."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            params = inspect.signature(init).parameters.values()
+            keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            names |= {p.name for p in params if p.kind in keywords}
+            if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
+                break
+        return names - {"self", "task"}
 
     def __init__(
         self,
@@ -54,12 +107,14 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         seed_views: int | None = None,
         memory_capacity: int | None = None,
     ) -> None:
-        """Build the env; arguments are documented in the subclasses' Arguments section.
+        """Build the env; the arguments are listed in the class docstring.
 
         The model camera's options (``checkpoint`` to ``memory_capacity``) are None unless
         given; None leaves :class:`~rtfm_env.cameras.ModelCamera`'s default. Giving any of
         them with another camera is an error rather than silently ignored.
         """
+        if not isinstance(task, Task):
+            raise TypeError(f"task must be a rtfm_env.envs.tasks.Task, got {type(task).__name__}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unknown render_mode {render_mode!r}; valid: {[None, *self.metadata['render_modes']]}")
         if not isinstance(scene, str):
@@ -211,7 +266,11 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         return self._observation(), self._reward, self._terminated, self._truncated, self._info()
 
     def render(self) -> np.ndarray | None:
-        """The camera view beside the top-down map (trajectory, goal, robot), uint8 (H', W', 3)."""
+        """The camera view, the task's panels, then the top-down map (trajectory, robot, task overlay).
+
+        Returns:
+            uint8 (H', W', 3), ``render_height`` pixels high, or None without a render mode.
+        """
         if self.render_mode is None:
             gym.logger.warn(
                 "render() called with render_mode=None; create the env with render_mode='rgb_array' to get frames"
@@ -221,8 +280,8 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             raise RuntimeError("render() called before reset(); call env.reset() first")
         if self._canvas is None:
             self._canvas = viz.MapCanvas(self.scene.top_down_map(), height=self.render_height)
-        layer = self._canvas.draw(self._episode.states, goal=self.task.goal, goal_radius=self.task.goal_radius)
-        return viz.compose(self._frame, layer)
+        layer = self._canvas.draw(self._episode.states, **self.task.map_overlay())
+        return viz.compose(self._frame, *self.task.render_panels(), layer, height=self.render_height)
 
     def close(self) -> None:
         """Release the camera and give the scene's renderer back; safe to call twice."""

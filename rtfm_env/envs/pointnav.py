@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
 from rtfm_env.envs.base import RTFMEnv
 from rtfm_env.envs.tasks import PointNavTask
@@ -76,79 +76,24 @@ class PointNavEnv(RTFMEnv):
     import rtfm_env
 
     env = gym.make("RTFM/PointNav-v0", scene="MiniWorld-FourRooms-v0", camera="ground_truth",
-                   resolution=64, fov=60.0, max_steps=500, success_distance=0.2,
-                   scene_seed=None, render_mode=None)
-
-    # the learned camera, with its options (each None = the camera's default)
-    env = gym.make("RTFM/PointNav-v0", camera="model", checkpoint="path/to/checkpoint",
-                   k=2, context_strategy="spatial", sampling_steps=None, seed_views=1,
-                   memory_capacity=None)
+                   resolution=64, success_distance=0.2, max_steps=500, render_mode=None)
+    env = gym.make("RTFM/PointNav-v0", camera="model", k=2, context_strategy="spatial")
     ```
 
-    - ``scene``: a MiniWorld env id. The default, ``MiniWorld-FourRooms-v0``, is a training
-      world where navigation is not trivial (four 6 m rooms joined by doorways, so geodesic
-      and straight-line distances differ) yet every 1-10 m goal is reachable and frames are
-      cheap to render.
-    - ``camera``: a name from :data:`rtfm_env.cameras.CAMERAS`: ``"ground_truth"`` (the
-      scene's renderer) or ``"model"`` (:class:`rtfm_env.cameras.ModelCamera`: the frame model
-      generates each frame from a spatial memory seeded with the start's ground truth).
-      Model frames are stochastic but seeded: the camera's generator is seeded from the env's,
-      so ``reset(seed=s)`` and the same actions reproduce them.
-    - ``checkpoint`` (model camera): frame-model checkpoint directory; None for the shipped one.
-    - ``k`` (model camera): context frames per generated frame (default 2).
-    - ``context_strategy`` (model camera): how context is picked, one of
-      :data:`rtfm_env.cameras.CONTEXT_STRATEGIES` (``"spatial"``, the default, is context
-      juggling; ``"last_k"``, ``"first_only"`` and ``"all"`` are the baselines).
-    - ``sampling_steps`` (model camera): Euler steps per frame; None for the model's default.
-    - ``seed_views`` (model camera): ground-truth frames stored at reset, the start view and
-      turns in place (default 1).
-    - ``memory_capacity`` (model camera): frames kept at most; None keeps all.
+    - ``success_distance``: metres from the goal within which a stop succeeds (0.2).
+    - the world and camera arguments of every id (``scene``, ``camera``, ``resolution``,
+      ``fov``, ``max_steps``, ``scene_seed``, ``render_mode`` and the model camera's
+      ``checkpoint``, ``k``, ``context_strategy``, ``sampling_steps``, ``seed_views``,
+      ``memory_capacity``), described in :class:`rtfm_env.envs.base.RTFMEnv`.
 
-    The model camera's options are errors with any other camera.
-    - ``resolution``: pixels of the square view.
-    - ``fov``: vertical field of view, degrees.
-    - ``max_steps``: actions before truncation (500, as Habitat).
-    - ``success_distance``: metres from the goal within which a stop succeeds.
-    - ``scene_seed``: ``None`` for a new layout every reset, an int to keep one layout.
-    - ``render_mode``: ``None`` or ``"rgb_array"`` (the view beside the top-down map with the
-      trajectory, the goal and the robot).
+    ``render_mode="rgb_array"`` draws the view beside the map with the trajectory, the goal
+    (with a ring of ``success_distance``) and the robot.
 
     ## Version History
 
     - v0: initial version; the model camera and its options.
     """
 
-    def __init__(
-        self,
-        scene: str = "MiniWorld-FourRooms-v0",
-        camera: str = "ground_truth",
-        resolution: int = 64,
-        fov: float = 60.0,
-        max_steps: int = 500,
-        success_distance: float = 0.2,
-        scene_seed: int | None = None,
-        render_mode: str | None = None,
-        checkpoint: str | os.PathLike | None = None,
-        k: int | None = None,
-        context_strategy: str | None = None,
-        sampling_steps: int | None = None,
-        seed_views: int | None = None,
-        memory_capacity: int | None = None,
-    ) -> None:
+    def __init__(self, success_distance: float = 0.2, **kwargs: Any) -> None:
         """Build the env; see the class docstring's Arguments section."""
-        super().__init__(
-            PointNavTask(success_distance=success_distance),
-            scene=scene,
-            camera=camera,
-            resolution=resolution,
-            fov=fov,
-            max_steps=max_steps,
-            scene_seed=scene_seed,
-            render_mode=render_mode,
-            checkpoint=checkpoint,
-            k=k,
-            context_strategy=context_strategy,
-            sampling_steps=sampling_steps,
-            seed_views=seed_views,
-            memory_capacity=memory_capacity,
-        )
+        super().__init__(PointNavTask(success_distance=success_distance), **kwargs)

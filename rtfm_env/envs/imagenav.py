@@ -1,0 +1,154 @@
+"""``RTFM/ImageNav-v0``: navigate to the place an image was taken, seen through an rtfm-sim camera."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from rtfm_env.envs.base import RTFMEnv
+from rtfm_env.envs.tasks import Episode, NavigationTask, free_ray_lengths
+from rtfm_env.geometry import RobotState
+from rtfm_env.scenes.base import Scene
+
+__all__ = ["ImageNavTask", "ImageNavEnv"]
+
+
+class ImageNavTask(NavigationTask):
+    """Reach the place shown by a goal image (Zhu et al., 2017; Habitat's ImageNav).
+
+    The goal point is sampled as PointNav's; the goal image is the scene's ground truth at the
+    goal point, at the robot's camera height and pitch, facing the most open direction: of the
+    headings a turn step apart, the one whose field of view has the longest mean free-space
+    ray on the scene's floor grid. So the image shows the room around the goal, not a wall
+    close up (goals often lie near walls). Rewards, success and metrics are PointNav's.
+    """
+
+    view_rays = 9  # rays across the horizontal field of view that score a heading
+    view_range = 10.0  # metres, the longest ray that counts
+
+    def __init__(self, resolution: int, **kwargs: Any) -> None:
+        """Configure the task.
+
+        Args:
+            resolution: pixels of the square goal image (the env's view size).
+            **kwargs: :class:`~rtfm_env.envs.tasks.NavigationTask`'s arguments.
+        """
+        super().__init__(**kwargs)
+        if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
+            raise ValueError(f"resolution must be a positive integer number of pixels, got {resolution!r}")
+        self.resolution = int(resolution)  # pixels
+        self.goal_image: np.ndarray | None = None
+        self.goal_state: RobotState | None = None
+
+    def observation_spaces(self) -> dict[str, spaces.Space]:
+        """``imagegoal``: the goal image, (resolution, resolution, 3) uint8."""
+        return {"imagegoal": spaces.Box(0, 255, shape=(self.resolution, self.resolution, 3), dtype=np.uint8)}
+
+    def reset(self, scene: Scene, episode: Episode, rng: np.random.Generator) -> None:
+        """Sample the goal as PointNav does, then render the goal image there."""
+        super().reset(scene, episode, rng)
+        turn = scene.kinematics.turn_step  # radians
+        headings = np.arange(max(1, round(2.0 * math.pi / turn))) * turn  # (H,)
+        half_fov = 0.5 * math.radians(scene.intrinsics.fov_x)
+        angles = headings[:, None] + np.linspace(-half_fov, half_fov, self.view_rays)[None, :]  # (H, R)
+        lengths = free_ray_lengths(scene.top_down_map(), self.goal, angles, self.view_range)
+        yaw = float(headings[int(np.argmax(lengths.reshape(angles.shape).mean(axis=1)))])
+        self.goal_state = episode.start.replace(x=float(self.goal[0]), z=float(self.goal[1]), yaw=yaw)
+        image = scene.render(self.goal_state.pose())
+        if image is None:
+            raise RuntimeError(f"scene {scene.env_id!r} has no ground-truth renderer to take the goal image with")
+        expected = (self.resolution, self.resolution, 3)
+        if image.shape != expected or image.dtype != np.uint8:
+            raise RuntimeError(f"scene rendered a {image.dtype} {image.shape} goal image; expected {expected} uint8")
+        self.goal_image = image
+
+    def observation(self, state: RobotState) -> dict[str, np.ndarray]:
+        """The goal image (a fresh copy)."""
+        if self.goal_image is None:
+            raise RuntimeError("ImageNavTask has no goal image yet: call reset(scene, episode, rng) first")
+        return {"imagegoal": self.goal_image.copy()}
+
+    def map_overlay(self) -> dict[str, Any]:
+        """The goal, its success ring and the goal image's pose."""
+        target = None if self.goal_state is None else np.array([self.goal_state.x, self.goal_state.z, self.goal_state.yaw])
+        return {**super().map_overlay(), "target": target}
+
+    def render_panels(self) -> tuple[np.ndarray, ...]:
+        """The goal image, between the view and the map."""
+        return () if self.goal_image is None else (self.goal_image,)
+
+
+class ImageNavEnv(RTFMEnv):
+    """Navigate to where a goal image was taken in a MiniWorld layout, through a ground-truth or learned camera.
+
+    ## Description
+
+    ImageNav (Zhu et al., 2017, "Target-driven Visual Navigation in Indoor Scenes using Deep
+    Reinforcement Learning"; Habitat's ImageNav) in a MiniWorld scene. The robot sees its
+    first-person view and, all episode long, an image taken at the goal; it must find that
+    place and stop there. The goal image is always the scene's ground truth at the goal pose,
+    with either camera: with ``camera="model"`` the robot's own views are generated, the target
+    it is shown is real. The goal pose is the goal point at the robot's camera height, facing
+    the most open direction (of the 24 headings a 15-degree turn apart, the one whose field of
+    view reaches farthest across free floor), so the image shows the room, not a wall.
+
+    ## Action Space
+
+    ``Discrete(4)``: 0 stop, 1 forward 0.25 m, 2 turn left 15 degrees, 3 turn right 15 degrees
+    (as ``RTFM/PointNav-v0``).
+
+    ## Observation Space
+
+    ``Dict``:
+
+    - ``rgb``: ``Box(0, 255, (resolution, resolution, 3), uint8)``, the camera's view.
+    - ``imagegoal``: ``Box(0, 255, (resolution, resolution, 3), uint8)``, the goal image.
+    - ``pose``: ``Box(float32, (4, 4))``, the camera-to-world pose (world y up, metres).
+
+    ## Rewards
+
+    As PointNav: the decrease of the geodesic distance to the goal (metres) plus ``-0.01``
+    per step, and ``+2.5`` for a stop within ``success_distance`` of the goal.
+
+    ## Starting State
+
+    The scene's start state for the layout; the goal is a free point at a geodesic distance
+    in [1, 10] m from it (clipped to what the layout allows), drawn from the env's generator.
+
+    ## Episode End
+
+    Termination: the agent takes ``stop`` (0); it succeeds if the geodesic distance to the
+    goal is then below ``success_distance``. The goal image's heading is not required.
+
+    Truncation: ``max_steps`` actions without a stop.
+
+    ``info`` reports ``success``, ``spl``, ``soft_spl``, ``distance_to_goal`` (geodesic, m),
+    ``start_distance_to_goal`` (m), ``goal`` (x, z), ``collisions``, ``collided``,
+    ``path_length`` (m), ``steps`` and ``scene_seed``.
+
+    ## Arguments
+
+    ```python
+    env = gym.make("RTFM/ImageNav-v0", scene="MiniWorld-FourRooms-v0", camera="model",
+                   k=2, context_strategy="spatial", resolution=64, success_distance=0.2)
+    ```
+
+    - ``success_distance``: metres from the goal within which a stop succeeds (0.2).
+    - the world and camera arguments of every id, described in
+      :class:`rtfm_env.envs.base.RTFMEnv`.
+
+    ``render_mode="rgb_array"`` draws the view, the goal image, then the map with the
+    trajectory, the goal's ring and the goal image's pose (an outlined triangle).
+
+    ## Version History
+
+    - v0: initial version.
+    """
+
+    def __init__(self, success_distance: float = 0.2, resolution: int = 64, **kwargs: Any) -> None:
+        """Build the env; see the class docstring's Arguments section."""
+        task = ImageNavTask(resolution, success_distance=success_distance)
+        super().__init__(task, resolution=resolution, **kwargs)
