@@ -1,14 +1,18 @@
-"""Tests of rtfm_env.envs: registration, the Gymnasium contract, PointNav's task logic and bad input."""
+"""Tests of rtfm_env.envs.base and pointnav: every registered id's contract (both cameras), PointNav's logic, bad input."""
 
 from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import imageio.v3 as iio
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from gymnasium.envs.registration import load_env_creator
+from gymnasium.wrappers import RecordVideo
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rtfm_env  # noqa: F401  (registers the RTFM/* ids)
@@ -19,6 +23,8 @@ from rtfm_env.geometry import RobotState, angle_difference
 from rtfm_env.scenes import MiniWorldScene
 
 RTFM_IDS = sorted(k for k in gym.registry if k.startswith("RTFM/"))
+CAMERA_NAMES = ["ground_truth", "model"]
+COMMON_KWARGS = {"camera", "k", "context_strategy", "resolution", "scene"}
 INFO_KEYS = {"success", "spl", "soft_spl", "distance_to_goal", "collisions", "path_length", "collided", "steps"}
 STOP, FORWARD, LEFT, RIGHT = 0, 1, 2, 3
 
@@ -67,23 +73,34 @@ def test_pointnav_registered_on_import():
         env.close()
 
 
+def test_every_task_is_registered():
+    """The four task ids are registered, each with a native vector entry point."""
+    assert {"RTFM/PointNav-v0", "RTFM/ImageNav-v0", "RTFM/Explore-v0", "RTFM/Revisit-v0"} <= set(RTFM_IDS)
+    for env_id in RTFM_IDS:
+        assert gym.spec(env_id).vector_entry_point is not None
+
+
+@pytest.mark.parametrize("camera", CAMERA_NAMES)
 @pytest.mark.parametrize("env_id", RTFM_IDS)
-def test_gymnasium_check_env_without_warnings(env_id):
-    """Every registered RTFM env passes Gymnasium's env checker and triggers none of its warnings."""
-    env = gym.make(env_id)
+def test_gymnasium_check_env_without_warnings(env_id, camera, one_thread):
+    """Every registered RTFM env passes Gymnasium's checker, render check included, with both cameras and no warning."""
+    env = gym.make(env_id, camera=camera, render_mode="rgb_array")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            gym_check_env(env.unwrapped)
+            # Model frames are stochastic but seeded from the env, so the determinism checks
+            # run as they do for the ground truth (no nondeterministic flag).
+            gym_check_env(env.unwrapped, skip_render_check=False)
     finally:
         env.close()
     assert [str(w.message) for w in caught] == []
 
 
+@pytest.mark.parametrize("camera", CAMERA_NAMES)
 @pytest.mark.parametrize("env_id", RTFM_IDS)
-def test_sb3_check_env(env_id):
-    """Every registered RTFM env passes Stable-Baselines3's checker; its only remark is the 4x4 pose."""
-    env = gym.make(env_id)
+def test_sb3_check_env(env_id, camera, one_thread):
+    """Every registered RTFM env passes Stable-Baselines3's checker with both cameras; its only remark is the 4x4 pose."""
+    env = gym.make(env_id, camera=camera)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -96,6 +113,90 @@ def test_sb3_check_env(env_id):
     unavoidable = [m for m in messages if "observation pose has an unconventional shape" in m]
     assert len(unavoidable) == 1
     assert [m for m in messages if m not in unavoidable] == []
+
+
+@pytest.mark.parametrize("env_id", RTFM_IDS)
+def test_model_camera_is_seeded(env_id, one_thread):
+    """With the model camera, the same seed and actions give identical observations, rewards and infos."""
+    actions = [FORWARD, LEFT, FORWARD, FORWARD, RIGHT, FORWARD]
+    env = gym.make(env_id, camera="model")
+    try:
+        first = _rollout(env, 21, actions)
+        other = _rollout(env, 22, actions)
+        second = _rollout(env, 21, actions)
+        truth = env.unwrapped.scene.render(env.unwrapped.state.pose())
+    finally:
+        env.close()
+    for (obs_a, *rest_a, info_a), (obs_b, *rest_b, info_b) in zip(first, second, strict=True):
+        assert obs_a.keys() == obs_b.keys()
+        for key in obs_a:
+            np.testing.assert_array_equal(obs_a[key], obs_b[key])
+        assert rest_a == rest_b
+        assert info_a.keys() == info_b.keys()
+        for key in info_a:
+            np.testing.assert_array_equal(info_a[key], info_b[key])
+    assert not np.array_equal(first[-1][0]["rgb"], other[-1][0]["rgb"])
+    # After moving, the view is generated: it is not the scene's ground truth.
+    assert not np.array_equal(second[-1][0]["rgb"], truth)
+
+
+@pytest.mark.parametrize("env_id", RTFM_IDS)
+def test_common_kwargs_reach_the_camera_and_scene(env_id, one_thread):
+    """camera, k, context_strategy, resolution and scene are gym.make kwargs of every id and take effect."""
+    assert COMMON_KWARGS <= load_env_creator(gym.spec(env_id).entry_point).argument_names()
+    env = gym.make(env_id, camera="model", k=1, context_strategy="last_k", scene="MiniWorld-YMaze-v0", resolution=64)
+    try:
+        obs, _ = env.reset(seed=0)
+        base = env.unwrapped
+        assert base.scene.env_id == "MiniWorld-YMaze-v0"
+        assert base.camera.k == 1 and base.camera.context_strategy == "last_k"
+        assert obs["rgb"].shape == (64, 64, 3)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("env_id", RTFM_IDS)
+def test_resolution_sets_every_image(env_id):
+    """resolution sets the view (and any image observation) and the observation space."""
+    env = gym.make(env_id, resolution=32)
+    try:
+        obs, _ = env.reset(seed=0)
+        obs, *_ = env.step(FORWARD)
+        for key, space in env.observation_space.spaces.items():
+            if isinstance(space, gym.spaces.Box) and space.dtype == np.uint8:
+                assert obs[key].shape == (32, 32, 3), key
+        assert obs in env.observation_space
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("env_id", RTFM_IDS)
+def test_record_video_writes_every_frame(env_id, tmp_path: Path):
+    """RecordVideo records a short episode of every id to a video with one frame per reset and step."""
+    steps = 5
+    folder = tmp_path / "videos"  # RecordVideo makes it (and warns when it already exists)
+    env = RecordVideo(
+        gym.make(env_id, render_mode="rgb_array", max_steps=steps),
+        str(folder),
+        episode_trigger=lambda episode: True,
+        name_prefix="episode",
+    )
+    try:
+        env.reset(seed=0)
+        done = False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(LEFT)
+            done = terminated or truncated
+        expected = env.unwrapped.render()
+    finally:
+        env.close()
+    videos = sorted(folder.glob("*.mp4"))
+    assert [v.name for v in videos] == ["episode-episode-0.mp4"]
+    frames = list(iio.imiter(videos[0]))
+    assert len(frames) == steps + 1
+    assert frames[-1].shape == expected.shape
+    # Lossy H.264, so the last frame matches the last render only roughly.
+    assert np.mean(np.abs(frames[-1].astype(float) - expected.astype(float))) < 10.0
 
 
 def test_observation_matches_world(env):
@@ -330,17 +431,35 @@ def test_step_and_render_before_reset_raise(make_env):
         env.render()
 
 
-def test_unknown_scene_lists_valid_ids():
+@pytest.mark.parametrize("env_id", RTFM_IDS)
+def test_unknown_scene_lists_valid_ids(env_id):
     """An unknown scene id raises ValueError listing the valid MiniWorld ids."""
     with pytest.raises(ValueError, match="unknown MiniWorld env id 'MiniWorld-Nowhere-v0'") as err:
-        gym.make("RTFM/PointNav-v0", scene="MiniWorld-Nowhere-v0")
+        gym.make(env_id, scene="MiniWorld-Nowhere-v0")
     assert "MiniWorld-FourRooms-v0" in str(err.value) and "MiniWorld-Maze-v0" in str(err.value)
 
 
-def test_unknown_camera_lists_valid_cameras():
+@pytest.mark.parametrize("env_id", RTFM_IDS)
+def test_unknown_camera_lists_valid_cameras(env_id):
     """An unknown camera name raises ValueError listing the valid cameras."""
-    with pytest.raises(ValueError, match=r"unknown camera 'pinhole'.*'ground_truth'"):
-        gym.make("RTFM/PointNav-v0", camera="pinhole")
+    with pytest.raises(ValueError, match=r"unknown camera 'pinhole'.*'ground_truth', 'model'"):
+        gym.make(env_id, camera="pinhole")
+
+
+@pytest.mark.parametrize("env_id", RTFM_IDS)
+def test_unknown_argument_lists_valid_arguments(env_id):
+    """A keyword no id knows raises TypeError naming it and listing the valid ones, task arguments included."""
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['goal_radius'\]; valid arguments: \[.*'camera'") as err:
+        gym.make(env_id, goal_radius=1.0)
+    valid = load_env_creator(gym.spec(env_id).entry_point).argument_names()
+    assert all(f"'{name}'" in str(err.value) for name in valid)
+
+
+@pytest.mark.parametrize("env_id", RTFM_IDS)
+def test_model_options_need_the_model_camera(env_id):
+    """k or context_strategy with the ground-truth camera is an error, not silently ignored."""
+    with pytest.raises(ValueError, match=r"\['k'\] apply only to camera='model'"):
+        gym.make(env_id, camera="ground_truth", k=2)
 
 
 @pytest.mark.parametrize(
