@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import memory as memory_bench  # noqa: E402
 import quality as quality_bench  # noqa: E402
 import speed as speed_bench  # noqa: E402
+import vector as vector_bench  # noqa: E402
 
 RES = 32
 
@@ -72,3 +73,22 @@ def test_speed_benchmark_measures_frames_flops_and_memory(tmp_path, checkpoint):
     assert r["single_stream"]["frames_per_s"] > 0 and r["batched"]["frames_per_s"] > 0
     assert r["flops"]["per_frame"] > 0 and 0 < r["flops"]["fraction_of_matmul"] < 10
     assert r["memory_size"]["ratio_big_over_small"] > 0
+
+
+def test_vector_benchmark_times_native_sync_and_async(tmp_path, checkpoint):
+    """The vector benchmark times all three vector envs with both cameras and records the async cap."""
+    out = tmp_path / "vector.json"
+    r = vector_bench.main(vector_bench.VectorBenchConfig(sizes=(1, 2), frames=2, min_steps=2, warmup_steps=1,
+                                                         async_max_envs=1, checkpoint=str(checkpoint),
+                                                         resolution=RES, out=str(out)))
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(r))
+    cells = {(x["camera"], x["mode"], x["num_envs"]) for x in r["results"]}
+    assert cells == {(c, m, n) for c in ("ground_truth", "model") for m in ("native", "sync", "async") for n in (1, 2)
+                     if not (m == "async" and n == 2)}
+    assert all(x["frames_per_s"] > 0 and x["frames"] == x["num_envs"] * x["steps"] for x in r["results"])
+    assert {x["vector_env"] for x in r["results"]} == {"PointNavVectorEnv", "SyncVectorEnv", "AsyncVectorEnv"}
+    assert [(s["mode"], s["num_envs"]) for s in r["skipped"]] == [("async", 2), ("async", 2)]
+    assert r["model_camera"]["checkpoint"] == str(checkpoint)
+    table = out.with_suffix(".md").read_text()
+    assert "| 2 |" in table and "async capped at N <= 1" in table
