@@ -1,4 +1,4 @@
-"""Tests of rtfm_env.envs.base and pointnav: every registered id's contract (both cameras), PointNav's logic, bad input."""
+"""Tests of rtfm_env.envs.base and pointnav: every id's contract (both cameras), PointNav's logic, bad input."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import warnings
 from pathlib import Path
 
 import gymnasium as gym
+import imageio.v3 as iio
 import numpy as np
 import pytest
-import imageio.v3 as iio
-from gymnasium.utils.env_checker import check_env as gym_check_env
 from gymnasium.envs.registration import load_env_creator
+from gymnasium.utils.env_checker import check_env as gym_check_env
 from gymnasium.wrappers import RecordVideo
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -99,7 +99,7 @@ def test_gymnasium_check_env_without_warnings(env_id, camera, one_thread):
 @pytest.mark.parametrize("camera", CAMERA_NAMES)
 @pytest.mark.parametrize("env_id", RTFM_IDS)
 def test_sb3_check_env(env_id, camera, one_thread):
-    """Every registered RTFM env passes Stable-Baselines3's checker with both cameras; its only remark is the 4x4 pose."""
+    """Every RTFM env passes Stable-Baselines3's checker with both cameras; its only remark is the 4x4 pose."""
     env = gym.make(env_id, camera=camera)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -157,7 +157,7 @@ def test_common_kwargs_reach_the_camera_and_scene(env_id, one_thread):
 
 @pytest.mark.parametrize("env_id", RTFM_IDS)
 def test_resolution_sets_every_image(env_id):
-    """resolution sets the view (and any image observation) and the observation space."""
+    """The resolution argument sets the view (and any image observation) and the observation space."""
     env = gym.make(env_id, resolution=32)
     try:
         obs, _ = env.reset(seed=0)
@@ -449,7 +449,9 @@ def test_unknown_camera_lists_valid_cameras(env_id):
 @pytest.mark.parametrize("env_id", RTFM_IDS)
 def test_unknown_argument_lists_valid_arguments(env_id):
     """A keyword no id knows raises TypeError naming it and listing the valid ones, task arguments included."""
-    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['goal_radius'\]; valid arguments: \[.*'camera'") as err:
+    with pytest.raises(
+        TypeError, match=r"unknown argument\(s\) \['goal_radius'\]; valid arguments: \[.*'camera'"
+    ) as err:
         gym.make(env_id, goal_radius=1.0)
     valid = load_env_creator(gym.spec(env_id).entry_point).argument_names()
     assert all(f"'{name}'" in str(err.value) for name in valid)
@@ -457,7 +459,7 @@ def test_unknown_argument_lists_valid_arguments(env_id):
 
 @pytest.mark.parametrize("env_id", RTFM_IDS)
 def test_model_options_need_the_model_camera(env_id):
-    """k or context_strategy with the ground-truth camera is an error, not silently ignored."""
+    """Giving k or context_strategy with the ground-truth camera is an error, not silently ignored."""
     with pytest.raises(ValueError, match=r"\['k'\] apply only to camera='model'"):
         gym.make(env_id, camera="ground_truth", k=2)
 

@@ -34,7 +34,7 @@ def _room() -> TopDownMap:
 
 
 def test_visible_cells_lie_in_the_view_wedge():
-    """Every seen cell is within range and half the field of view of the heading; in-wedge cells with a clear view are seen."""
+    """Seen cells lie within range and half the field of view; in-wedge cells with a clear view are all seen."""
     room = _room()
     state = RobotState(0.55, 3.55, 0.0)  # facing +x, below the wall's end
     seen = visible_cells(room, state, FOV, view_range=1.5)
@@ -104,7 +104,7 @@ def test_a_full_turn_then_another_sees_nothing_new(env):
 
 
 def test_stop_is_a_no_op_and_only_truncation_ends(env):
-    """stop keeps the pose and does not end the episode; the episode ends by truncation at max_steps."""
+    """A stop keeps the pose and does not end the episode; the episode ends by truncation at max_steps."""
     obs, _ = env.reset(seed=1)
     state = env.state
     after, reward, terminated, truncated, info = env.step(STOP)
@@ -136,7 +136,11 @@ def test_render_tints_the_seen_floor(env):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"view_range": 0.0}, "view_range"), ({"view_range": math.inf}, "view_range"), ({"area_reward": "x"}, "area_reward")],
+    [
+        ({"view_range": 0.0}, "view_range"),
+        ({"view_range": math.inf}, "view_range"),
+        ({"area_reward": "x"}, "area_reward"),
+    ],
 )
 def test_bad_arguments_raise(kwargs, match):
     """Bad Explore arguments raise ValueError naming them, before a scene is made."""

@@ -27,7 +27,7 @@ def env():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_goal_image_is_ground_truth_at_the_goal_facing_the_most_open_way(env, seed):
-    """imagegoal is the scene's render at the goal point, camera height kept, facing the heading with the longest free view."""
+    """The goal image is the render at the goal point (camera height kept), facing the most open heading."""
     obs, info = env.reset(seed=seed)
     goal_state = env.task.goal_state
     assert (goal_state.x, goal_state.z) == pytest.approx(tuple(info["goal"]))

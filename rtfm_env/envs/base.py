@@ -134,8 +134,7 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         given = {name: value for name, value in model_options.items() if value is not None}
         if given and camera != "model":
             raise ValueError(
-                f"{sorted(given)} apply only to camera='model', but camera={camera!r}; "
-                "drop them or pass camera='model'"
+                f"{sorted(given)} apply only to camera='model', but camera={camera!r}; drop them or pass camera='model'"
             )
         if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 8:
             raise ValueError(f"resolution must be an integer >= 8 pixels, got {resolution!r}")

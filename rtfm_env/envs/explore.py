@@ -122,7 +122,7 @@ class ExploreTask(Task):
         return self.area_reward * self.new_area + self.slack_reward, False
 
     def metrics(self, scene: Scene, episode: Episode) -> dict[str, Any]:
-        """coverage (fraction of the floor seen), seen_area and new_area (m^2)."""
+        """The coverage (fraction of the floor seen), seen_area and new_area (m^2)."""
         return {
             "coverage": float(self.seen.mean()) if len(self.seen) else 0.0,
             "seen_area": float(self.seen.sum()) * self.cell_area,  # square metres

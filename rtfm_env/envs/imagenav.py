@@ -73,7 +73,9 @@ class ImageNavTask(NavigationTask):
 
     def map_overlay(self) -> dict[str, Any]:
         """The goal, its success ring and the goal image's pose."""
-        target = None if self.goal_state is None else np.array([self.goal_state.x, self.goal_state.z, self.goal_state.yaw])
+        target = (
+            None if self.goal_state is None else np.array([self.goal_state.x, self.goal_state.z, self.goal_state.yaw])
+        )
         return {**super().map_overlay(), "target": target}
 
     def render_panels(self) -> tuple[np.ndarray, ...]:

@@ -111,7 +111,10 @@ class RevisitTask(NavigationTask):
         if self.start_frame is None:
             self.start_frame = frame.copy()
         elif self.leg == RETURN and self.at_final_goal(self.episode.state):
-            self.revisit = {"revisit_psnr": psnr(frame, self.start_frame), "revisit_ssim": ssim(frame, self.start_frame)}
+            self.revisit = {
+                "revisit_psnr": psnr(frame, self.start_frame),
+                "revisit_ssim": ssim(frame, self.start_frame),
+            }
 
     def metrics(self, scene: Scene, episode: Episode) -> dict[str, Any]:
         """NavigationTask's metrics, the phase, the waypoint, the heading error and the latest revisit's scores."""
@@ -130,7 +133,7 @@ class RevisitTask(NavigationTask):
 
 
 class RevisitEnv(RTFMEnv):
-    """Go out to a waypoint and come back to the start pose in a MiniWorld layout, through a ground-truth or learned camera.
+    """Go out to a waypoint and back to the start pose in a MiniWorld layout, through a ground-truth or learned camera.
 
     ## Description
 
@@ -179,7 +182,9 @@ class RevisitEnv(RTFMEnv):
     Truncation: ``max_steps`` actions without a stop.
 
     ``info`` reports PointNav's ``success``, ``spl``, ``soft_spl`` (over the out-and-back
-    route, whose geodesic length is ``start_distance_to_goal``), ``distance_to_goal``
+    route, whose geodesic length through the waypoint's centre is ``start_distance_to_goal``;
+    as Habitat's shortest-path length ignores the success radius, a path that turns back
+    ``waypoint_distance`` short of the waypoint can be shorter, so SPL reaches 1 there too), ``distance_to_goal``
     (geodesic, m, to the current goal), ``goal`` (the current goal, x, z), and ``phase``,
     ``waypoint`` (x, z), ``start_heading_error`` (rad), ``collisions``, ``collided``,
     ``path_length``, ``steps``, ``scene_seed``. ``revisit_psnr`` (dB) and ``revisit_ssim``
