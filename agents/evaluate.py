@@ -1,0 +1,206 @@
+r"""Evaluate agents on an RTFM navigation env: success, SPL, SoftSPL, steps, collisions, frames/s.
+
+Every (agent, camera) pair runs the same episodes (``reset(seed=SEED + i)`` for episode i),
+so rows are paired comparisons. Results go to ``OUT.json`` (config, machine, per-episode
+records, summaries) and ``OUT.md`` (the table), both written atomically.
+
+Agents: ``random`` (seeded uniform actions), ``shortest_path`` (the oracle, privileged) and
+``ppo:DIR`` (a policy saved by ``agents/train_ppo.py``; it reads only rgb + pointgoal).
+
+Example (the sim-to-sim table of ``agents/RESULTS.md``)::
+
+    .venv/bin/python -m agents.evaluate --agents random shortest_path \\
+        ppo:agents/policies/ppo_ground_truth ppo:agents/policies/ppo_model \\
+        --cameras ground_truth model --episodes 20 --seed 10000 --out agents/results/sim2sim
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.base import Agent, RandomAgent, ShortestPathAgent
+from agents.envs import EnvConfig, make_env
+from benchmarks.benchlib import machine_info, write_atomic
+
+__all__ = ["AGENT_KINDS", "make_agent", "run_episode", "evaluate", "summarize", "markdown_table", "main"]
+
+#: Agent specs accepted by :func:`make_agent` (``ppo`` takes a directory: ``ppo:DIR``).
+AGENT_KINDS = ("random", "shortest_path", "ppo:DIR")
+
+#: Per-episode numbers averaged into a row, in table order.
+METRICS = ("success", "spl", "soft_spl", "steps", "collisions")
+
+
+def make_agent(spec: str, env: gym.Env, seed: int = 0, env_config: EnvConfig | None = None) -> Agent:
+    """The agent named by ``spec`` for ``env``.
+
+    Args:
+        spec: ``"random"``, ``"shortest_path"`` or ``"ppo:DIR"``.
+        env: the env the agent will act in (the oracle reads its privileged state).
+        seed: seeds the random agent.
+        env_config: the env's config; a PPO policy trained on another task (anything but the
+            camera differs) is refused.
+
+    Raises:
+        ValueError: an unknown spec (the message lists the valid ones) or a PPO policy trained
+            on another task or observation size.
+    """
+    if spec == "random":
+        return RandomAgent(env.action_space, seed=seed)
+    if spec == "shortest_path":
+        return ShortestPathAgent(env)
+    if spec.startswith("ppo:") and len(spec) > 4:
+        from agents.ppo import PPOAgent  # SB3 is the `rl` extra: imported only when asked for
+
+        agent = PPOAgent(spec[4:])
+        agent.check_env(env)
+        if env_config is not None:
+            trained = agent.env_config.to_dict()
+            differ = sorted(k for k, v in env_config.to_dict().items() if k != "camera" and trained[k] != v)
+            if differ:
+                raise ValueError(
+                    f"{spec} was trained on another task: {', '.join(f'{k}={trained[k]!r}' for k in differ)} "
+                    f"(evaluating with {', '.join(f'{k}={getattr(env_config, k)!r}' for k in differ)})"
+                )
+        return agent
+    raise ValueError(f"unknown agent {spec!r}; valid: {list(AGENT_KINDS)}")
+
+
+def run_episode(env: gym.Env, agent: Agent, seed: int) -> dict[str, Any]:
+    """One episode from ``reset(seed=seed)``; returns its final metrics and its wall time."""
+    t0 = time.perf_counter()
+    obs, info = env.reset(seed=seed)
+    agent.reset()
+    done = False
+    while not done:
+        obs, _, terminated, truncated, info = env.step(agent.act(obs))
+        done = terminated or truncated
+    wall = time.perf_counter() - t0
+    return {
+        "seed": seed,
+        "success": bool(info["success"]),
+        "spl": float(info["spl"]),
+        "soft_spl": float(info["soft_spl"]),
+        "steps": int(info["steps"]),
+        "collisions": int(info["collisions"]),
+        "distance_to_goal": float(info["distance_to_goal"]),
+        "start_distance_to_goal": float(info["start_distance_to_goal"]),
+        "wall_s": wall,
+    }
+
+
+def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means and standard errors of :data:`METRICS`, and frames/s (steps / wall time, resets included)."""
+    if not episodes:
+        raise ValueError("no episodes to summarize")
+    out: dict[str, Any] = {"episodes": len(episodes)}
+    for key in METRICS:
+        values = np.array([e[key] for e in episodes], dtype=np.float64)
+        out[key] = float(values.mean())
+        out[f"{key}_se"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+    out["frames_per_s"] = sum(e["steps"] for e in episodes) / max(sum(e["wall_s"] for e in episodes), 1e-9)
+    return out
+
+
+def evaluate(
+    agents: list[str], cameras: list[str], env_config: EnvConfig, episodes: int, seed: int, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Run every agent under every camera on episodes ``seed .. seed + episodes - 1``.
+
+    Returns:
+        One row per (agent, camera): the spec, the camera, :func:`summarize`'s numbers and
+        the per-episode records.
+    """
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+    if not agents or not cameras:
+        raise ValueError("give at least one agent and one camera")
+    rows = []
+    for camera in cameras:
+        config = dataclasses.replace(env_config, camera=camera)
+        env = make_env(config)()  # one env per camera, reused: each MiniWorld env costs memory
+        try:
+            for spec in agents:
+                agent = make_agent(spec, env, seed=seed, env_config=config)
+                records = []
+                for i in range(episodes):
+                    records.append(run_episode(env, agent, seed + i))
+                    if progress:
+                        print(f"\r{spec} / {camera}: {i + 1}/{episodes}", end="", file=sys.stderr, flush=True)
+                if progress:
+                    print(file=sys.stderr)
+                rows.append({"agent": spec, "camera": camera, **summarize(records), "records": records})
+        finally:
+            env.close()
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table (mean ± standard error over episodes)."""
+    lines = [
+        "| agent | camera | episodes | success | SPL | SoftSPL | steps | collisions | frames/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        cells = [f"{r[k]:.2f} ± {r[k + '_se']:.2f}" for k in ("success", "spl", "soft_spl")]
+        cells += [f"{r['steps']:.1f}", f"{r['collisions']:.1f}", f"{r['frames_per_s']:.0f}"]
+        lines.append(f"| {r['agent']} | {r['camera']} | {r['episodes']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse the command line, evaluate, write ``OUT.json`` and ``OUT.md``; returns the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", nargs="+", required=True, help=f"agent specs: {', '.join(AGENT_KINDS)}")
+    parser.add_argument("--cameras", nargs="+", default=["ground_truth"], help="camera names")
+    parser.add_argument("--episodes", type=int, default=20, help="episodes per (agent, camera)")
+    parser.add_argument("--seed", type=int, default=10_000, help="episode i resets with seed + i")
+    parser.add_argument("--out", required=True, help="output path without suffix: writes OUT.json and OUT.md")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads (0: torch's default)")
+    for f in dataclasses.fields(EnvConfig):
+        if f.name != "camera":
+            parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    args = parser.parse_args(argv)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    env_config = EnvConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(EnvConfig) if f.name != "camera"}
+    )
+    t0 = time.perf_counter()
+    rows = evaluate(args.agents, args.cameras, env_config, args.episodes, args.seed)
+    result = {
+        "config": {
+            "agents": args.agents,
+            "cameras": args.cameras,
+            "episodes": args.episodes,
+            "seeds": [args.seed, args.seed + args.episodes - 1],
+            "env": env_config.to_dict(),
+            "torch_threads": args.torch_threads,
+        },
+        "machine": machine_info(),
+        "wall_s": time.perf_counter() - t0,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    write_atomic(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    write_atomic(out.with_suffix(".md"), markdown_table(rows))
+    print(markdown_table(rows))
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
