@@ -1,5 +1,6 @@
 """Tests for rtfm_env.model.sampler: the flow path, training loss, Euler sampler and FrameModel."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -246,6 +247,26 @@ def test_generate_is_seeded(model):
     c = model.generate(target, frames, context_poses, INTR, generator=seeded(6))
     np.testing.assert_array_equal(a, b)
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 0.5
+
+
+def test_sample_sigma_zero_starts_from_the_nearest_view():
+    """sample_sigma = 0 makes generation independent of the seed; sample_sigma = None keeps flow_sigma."""
+    target, frames, context_poses = scene()
+    net = randomized(dataclasses.replace(TINY, sample_sigma=0.0))
+    fm = sm.FrameModel(net)
+    a = fm.generate(target, frames, context_poses, INTR, generator=seeded(5))
+    b = fm.generate(target, frames, context_poses, INTR, generator=seeded(6))
+    np.testing.assert_array_equal(a, b)
+    net.config = dataclasses.replace(net.config, sample_sigma=None)
+    c = fm.generate(target, frames, context_poses, INTR, generator=seeded(6))
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 0.5
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), "0", True])
+def test_sample_sigma_rejects_bad_values(value):
+    """A negative, NaN or non-numeric sample_sigma is refused, naming the field."""
+    with pytest.raises(ValueError, match="sample_sigma"):
+        dataclasses.replace(TINY, sample_sigma=value)
 
 
 def test_generate_one_step_is_one_network_call(model):

@@ -90,6 +90,7 @@ def flow_start(
     config: ModelConfig,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    sigma: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The flow's start x0 and its noise-free mean.
 
@@ -100,6 +101,7 @@ def flow_start(
         generator: seeds the noise.
         noise: (B, 3, H, W) standard-normal noise to use instead of drawing it from
             ``generator``.
+        sigma: std of the noise around the nearest view; None reads ``config.flow_sigma``.
 
     Returns:
         x0 (B, 3, H, W) and its mean (the nearest view, or zeros for a pure-noise start).
@@ -114,7 +116,7 @@ def flow_start(
         return eps, torch.zeros_like(eps)
     rows = torch.arange(b, device=context_frames.device)
     mean = context_frames[rows, nearest.to(context_frames.device)]  # (B, 3, H, W)
-    return mean + config.flow_sigma * eps, mean
+    return mean + (config.flow_sigma if sigma is None else sigma) * eps, mean
 
 
 def sample_time(
@@ -425,6 +427,7 @@ class FrameModel:
         with torch.inference_mode(), self._autocast():
             valid_d = None if valid is None else valid.to(device)
             cache = self.network.encode_context(context, context_rays.to(device), valid_d)
-            x0, _ = flow_start(context, nearest, self.config, generator, eps)  # (B, 3, H, W)
+            sigma = self.config.sample_sigma
+            x0, _ = flow_start(context, nearest, self.config, generator, eps, sigma)  # (B, 3, H, W)
             x1 = sample(self.network, x0, target_rays.to(device), cache, steps)  # (B, 3, H, W)
         return to_uint8(x1)
