@@ -87,6 +87,22 @@ def test_sample_time_distributions(kind, mean_low, mean_high):
     assert (middle > 0.6) if kind == "logit_normal" else (abs(middle - 0.5) < 0.02)
 
 
+@pytest.mark.parametrize("fraction", [0.25, 0.5])
+def test_sample_time_t0_fraction(fraction):
+    """t0_fraction puts that share of training times at exactly t = 0; the rest keep their distribution."""
+    cfg = nw.model_config("T", t0_fraction=fraction)
+    t = sm.sample_time(20000, cfg, seeded(0), torch.device("cpu"))
+    assert abs(float((t == 0).float().mean()) - fraction) < 0.02
+    assert 0.45 < float(t[t > 0].mean()) < 0.55
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, "0.5"])
+def test_t0_fraction_rejects_bad_values(value):
+    """t0_fraction outside [0, 1) is refused, naming the field."""
+    with pytest.raises(ValueError, match="t0_fraction"):
+        nw.model_config("T", t0_fraction=value)
+
+
 class ConstantPredictor(torch.nn.Module):
     """Stands in for the network: always predicts the same clean frame, records the inputs."""
 

@@ -129,6 +129,8 @@ def test_model_config_from_data_and_overrides():
     mcfg = tr.build_model_config(cfg, Intrinsics(48, 32))
     assert (mcfg.dim, mcfg.depth, mcfg.height, mcfg.width) == (64, 2, 32, 48)
     assert mcfg.patch == 4 and mcfg.mlp_ratio == 2.5 and mcfg.qk_norm is False
+    tuned = tr.build_model_config(tr.TrainConfig(size="T", model_overrides=["sample_sigma=0", "t0_fraction=0.5"]), INTR)
+    assert tuned.sample_sigma == 0.0 and tuned.t0_fraction == 0.5
     with pytest.raises(ValueError, match="exceeds the model's max_context 8"):
         tr.build_model_config(tr.TrainConfig(size="T", n_context=9, n_candidates=9), INTR)
 
@@ -424,3 +426,5 @@ def test_init_from_copies_checkpoint_weights(tmp_path, recording):
         tr._init_from(str(tmp_path / "first" / tr.LAST), FrameNetwork(other), AveragedModel(FrameNetwork(other)), other)
     started = tr.main(tiny(recording, tmp_path / "second", steps=2, init_from=str(tmp_path / "first" / tr.LAST)))
     assert started.step == 2
+    tuned = replace(first.ema.config, t0_fraction=0.5, sample_sigma=0.0, sample_steps=1)  # fine-tuning fields
+    tr._init_from(str(tmp_path / "first" / tr.LAST), FrameNetwork(tuned), AveragedModel(FrameNetwork(tuned)), tuned)

@@ -179,6 +179,7 @@ class ModelConfig:
     time_sampling: str = "logit_normal"  # training flow-time distribution: "logit_normal" or "uniform"
     logit_mean: float = 0.0  # mean of the logit-normal time distribution (logit units)
     logit_std: float = 1.0  # std of the logit-normal time distribution (logit units)
+    t0_fraction: float = 0.0  # share of training samples put at t = 0 (the one-step sampler's only step)
     loss_weighting: str = "none"  # "none": MSE on x1_hat; "velocity": MSE of the implied velocity
     max_loss_weight: float = 25.0  # cap on the "velocity" weight 1 / (1 - t)^2 (it diverges at t = 1)
     sample_steps: int = 4  # default Euler steps of the sampler
@@ -212,6 +213,8 @@ class ModelConfig:
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"ModelConfig.{name} must be a non-negative finite number, got {value!r}")
+        if not (isinstance(self.t0_fraction, (int, float)) and 0.0 <= float(self.t0_fraction) < 1.0):
+            raise ValueError(f"ModelConfig.t0_fraction must be in [0, 1), got {self.t0_fraction!r}")
         if self.sample_sigma is not None:
             value = self.sample_sigma
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (

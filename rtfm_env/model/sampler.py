@@ -122,11 +122,21 @@ def flow_start(
 def sample_time(
     batch: int, config: ModelConfig, generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor:
-    """Training flow times (batch,) in (0, 1) from the configured distribution."""
+    """Training flow times (batch,) in [0, 1) from the configured distribution.
+
+    A ``config.t0_fraction`` share of the samples (drawn per sample) is put at t = 0, the
+    first sampling step and, for a one-step sampler, the only one.
+    """
     if config.time_sampling == "uniform":
         source = generator.device if generator is not None else torch.device("cpu")
-        return torch.rand(batch, generator=generator, device=source).to(device)
-    return torch.sigmoid(config.logit_mean + config.logit_std * _noise((batch,), generator, device))
+        t = torch.rand(batch, generator=generator, device=source).to(device)
+    else:
+        t = torch.sigmoid(config.logit_mean + config.logit_std * _noise((batch,), generator, device))
+    if config.t0_fraction > 0:
+        source = generator.device if generator is not None else torch.device("cpu")
+        at_zero = torch.rand(batch, generator=generator, device=source).to(device) < config.t0_fraction
+        t = torch.where(at_zero, torch.zeros_like(t), t)
+    return t
 
 
 def _model_frames(frames: np.ndarray | torch.Tensor, name: str, lead: tuple[int, ...]) -> torch.Tensor:

@@ -89,6 +89,7 @@ __all__ = [
     "DEVICES",
     "LOG_FIELDS",
     "RESUMABLE_CHANGES",
+    "ARCHITECTURE_FIELDS",
     "parse_model_overrides",
     "build_model_config",
     "learning_rate",
@@ -272,6 +273,15 @@ class TrainConfig:
         return json.loads(json.dumps(asdict(self)))
 
 
+#: ModelConfig fields that define the network and what its inputs mean. A run started with
+#: --init-from must keep them; the flow-time distribution, loss weighting and sampler defaults
+#: may change (fine-tuning).
+ARCHITECTURE_FIELDS = (
+    "height", "width", "patch", "dim", "depth", "heads", "mlp_ratio", "max_context", "pos_embed", "qk_norm",
+    "moment_scale", "flow_start",
+)
+
+
 def parse_model_overrides(items: list[str]) -> dict[str, Any]:
     """Parse ``FIELD=VALUE`` strings into typed ModelConfig overrides.
 
@@ -291,7 +301,8 @@ def parse_model_overrides(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"model override {item!r}: height and width are set by the recordings' resolution")
         if name not in valid:
             raise ValueError(f"unknown ModelConfig field {name!r} in {item!r}; valid fields: {valid}")
-        kind = type(getattr(defaults, name))
+        default = getattr(defaults, name)
+        kind = float if default is None else type(default)  # the optional fields are floats
         text = text.strip()
         try:
             if kind is bool:
@@ -813,10 +824,12 @@ def main(cfg: TrainConfig, *, until: int | None = None) -> TrainResult:
 def _init_from(directory: str, network: FrameNetwork, ema: AveragedModel, mcfg: ModelConfig) -> None:
     """Copy a checkpoint's (EMA) weights into the network and its EMA before step 0."""
     source = load_checkpoint(directory)
-    if source.config != mcfg:
-        theirs, ours = asdict(source.config), asdict(mcfg)
-        diff = {k: (theirs[k], ours[k]) for k in ours if theirs.get(k) != ours[k]}
-        raise ValueError(f"--init-from {directory}: its model config differs from this run's (theirs, ours): {diff}")
+    theirs, ours = asdict(source.config), asdict(mcfg)
+    diff = {k: (theirs.get(k), ours[k]) for k in ARCHITECTURE_FIELDS if theirs.get(k) != ours[k]}
+    if diff:
+        raise ValueError(f"--init-from {directory}: its network differs from this run's (theirs, ours): {diff}; "
+                         f"only the training and sampling fields may change: "
+                         f"{[k for k in ours if k not in ARCHITECTURE_FIELDS]}")
     state = source.model.state_dict()
     network.load_state_dict(state)
     ema.module.load_state_dict(state)
