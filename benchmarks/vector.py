@@ -201,6 +201,15 @@ def markdown(report: dict) -> str:
             rss = " / ".join(f"{c['rss_mb']:.0f}" if c else "—" for c in cells)
             lines.append(f"| {n} | {' | '.join(fps)} | {' | '.join(ratio)} | {rss} |")
         lines.append("")
+    lines += [
+        "How to read it: ground-truth frames are rendered one view per call by MiniWorld (OpenGL on llvmpipe) in "
+        "the native and the sync env alike, so there the native env can at best match sync; async renders in "
+        "parallel worker processes (which, on a contended machine, also draw a larger share of the CPU). With the "
+        "model camera the native env makes ONE `FrameModel.generate` call of N frames per step, sync and async N "
+        "calls of one frame. RSS is that of the benchmark process and its workers at the end of each cell; the "
+        "in-process MiniWorld env pool keeps the envs of earlier cells, so in-process RSS only grows down a table.",
+        "",
+    ]
     if report["skipped"]:
         lines += ["Not measured:", ""]
         lines += [f"- {s['camera']}, {s['mode']}, N = {s['num_envs']}: {s['reason']}" for s in report["skipped"]]

@@ -182,8 +182,10 @@ def test_render_returns_each_envs_view(make_vec):
     frames = envs.render()
     assert len(frames) == N
     single = envs.envs[0].render()
-    for frame in frames:
+    for frame, called in zip(frames, envs.call("render"), strict=True):
         assert frame.shape == single.shape and frame.dtype == np.uint8
+        np.testing.assert_array_equal(frame, called)
+    assert envs.call("max_steps") == (500,) * N  # attributes are read, not called
 
 
 # ---------------------------------------------------------------------------------------
