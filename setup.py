@@ -31,7 +31,8 @@ setup(
     extras_require={
         # moviepy: gymnasium.wrappers.RecordVideo writes its videos with it
         "rl": ["stable-baselines3>=2.3", "moviepy>=2.1"],
-        # ROS 2 Kilted from PyPI wheels (no ROS install needed) for the camera node, rosbags for bags
+        # ROS 2 Kilted from PyPI wheels (no ROS install needed) for the camera node (rosgraph-msgs: /clock),
+        # rosbags for bags
         "ros": [
             "ros-rclpy>=9.1",
             "ros-rmw-fastrtps-cpp>=9.3",
@@ -39,6 +40,7 @@ setup(
             "ros-geometry-msgs>=5.5",
             "ros-nav-msgs>=5.5",
             "ros-std-srvs>=5.5",
+            "ros-rosgraph-msgs>=2.3",
             "rosbags>=0.10",
         ],
         "dev": [

@@ -16,7 +16,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 
 # (name, default, type, description): the node's main parameters, overridable from the command line.
 ARGUMENTS = [
-    ("scene", "MiniWorld-OneRoom-v0", str, "MiniWorld env id or short name of the simulated world"),
+    ("scene", "MiniWorld-OneRoom-v0", str, "MiniWorld env id or short name, or a saved world file (camera:=model)"),
     ("seed", "0", int, "layout seed of the scene"),
     ("camera", "ground_truth", str, "what renders frames: ground_truth or model"),
     ("checkpoint", "", str, "frame-model checkpoint directory (camera:=model)"),
@@ -26,6 +26,10 @@ ARGUMENTS = [
     ("width", "64", int, "image width, pixels"),
     ("height", "64", int, "image height, pixels"),
     ("fov", "60.0", float, "vertical field of view, degrees"),
+    ("world_path", "", str, "file that the save_world and load_world services write and read (camera:=model)"),
+    ("publish_tf", "true", bool, "publish /tf and /tf_static (odom -> base_link -> optical frame)"),
+    ("publish_clock", "false", bool, "publish /clock with simulated time; other nodes then use_sim_time:=true"),
+    ("record_bag", "", str, "directory of a new rosbag2 bag recording all the node publishes; empty: none"),
 ]
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,12 +25,16 @@ import transforms3d  # noqa: E402
 from geometry_msgs.msg import PoseStamped, Twist  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from rtfm_env.geometry import Intrinsics  # noqa: E402
-from rtfm_env.ros.camera_node import STARTUP_ERROR_EXIT  # noqa: E402
+from rtfm_env.geometry import Intrinsics, RobotState, invert_pose, state_to_odom, world_to_ros  # noqa: E402
+from rtfm_env.memory import SpatialMemory  # noqa: E402
+from rtfm_env.ros.camera_node import STARTUP_ERROR_EXIT, is_world_file, transform_msg  # noqa: E402
 
 START_TIMEOUT = 60.0  # seconds for the node to import torch/MiniWorld and publish its first frame
 # Domain ids 0-232 are valid for Fast DDS; spread by pid so parallel sessions do not meet.
@@ -44,11 +49,11 @@ def _yaw(q) -> float:
 class NodeProcess:
     """A camera node in a subprocess plus a test-side rclpy node that records what it publishes."""
 
-    def __init__(self, params: dict[str, object]) -> None:
+    def __init__(self, params: dict[str, object], command: list[str] | None = None) -> None:
         self.domain = next(_DOMAINS) % 233
         env = dict(os.environ, ROS_DOMAIN_ID=str(self.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
         args = [f"{k}:={v}" for k, v in params.items()]
-        cmd = [sys.executable, "-m", "rtfm_env.ros.camera_node", "--ros-args"]
+        cmd = [sys.executable, "-m", "rtfm_env.ros.camera_node", "--ros-args"] if command is None else list(command)
         cmd += [a for kv in args for a in ("-p", kv)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.context = rclpy.Context()
@@ -60,15 +65,18 @@ class NodeProcess:
         self.infos: list[CameraInfo] = []
         self.odoms: list[Odometry] = []
         self.poses: list[PoseStamped] = []
+        self.clocks: list[Clock] = []
         qos = qos_profile_sensor_data
         on_image = lambda m: self.images.append((time.monotonic(), m))  # noqa: E731
         self.node.create_subscription(Image, "camera/image_raw", on_image, qos)
         self.node.create_subscription(CameraInfo, "camera/camera_info", self.infos.append, qos)
         self.node.create_subscription(Odometry, "odom", self.odoms.append, 10)
         self.node.create_subscription(PoseStamped, "camera/pose", self.poses.append, 10)
+        self.node.create_subscription(Clock, "/clock", self.clocks.append, 10)
         self.cmd_pub = self.node.create_publisher(Twist, "cmd_vel", 10)
         self.set_pose_pub = self.node.create_publisher(PoseStamped, "set_pose", 10)
-        self.reset_client = self.node.create_client(Trigger, "reset")
+        self.clients = {name: self.node.create_client(Trigger, name) for name in ("reset", "save_world", "load_world")}
+        self.params = AsyncParameterClient(self.node, "rtfm_camera")
 
     def spin_until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
         """Process callbacks until ``cond()`` holds; fail with ``what`` (and the node's output) on timeout."""
@@ -103,12 +111,34 @@ class NodeProcess:
         msg.linear.x, msg.angular.z = float(v), float(omega)
         return lambda: self.cmd_pub.publish(msg)
 
-    def call_reset(self) -> Trigger.Response:
-        """Call the node's reset service and return its response."""
-        assert self.reset_client.wait_for_service(timeout_sec=10.0), "reset service not available"
-        future = self.reset_client.call_async(Trigger.Request())
-        self.spin_until(future.done, 10.0, "the reset response")
+    def call(self, service: str) -> Trigger.Response:
+        """Call one of the node's Trigger services (reset, save_world, load_world); return its response."""
+        client = self.clients[service]
+        assert client.wait_for_service(timeout_sec=10.0), f"{service} service not available"
+        future = client.call_async(Trigger.Request())
+        self.spin_until(future.done, 30.0, f"the {service} response")
         return future.result()
+
+    def set_param(self, name: str, value: object) -> None:
+        """Set one of the node's parameters at run time."""
+        assert self.params.wait_for_services(timeout_sec=10.0), "parameter services not available"
+        future = self.params.set_parameters([Parameter(name, value=value)])
+        self.spin_until(future.done, 10.0, f"setting {name}")
+        assert all(r.successful for r in future.result().results), future.result()
+
+    def images_keep_coming(self) -> None:
+        """Assert that the node still publishes frames."""
+        count = len(self.images)
+        self.spin_until(lambda: len(self.images) >= count + 2, 30.0, "more images")
+
+    def drive(self, v: float, omega: float, frames: int) -> None:
+        """Publish a Twist every 50 ms until ``frames`` more odometry messages have arrived."""
+        target, send = len(self.odoms) + frames, self.twist(v, omega)
+        end = time.monotonic() + 60.0
+        while len(self.odoms) < target:
+            assert time.monotonic() < end and self.proc.poll() is None, f"no {frames} frames while driving"
+            send()
+            self.spin_for(0.05)
 
     def output(self) -> str:
         """What the node printed, once it has exited."""
@@ -136,8 +166,8 @@ def camera_node() -> Iterator[Callable[..., NodeProcess]]:
     """Factory of started camera nodes; every node it made is stopped at teardown."""
     made: list[NodeProcess] = []
 
-    def start(**params: object) -> NodeProcess:
-        node = NodeProcess(params)
+    def start(command: list[str] | None = None, **params: object) -> NodeProcess:
+        node = NodeProcess(params, command)
         made.append(node)
         node.wait_started()
         return node
@@ -211,7 +241,7 @@ def test_wall_stops_robot_and_reset_returns_to_start(camera_node):
     np.testing.assert_array_equal(_xy(last[0]), _xy(last[-1]))
     assert np.linalg.norm(_xy(last[-1]) - start) > 1.0
 
-    response = n.call_reset()
+    response = n.call("reset")
     assert response.success, response.message
     n.odoms.clear()
     n.spin_until(lambda: len(n.odoms) >= 2, 10.0, "odometry after reset")
@@ -280,10 +310,14 @@ def test_fuzz_twists_keep_node_alive(camera_node):
         ({"camera": "pinhole"}, "ground_truth"),
         ({"camera": "model", "checkpoint": "/nonexistent/checkpoint"}, "/nonexistent/checkpoint"),
         ({"fov": 90}, "fov"),  # an integer where a double is declared
+        ({"scene": "/nonexistent/world.safetensors", "camera": "model"}, "no saved world file"),
+        ({"scene": "world.safetensors"}, "camera:=model"),  # a saved world needs the model camera
+        ({"record_bag": "/tmp"}, "exists already"),  # bags are never overwritten
+        ({"publish_clock": "true", "use_sim_time": "true"}, "use_sim_time"),
     ],
 )
 def test_bad_start_parameters_exit_with_clear_error(params, message):
-    """Unknown scene/camera, missing checkpoint or a mistyped parameter: exit status 2 naming the problem."""
+    """Unknown scene/camera/world, missing checkpoint, bad bag or clock setup: exit status 2 naming the problem."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(next(_DOMAINS) % 233), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     cmd = [sys.executable, "-m", "rtfm_env.ros.camera_node", "--ros-args"]
     cmd += [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
@@ -291,3 +325,146 @@ def test_bad_start_parameters_exit_with_clear_error(params, message):
     out = proc.stdout + proc.stderr
     assert proc.returncode == STARTUP_ERROR_EXIT, out
     assert "cannot start" in out and message in out, out
+
+
+def _stamp_ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight T frame model at 64x64: worlds are about files and services, not image quality."""
+    from rtfm_env.model import FrameNetwork, model_config, save_checkpoint
+
+    cfg = model_config("T", height=64, width=64)
+    directory = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(directory, FrameNetwork(cfg), cfg, {"note": "random weights for the ROS node tests"})
+    return directory
+
+
+def test_model_camera_saves_and_loads_worlds_and_restarts_from_one(camera_node, tmp_path, tiny_checkpoint):
+    """save_world writes the memory; bad paths and corrupt files fail cleanly; scene:=FILE starts from it."""
+    good = tmp_path / "world.safetensors"
+    model = {"camera": "model", "checkpoint": str(tiny_checkpoint), "cmd_vel_timeout": 0.0}
+    # cmd_vel never times out: the model camera may run below rate_hz on a loaded machine.
+    n = camera_node(rate_hz=10.0, world_path=str(good), **model)
+    start = _xy(n.odoms[0])
+    n.drive(0.0, 1.0, frames=3)  # turn: the memory grows with generated views
+    response = n.call("save_world")
+    assert response.success, response.message
+    saved = SpatialMemory.load(good)
+    assert len(saved) >= 2 and f"({len(saved)} frames)" in response.message
+    assert set(saved.sources(saved.ids)) == {"observed", "generated"}
+    before = good.read_bytes()
+
+    # Unwritable targets: a path under a file, and an existing directory. Nothing is written.
+    for bad in (good / "sub.safetensors", tmp_path):
+        n.set_param("world_path", str(bad))
+        response = n.call("save_world")
+        assert not response.success and "save_world failed" in response.message and str(bad) in response.message
+        n.images_keep_coming()
+    assert good.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["world.safetensors"]
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(before[: len(before) // 2])
+    for path, reason in ((corrupt, "not a readable spatial memory"), (tmp_path / "none.safetensors", "no spatial")):
+        n.set_param("world_path", str(path))
+        response = n.call("load_world")
+        assert not response.success and reason in response.message, response.message
+        n.images_keep_coming()
+
+    n.drive(0.0, 1.0, frames=2)  # the memory moves on from the saved one
+    n.set_param("world_path", str(good))
+    response = n.call("load_world")
+    assert response.success and f"({len(saved)} frames)" in response.message, response.message
+    n.images_keep_coming()
+
+    m = camera_node(scene=str(good), rate_hz=10.0, width=32, **model)
+    assert (m.images[-1][1].width, m.images[-1][1].height) == (64, 64)  # the file's frame size wins
+    np.testing.assert_allclose(_xy(m.odoms[0]), start, atol=1e-9)  # the world's first frame is the start
+    m.drive(1.0, 0.0, frames=3)
+    assert m.odoms[-1].twist.twist.linear.x == 1.0  # moving, by 1 m/s / 10 Hz a frame
+    assert np.linalg.norm(_xy(m.odoms[-1]) - start) >= 0.1 - 1e-9
+    m.drive(0.0, 0.0, frames=2)  # stopped, so no queued command moves the robot after the reset
+    assert m.call("reset").success
+    m.odoms.clear()
+    m.spin_until(lambda: len(m.odoms) >= 2, 30.0, "odometry after reset")
+    np.testing.assert_allclose(_xy(m.odoms[-1]), start, atol=1e-9)
+
+
+def test_ground_truth_camera_refuses_world_services_and_logs_tf_once(camera_node):
+    """With the ground-truth camera save/load_world say there is no generated world; /tf absence is logged once."""
+    n = camera_node(rate_hz=20.0, world_path="/tmp/unused.safetensors")
+    for service in ("save_world", "load_world"):
+        response = n.call(service)
+        assert not response.success and "no generated world" in response.message, response.message
+        n.images_keep_coming()
+    assert not Path("/tmp/unused.safetensors").exists()
+    output = n.stop()
+    assert output.count("not publishing /tf") == 1 and "tf2_ros" in output, output
+
+
+def test_record_bag_with_clock_matches_published_messages(camera_node, tmp_path):
+    """rtfm-env record-bag: counts, types, /clock at n/rate and the bag's images equal the published ones."""
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+
+    bag, rate = tmp_path / "bag", 20.0
+    command = [sys.executable, "-m", "rtfm_env.cli", "record-bag", "--out", str(bag), "--frames", "60"]
+    n = camera_node(command, rate_hz=rate, publish_clock="true")
+    n.spin_for(0.5, each=n.twist(0.5, 0.5))
+    n.spin_until(lambda: n.proc.poll() is not None, 30.0, "record-bag to finish")
+    assert n.proc.returncode == 0, n.output()
+
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    expected = {
+        "/camera/image_raw": "sensor_msgs/msg/Image",
+        "/camera/camera_info": "sensor_msgs/msg/CameraInfo",
+        "/odom": "nav_msgs/msg/Odometry",
+        "/camera/pose": "geometry_msgs/msg/PoseStamped",
+        "/clock": "rosgraph_msgs/msg/Clock",
+    }
+    with Reader(bag) as reader:
+        assert {c.topic: c.msgtype for c in reader.connections} == expected
+        assert {c.topic: c.msgcount for c in reader.connections} == dict.fromkeys(expected, 60)
+        msgs = {topic: [] for topic in expected}
+        for conn, _, raw in reader.messages():
+            msgs[conn.topic].append(typestore.deserialize_cdr(raw, conn.msgtype))
+    clock_ns = [_stamp_ns(m.clock) for m in msgs["/clock"]]
+    assert clock_ns == [round(i * 1e9 / rate) for i in range(1, 61)]
+    for topic in ("/camera/image_raw", "/camera/camera_info", "/odom", "/camera/pose"):
+        assert [_stamp_ns(m.header.stamp) for m in msgs[topic]] == clock_ns, topic
+
+    assert len(n.images) >= 10 and len(n.clocks) >= 10
+    by_stamp = {_stamp_ns(m.header.stamp): m for m in msgs["/camera/image_raw"]}
+    for _, published in n.images:
+        recorded = by_stamp[_stamp_ns(published.header.stamp)]
+        assert (recorded.width, recorded.height, recorded.encoding) == (published.width, published.height, "rgb8")
+        np.testing.assert_array_equal(recorded.data, np.frombuffer(bytes(published.data), np.uint8))
+    assert {_stamp_ns(c.clock) for c in n.clocks} <= set(clock_ns)
+
+
+def test_transform_msg_round_trips_base_to_optical():
+    """transform_msg carries a 4x4 pose exactly (translation and quaternion) with its frames and stamp."""
+    state = RobotState(1.0, 2.0, 0.3, cam_height=1.2, pitch=-0.2)
+    matrix = invert_pose(state_to_odom(state)) @ world_to_ros(state.pose())
+    stamp = rclpy.time.Time(seconds=3, nanoseconds=5).to_msg()
+    t = transform_msg(matrix, "base_link", "camera_optical_frame", stamp)
+    assert (t.header.frame_id, t.child_frame_id, _stamp_ns(t.header.stamp)) == (
+        "base_link",
+        "camera_optical_frame",
+        3 * 10**9 + 5,
+    )
+    tr, r = t.transform.translation, t.transform.rotation
+    np.testing.assert_allclose([tr.x, tr.y, tr.z], matrix[:3, 3], atol=1e-12)
+    np.testing.assert_allclose(transforms3d.quaternions.quat2mat([r.w, r.x, r.y, r.z]), matrix[:3, :3], atol=1e-12)
+    np.testing.assert_allclose([tr.x, tr.y, tr.z], [0.0, 0.0, 1.2], atol=1e-12)  # the camera sits above the base
+
+
+@pytest.mark.parametrize(
+    "scene, expected",
+    [("Maze", False), ("MiniWorld-OneRoom-v0", False), ("world.safetensors", True), ("/tmp/runs/w", True)],
+)
+def test_is_world_file(scene, expected):
+    """A scene parameter with a path separator or a .safetensors suffix names a saved world file."""
+    assert is_world_file(scene) is expected

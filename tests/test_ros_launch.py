@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = ROOT / "launch" / "rtfm_camera.launch.py"
 PARAMS_FILE = ROOT / "launch" / "rtfm_camera.yaml"
 PACKAGE = ROOT / "ros2_ws" / "src" / "rtfm_ros"
-TYPES = {"str": str, "int": int, "float": float}
+TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+#: how launch_ros reads an argument's string for each value_type
+PARSE = {"str": str, "int": int, "float": float, "bool": lambda s: {"true": True, "false": False}[s.lower()]}
 
 
 def _launch_arguments() -> list[tuple[str, str, str, str]]:
@@ -55,7 +57,7 @@ def test_launch_argument_is_a_node_parameter_with_its_default(row):
     assert name in PARAMETERS, f"launch argument {name!r} is not a node parameter; valid: {sorted(PARAMETERS)}"
     expected = PARAMETERS[name].default
     assert TYPES[typ] is type(expected), f"{name}: launch casts to {typ}, node declares {type(expected).__name__}"
-    assert TYPES[typ](default) == expected
+    assert PARSE[typ](default) == expected
 
 
 def test_launch_arguments_cover_the_main_parameters():

@@ -10,15 +10,40 @@ frame at the new pose and publishes, all with one stamp:
 * ``odom`` (nav_msgs/Odometry, ``odom`` -> ``base_link``, REP-103/105);
 * ``<camera_ns>/pose`` (geometry_msgs/PoseStamped): the optical frame's pose in ``odom``.
 
+* ``/tf`` (``odom`` -> ``base_link``) and ``/tf_static`` (``base_link`` -> the optical frame)
+  through tf2_ros where it is importable (a ROS install). The PyPI wheels have no tf2, so
+  there the node says once in its log that it does not publish /tf (odom and pose carry the
+  same transforms);
+* ``/clock`` (rosgraph_msgs/Clock) with ``publish_clock``: simulated time, ``n / rate_hz``
+  seconds exactly at the n-th frame, which then stamps every message. Other nodes
+  follow it with ``use_sim_time:=true`` (this node's own timer stays on wall time).
+
 It subscribes ``cmd_vel`` (geometry_msgs/Twist, or TwistStamped with ``twist_stamped``) and
 ``set_pose`` (geometry_msgs/PoseStamped of ``base_link`` in ``odom``, to teleport), and serves
-``reset`` (std_srvs/Trigger: back to the scene's start). Every frame conversion goes through
-:func:`rtfm_env.geometry.world_to_ros` and :func:`rtfm_env.geometry.state_to_odom`.
+std_srvs/Trigger services: ``reset`` (back to the start), ``save_world`` and ``load_world``.
+Every frame conversion goes through :func:`rtfm_env.geometry.world_to_ros` and
+:func:`rtfm_env.geometry.state_to_odom`.
+
+Worlds. With ``camera:=model`` the world the robot sees is the model camera's spatial memory
+of observed and generated frames. ``save_world`` writes it to the ``world_path`` parameter
+(a safetensors file, written atomically: a failed save leaves an existing file as it was);
+``load_world`` replaces the memory with that file's (the robot stays where it is, and the
+scene's walls still apply). ``scene`` may name such a file instead of a MiniWorld id: the node
+then starts at the world's first stored frame and moves without collisions, since a generated
+world has no ground-truth geometry; ``reset`` reloads the file. With ``camera:=ground_truth``
+there is no generated world, only the scene itself (re-created exactly from its id and seed),
+so both services answer ``success=False`` saying so.
+
+Recording. With ``record_bag`` set to a new directory, everything the node publishes is also
+written to a rosbag2 bag (MCAP by default, see :mod:`rtfm_env.ros.bag`), finished when the
+node shuts down.
 
 Bad input never stops the node: a non-finite command stops the robot and is logged, a finite
-but excessive one is clamped to ``max_linear_speed`` / ``max_angular_speed``, and a malformed
-``set_pose`` is logged and ignored. A bad start configuration (unknown scene, missing
-checkpoint) is logged and the process exits with status 2.
+but excessive one is clamped to ``max_linear_speed`` / ``max_angular_speed``, a malformed
+``set_pose`` is logged and ignored, and a failed ``save_world`` / ``load_world`` answers
+``success=False`` with the reason while frames keep coming. A bad start configuration
+(unknown scene, missing checkpoint or world file, an existing bag path) is logged and the
+process exits with status 2.
 
 Rendering happens in the spin thread, which is the thread that created the scene's GL
 context; the node must therefore run in a single-threaded executor (``main`` does).
@@ -30,28 +55,42 @@ Run it with ``rtfm-camera --ros-args -p scene:=Maze -p rate_hz:=10.0`` from the 
 from __future__ import annotations
 
 import math
+import os
 import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rclpy
 import transforms3d
-from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
+from geometry_msgs.msg import PoseStamped, TransformStamped, Twist, TwistStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
-from rtfm_env.cameras import CAMERAS, Camera, make_camera
-from rtfm_env.geometry import RobotState, invert_pose, pose_to_state, ros_to_world, state_to_odom, world_to_ros
+from rtfm_env.cameras import CAMERAS, Camera, ModelCamera, make_camera
+from rtfm_env.geometry import (
+    RobotState,
+    apply_velocity,
+    invert_pose,
+    pose_to_state,
+    ros_to_world,
+    state_to_odom,
+    world_to_ros,
+)
+from rtfm_env.ros.bag import STORAGE, BagError, BagRecorder
 from rtfm_env.scenes import MiniWorldScene
 
-__all__ = ["CameraNode", "Param", "PARAMETERS", "main", "STARTUP_ERROR_EXIT"]
+__all__ = ["CameraNode", "Param", "PARAMETERS", "main", "is_world_file", "transform_msg", "STARTUP_ERROR_EXIT"]
 
 STARTUP_ERROR_EXIT = 2  # process exit status when the node's parameters cannot start a simulation
 LOG_THROTTLE_S = 2.0  # seconds between repeats of one bad-input log line
@@ -69,7 +108,10 @@ class Param:
 
 #: The node's parameters. The launch file declares an argument for each of the main ones.
 PARAMETERS: dict[str, Param] = {
-    "scene": Param("MiniWorld-OneRoom-v0", "MiniWorld env id or short name (e.g. Maze) of the simulated world"),
+    "scene": Param(
+        "MiniWorld-OneRoom-v0",
+        "MiniWorld env id or short name (e.g. Maze) of the simulated world, or a saved world file (camera=model)",
+    ),
     "seed": Param(0, "layout seed of the scene; reset returns to this layout's start"),
     "camera": Param("ground_truth", f"what renders frames: one of {sorted(CAMERAS)}"),
     "checkpoint": Param("", "frame-model checkpoint directory (camera=model); empty uses the shipped one"),
@@ -90,7 +132,21 @@ PARAMETERS: dict[str, Param] = {
     "cmd_vel_timeout": Param(
         0.5, "seconds without cmd_vel after which the robot stops; 0 keeps the last command", read_only=False
     ),
+    "world_path": Param(
+        "", "safetensors file that save_world writes and load_world reads (camera=model)", read_only=False
+    ),
+    "publish_tf": Param(True, "publish /tf odom->base_link and /tf_static base_link->camera (needs tf2_ros)"),
+    "publish_clock": Param(
+        False, "publish /clock with simulated time (1/rate_hz per frame) and stamp messages with it"
+    ),
+    "record_bag": Param("", "directory of a new rosbag2 bag recording all the node publishes; empty records none"),
+    "bag_storage": Param("mcap", f"storage of record_bag: one of {sorted(STORAGE)}"),
 }
+
+
+def is_world_file(scene: str) -> bool:
+    """Whether a ``scene`` parameter names a saved world file rather than a MiniWorld env id."""
+    return scene.endswith(".safetensors") or os.sep in scene
 
 
 def _quaternion_xyzw(rotation: np.ndarray) -> tuple[float, float, float, float]:
@@ -105,6 +161,16 @@ def _fill_pose(msg_pose: Any, matrix: np.ndarray) -> None:
     o.x, o.y, o.z, o.w = _quaternion_xyzw(matrix[:3, :3])
 
 
+def transform_msg(matrix: np.ndarray, parent: str, child: str, stamp: Any) -> TransformStamped:
+    """A geometry_msgs/TransformStamped of the rigid 4x4 pose of ``child`` in ``parent``."""
+    t = TransformStamped()
+    t.header.stamp, t.header.frame_id, t.child_frame_id = stamp, parent, child
+    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (float(v) for v in matrix[:3, 3])
+    r = t.transform.rotation
+    r.x, r.y, r.z, r.w = _quaternion_xyzw(matrix[:3, :3])
+    return t
+
+
 class StartupError(RuntimeError):
     """The node's parameters cannot start a simulation (unknown scene, missing checkpoint, ...)."""
 
@@ -116,13 +182,25 @@ class CameraNode(Node):
         node_name: the ROS node name.
         **kwargs: passed to :class:`rclpy.node.Node` (e.g. ``parameter_overrides``).
 
+    Attributes:
+        scene: the MiniWorld scene (walls and ground truth), or None when ``scene`` names a saved
+            world file.
+        world_file: that file, or None.
+        camera: what renders the frames.
+        state: the robot's current state in the world frame.
+        intrinsics: the intrinsics that camera_info describes.
+        frames_published: frames published since the start.
+
     Raises:
-        StartupError: a parameter names an unknown scene or camera, a checkpoint that cannot be
-            loaded, or an invalid size, rate or field of view.
+        StartupError: a parameter names an unknown scene or camera, a checkpoint or world file
+            that cannot be loaded, an existing bag path, or an invalid size, rate or field of view.
     """
 
     def __init__(self, node_name: str = "rtfm_camera", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        self.scene: MiniWorldScene | None = None
+        self.camera: Camera | None = None
+        self._bag: BagRecorder | None = None
         for name, p in PARAMETERS.items():
             descriptor = ParameterDescriptor(description=p.description, read_only=p.read_only)
             try:
@@ -135,24 +213,54 @@ class CameraNode(Node):
         if not (math.isfinite(self.rate_hz) and 0.0 < self.rate_hz <= 1000.0):
             raise StartupError(f"rate_hz must be in (0, 1000], got {par['rate_hz']!r}")
         self.dt = 1.0 / self.rate_hz  # seconds of motion integrated per frame
+        self._dt_ns = round(1e9 / self.rate_hz)  # simulated nanoseconds per frame (/clock)
+        self.publish_clock = bool(par["publish_clock"])
+        if self.publish_clock and self.get_parameter("use_sim_time").value:
+            raise StartupError(
+                "publish_clock and use_sim_time are both true: the node would wait for the /clock it publishes "
+                "itself; set use_sim_time:=true only on the nodes that follow this one's /clock"
+            )
+        if par["bag_storage"] not in STORAGE:
+            raise StartupError(f"unknown bag_storage {par['bag_storage']!r}; valid: {sorted(STORAGE)}")
+        scene_name = str(par["scene"]).strip()
+        self.world_file = Path(scene_name).expanduser() if is_world_file(scene_name) else None
+        self.world_name = str(self.world_file) if self.world_file is not None else scene_name
+        self.seed = int(par["seed"]) if isinstance(par["seed"], int) else -1  # checked in _make_world
 
         self.scene, self.camera = self._make_world(par)
-        self.seed = int(par["seed"])
-        self.state = self.scene.reset(self.seed)
-        self.camera.reset(self.scene, self.state.pose(), seed=self.seed)
-        self.intrinsics = self.scene.intrinsics
+        try:
+            self.state = self._start()
+        except (OSError, ValueError, RuntimeError) as e:
+            self.destroy_node()
+            raise StartupError(f"cannot start {self.world_name}: {e}") from e
+        if self.scene is not None:
+            self.world_name = self.scene.env_id
+            self.intrinsics = self.scene.intrinsics
+        else:
+            self.intrinsics = self.camera.intrinsics
+            asked = (par["width"], par["height"], par["fov"])
+            if asked != (self.intrinsics.width, self.intrinsics.height, self.intrinsics.fov_y):
+                self.get_logger().warning(
+                    f"the saved world's frames are {self.intrinsics.width}x{self.intrinsics.height} with a "
+                    f"{self.intrinsics.fov_y:g} degree field of view: they override width, height and fov {asked}"
+                )
         # base_link -> optical frame of a camera at floor height and no pitch, taken from the
         # geometry module's own conversions so that set_pose inverts exactly what odom publishes.
         ref = RobotState(0.0, 0.0, 0.0, cam_height=0.0)
         self._base_to_floor_optical = invert_pose(state_to_odom(ref)) @ world_to_ros(ref.pose())
+        # base_link -> this robot's optical frame (height and pitch never change): /tf_static.
+        self._base_to_optical = invert_pose(state_to_odom(self.state)) @ world_to_ros(self.state.pose())
 
         self._cmd = (0.0, 0.0)  # (v m/s, omega rad/s) applied at each frame
         self._cmd_time = self.get_clock().now()
         self._last_twist = (0.0, 0.0)  # what the robot actually did in the last frame
+        self._sim_ns = 0  # simulated time of the last frame (publish_clock)
         self.frames_published = 0
 
-        image_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE) if par["reliable_images"] else (
-            qos_profile_sensor_data
+        image_qos = (
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            if par["reliable_images"]
+            else qos_profile_sensor_data
         )
         ns = str(par["camera_namespace"]).strip("/")
         prefix = f"{ns}/" if ns else ""
@@ -160,33 +268,51 @@ class CameraNode(Node):
         self.info_pub = self.create_publisher(CameraInfo, f"{prefix}camera_info", image_qos)
         self.pose_pub = self.create_publisher(PoseStamped, f"{prefix}pose", 10)
         self.odom_pub = self.create_publisher(Odometry, "odom", 10)
+        # /clock is absolute by convention: every node of the graph reads the same one.
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.publish_clock else None
         if par["twist_stamped"]:
             self.create_subscription(TwistStamped, "cmd_vel", lambda m: self._on_twist(m.twist), 10)
         else:
             self.create_subscription(Twist, "cmd_vel", self._on_twist, 10)
         self.create_subscription(PoseStamped, "set_pose", self._on_set_pose, 10)
         self.create_service(Trigger, "reset", self._on_reset)
-        try:
-            import tf2_ros  # noqa: F401  (only a full ROS install provides it)
-        except ImportError:
-            self.get_logger().info("tf2_ros is not importable (no ROS install): not publishing /tf")
+        self.create_service(Trigger, "save_world", self._on_save_world)
+        self.create_service(Trigger, "load_world", self._on_load_world)
+        if par["record_bag"]:
+            try:
+                self._bag = BagRecorder(str(par["record_bag"]), str(par["bag_storage"]))
+            except BagError as e:
+                self.destroy_node()
+                raise StartupError(str(e)) from e
+        self._tf = self._make_tf_broadcaster(bool(par["publish_tf"]), prefix)
         self.timer = self.create_timer(self.dt, self._on_timer)
         self.get_logger().info(
-            f"{self.scene!r} camera={par['camera']} at {self.rate_hz:g} Hz, "
+            f"{self.world_name} camera={par['camera']} at {self.rate_hz:g} Hz, "
             f"{self.intrinsics.width}x{self.intrinsics.height}, start ({self.state.x:.2f}, {self.state.z:.2f})"
+            + (f", recording to {self._bag.path}" if self._bag is not None else "")
         )
 
     # -- setup -----------------------------------------------------------------------------
 
-    def _make_world(self, par: dict[str, Any]) -> tuple[MiniWorldScene, Camera]:
+    def _make_world(self, par: dict[str, Any]) -> tuple[MiniWorldScene | None, Camera]:
         for name in ("width", "height", "k", "sampling_steps", "seed"):
             if not isinstance(par[name], int) or par[name] < 0:
                 raise StartupError(f"parameter {name} must be a non-negative integer, got {par[name]!r}")
-        try:
-            scene = MiniWorldScene(str(par["scene"]), int(par["width"]), int(par["height"]), float(par["fov"]))
-        except (ValueError, KeyError) as e:
-            raise StartupError(f"bad scene parameters: {e}") from e
         name = str(par["camera"])
+        scene = None
+        if self.world_file is not None:
+            if name != "model":
+                raise StartupError(
+                    f"scene {self.world_file} is a saved world file, which only the model camera can show: "
+                    f"add -p camera:=model (camera is {name!r})"
+                )
+            if not self.world_file.is_file():
+                raise StartupError(f"no saved world file at {self.world_file} (the scene parameter names a path)")
+        else:
+            try:
+                scene = MiniWorldScene(self.world_name, int(par["width"]), int(par["height"]), float(par["fov"]))
+            except (ValueError, KeyError) as e:
+                raise StartupError(f"bad scene parameters: {e}") from e
         kwargs: dict[str, Any] = {}
         if name == "model":
             kwargs = {
@@ -194,14 +320,54 @@ class CameraNode(Node):
                 "k": int(par["k"]),
                 "steps": int(par["sampling_steps"]) or None,
                 "seed": int(par["seed"]),
-                "resolution": (int(par["height"]), int(par["width"])),
             }
+            if scene is not None:  # a saved world brings its own frame size
+                kwargs["resolution"] = (int(par["height"]), int(par["width"]))
         try:
             camera = make_camera(name, **kwargs)
         except (ValueError, OSError, RuntimeError) as e:
-            scene.close()
+            if scene is not None:
+                scene.close()
             raise StartupError(f"cannot make camera {name!r}: {e}") from e
         return scene, camera
+
+    def _start(self) -> RobotState:
+        """Put the camera at the start and return the robot's start state.
+
+        The start is the scene's for ``seed``, or, for a saved world, the pose of the world's
+        first stored frame after (re)loading the file.
+        """
+        if self.scene is not None:
+            state = self.scene.reset(self.seed)
+            self.camera.reset(self.scene, state.pose(), seed=self.seed)
+            return state
+        self.camera.load_world(self.world_file)
+        self.camera.generator.manual_seed(self.seed)
+        memory = self.camera.memory
+        return pose_to_state(memory.poses([int(memory.ids.min())])[0])
+
+    def _make_tf_broadcaster(self, wanted: bool, prefix: str) -> Any:
+        """A tf2_ros TransformBroadcaster after sending /tf_static, or None (not wanted or no tf2_ros)."""
+        if not wanted:
+            return None
+        try:
+            from tf2_ros import StaticTransformBroadcaster, TransformBroadcaster
+        except ImportError as e:
+            self.get_logger().info(
+                f"not publishing /tf: tf2_ros is not importable ({e}); it comes with a ROS 2 install, not with "
+                f"the PyPI wheels. odom and {prefix}pose carry the same transforms"
+            )
+            return None
+        static = transform_msg(
+            self._base_to_optical,
+            self._frames["base_frame"],
+            self._frames["camera_frame"],
+            self.get_clock().now().to_msg(),
+        )
+        self._tf_static = StaticTransformBroadcaster(self)  # kept alive: /tf_static is latched by its publisher
+        self._tf_static.sendTransform(static)
+        self._record_tf("/tf_static", static)
+        return TransformBroadcaster(self)
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -252,17 +418,76 @@ class CameraNode(Node):
         base[:3, :3], base[:3, 3] = rot, vals[:3]
         floor = pose_to_state(ros_to_world(base @ self._base_to_floor_optical))
         state = self.state.replace(x=floor.x, z=floor.z, yaw=floor.yaw)
-        if not self.scene.is_free(state.x, state.z):
+        if self.scene is not None and not self.scene.is_free(state.x, state.z):
             raise ValueError(f"({p.x:.2f}, {p.y:.2f}) in {frame or 'odom'} is not free space (a wall or outside)")
         return state
 
-    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.state = self.scene.reset(self.seed)
-        self.camera.reset(self.scene, self.state.pose(), seed=self.seed)
-        self._cmd = (0.0, 0.0)
-        response.success = True
-        response.message = f"reset {self.scene.env_id} seed {self.seed} to ({self.state.x:.3f}, {self.state.z:.3f})"
+    def _answer(self, response: Trigger.Response, success: bool, message: str) -> Trigger.Response:
+        """Fill a Trigger response and log its message (an error when it failed)."""
+        response.success, response.message = success, message
+        if success:
+            self.get_logger().info(message)
+        else:
+            self.get_logger().error(message)
         return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            state = self._start()
+        except (OSError, ValueError) as e:
+            return self._answer(response, False, f"reset failed, the robot stays where it is: {e}")
+        self.state, self._cmd = state, (0.0, 0.0)
+        if self.scene is None:
+            self.intrinsics = self.camera.intrinsics
+        return self._answer(
+            response, True, f"reset {self.world_name} seed {self.seed} to ({self.state.x:.3f}, {self.state.z:.3f})"
+        )
+
+    def _world_file_parameter(self) -> Path:
+        path = str(self.get_parameter("world_path").value).strip()
+        if not path:
+            raise ValueError(
+                f"the world_path parameter is empty; set it first: ros2 param set {self.get_fully_qualified_name()} "
+                "world_path /path/to/world.safetensors"
+            )
+        return Path(path).expanduser()
+
+    def _no_world_reason(self) -> str | None:
+        """Why this node has no generated world to save or load, or None when it has one."""
+        if isinstance(self.camera, ModelCamera):
+            return None
+        return (
+            f"camera {type(self.camera).__name__} has no generated world: its frames are scene {self.world_name} "
+            f"(seed {self.seed}) rendered directly, and that id and seed re-create it exactly; start the node with "
+            "camera:=model to save and load the worlds the frame model generates"
+        )
+
+    def _on_save_world(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if (why := self._no_world_reason()) is not None:
+            return self._answer(response, False, f"save_world: {why}")
+        try:
+            path = self._world_file_parameter()
+        except ValueError as e:
+            return self._answer(response, False, f"save_world failed: {e}")
+        try:
+            self.camera.save_world(path)  # atomic: a failure leaves any file at path as it was
+        except (OSError, ValueError, RuntimeError) as e:
+            return self._answer(response, False, f"save_world failed, nothing written to {path}: {e}")
+        return self._answer(response, True, f"saved the world ({len(self.camera.memory)} frames) to {path}")
+
+    def _on_load_world(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if (why := self._no_world_reason()) is not None:
+            return self._answer(response, False, f"load_world: {why}")
+        try:
+            path = self._world_file_parameter()
+        except ValueError as e:
+            return self._answer(response, False, f"load_world failed: {e}")
+        try:
+            self.camera.load_world(path)  # replaces the memory only once the file has been read and checked
+        except (OSError, ValueError) as e:
+            return self._answer(response, False, f"load_world failed, the world is unchanged ({path}): {e}")
+        self.intrinsics = self.camera.intrinsics
+        return self._answer(response, True, f"loaded the world ({len(self.camera.memory)} frames) from {path}")
 
     def _on_timer(self) -> None:
         timeout = float(self.get_parameter("cmd_vel_timeout").value)
@@ -270,15 +495,23 @@ class CameraNode(Node):
         if timeout > 0 and (now - self._cmd_time).nanoseconds * 1e-9 > timeout:
             self._cmd = (0.0, 0.0)
         v, omega = self._cmd
-        self.state, collided = self.scene.move(self.state, (v, omega, self.dt))
+        if self.scene is None:  # a saved world has no walls
+            self.state, collided = apply_velocity(self.state, v, omega, self.dt), False
+        else:
+            self.state, collided = self.scene.move(self.state, (v, omega, self.dt))
         self._last_twist = (0.0 if collided else v, omega)
         frame = self.camera.observe(self.state.pose()[None])[0]
-        self.publish(frame, now.to_msg())
+        if self.publish_clock:
+            self._sim_ns += self._dt_ns
+            stamp = Time(nanoseconds=self._sim_ns).to_msg()
+        else:
+            stamp = now.to_msg()
+        self.publish(frame, stamp)
 
     # -- output ----------------------------------------------------------------------------
 
     def publish(self, frame: np.ndarray, stamp: Any) -> None:
-        """Publish one frame with its camera info, odometry and pose, all with ``stamp``."""
+        """Publish one frame with its camera info, odometry, pose, /tf and /clock, all with ``stamp``."""
         h, w = frame.shape[:2]
         image = Image()
         image.header.stamp, image.header.frame_id = stamp, self._frames["camera_frame"]
@@ -294,26 +527,68 @@ class CameraNode(Node):
         info.r = np.eye(3).ravel().tolist()
         info.d = [0.0] * 5
 
+        odom_to_base = state_to_odom(self.state)
         odom = Odometry()
         odom.header.stamp, odom.header.frame_id = stamp, self._frames["odom_frame"]
         odom.child_frame_id = self._frames["base_frame"]
-        _fill_pose(odom.pose.pose, state_to_odom(self.state))
+        _fill_pose(odom.pose.pose, odom_to_base)
         odom.twist.twist.linear.x, odom.twist.twist.angular.z = self._last_twist
 
         pose = PoseStamped()
         pose.header.stamp, pose.header.frame_id = stamp, self._frames["odom_frame"]
         _fill_pose(pose.pose, world_to_ros(self.state.pose()))
 
-        self.image_pub.publish(image)
-        self.info_pub.publish(info)
-        self.odom_pub.publish(odom)
-        self.pose_pub.publish(pose)
+        outputs = [(self.image_pub, image), (self.info_pub, info), (self.odom_pub, odom), (self.pose_pub, pose)]
+        if self.clock_pub is not None:
+            # The clock first, so a node on sim time already has this frame's time when it arrives.
+            outputs.insert(0, (self.clock_pub, Clock(clock=stamp)))
+        for pub, msg in outputs:
+            pub.publish(msg)
+            self._record(pub.topic_name, msg)
+        if self._tf is not None:
+            t = transform_msg(odom_to_base, self._frames["odom_frame"], self._frames["base_frame"], stamp)
+            self._tf.sendTransform(t)
+            self._record_tf("/tf", t)
         self.frames_published += 1
 
+    def _record(self, topic: str, msg: Any) -> None:
+        """Write a published message to the bag, if recording; a failing bag is closed, not fatal."""
+        if self._bag is None or self._bag.closed:
+            return
+        try:
+            self._bag.write(topic, msg, time.time_ns())  # log time = wall clock, as ros2 bag record
+        except BagError as e:
+            self.get_logger().error(f"recording stopped: {e}")
+            self._close_bag()
+
+    def _record_tf(self, topic: str, transform: TransformStamped) -> None:
+        if self._bag is not None:
+            from tf2_msgs.msg import TFMessage  # present wherever tf2_ros is
+
+            self._record(topic, TFMessage(transforms=[transform]))
+
+    def _close_bag(self) -> None:
+        try:
+            path = self._bag.close()
+        except (BagError, OSError) as e:
+            self.get_logger().error(f"the bag could not be finished: {e}")
+            return
+        counts = ", ".join(f"{topic} {n}" for topic, n in self._bag.counts.items())
+        self.get_logger().info(f"bag written to {path}: {counts}")
+
+    @property
+    def bag_counts(self) -> dict[str, int]:
+        """Messages recorded per topic (empty when not recording)."""
+        return dict(self._bag.counts) if self._bag is not None else {}
+
     def destroy_node(self) -> None:
-        """Release the camera and the scene's MiniWorld env, then the ROS entities."""
-        self.camera.close()
-        self.scene.close()
+        """Finish the bag, release the camera and the scene's MiniWorld env, then the ROS entities."""
+        if self._bag is not None and not self._bag.closed:
+            self._close_bag()
+        if self.camera is not None:
+            self.camera.close()
+        if self.scene is not None:
+            self.scene.close()
         super().destroy_node()
 
 
