@@ -48,6 +48,15 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "enabled) to a new rosbag2 bag in MCAP or sqlite3 for --duration seconds or --frames frames. The bag "
         "appears at --out only once finished. The node listens to cmd_vel meanwhile.",
     ),
+    "eval": (
+        "rtfm_env.eval.revisit",
+        "evaluate a camera: revisit consistency and cost per frame (rtfm-env eval revisit ...)",
+        "Evaluations of the cameras. 'rtfm-env eval revisit' drives every context strategy of the model "
+        "camera (and the ground-truth camera) along trajectories that come back to places, and reports "
+        "PSNR/SSIM against ground truth, revisit consistency against time since the first visit, and wall "
+        "time per frame against trajectory length: results.json plus report.md/report.html with plots. "
+        "Resumable per episode.",
+    ),
 }
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rtfm_env.eval import PSNR_CAP, psnr, ssim
+from rtfm_env.eval.metrics import mean_se, per_step, revisit_consistency
 
 
 def test_identical_images_give_the_cap():
@@ -34,3 +35,50 @@ def test_bad_input_is_rejected():
         ssim(a, a.astype(np.float32))
     with pytest.raises(ValueError, match="RGB"):
         psnr(a[..., 0], a[..., 0])
+
+
+def test_per_step_against_known_frames():
+    """per_step gives the cap where frames equal the truth and the noise PSNR where they do not."""
+    rng = np.random.default_rng(2)
+    truth = np.full((3, 64, 64, 3), 100, dtype=np.uint8)
+    frames = truth.copy()
+    frames[1] = np.clip(np.round(truth[1] + rng.normal(0, 8.0, truth[1].shape)), 0, 255).astype(np.uint8)
+    p, s = per_step(frames, truth)
+    assert p[0] == PSNR_CAP and p[2] == PSNR_CAP
+    assert p[1] == pytest.approx(20 * math.log10(255 / 8.0), abs=0.15)
+    assert s[0] == pytest.approx(1.0) and s[1] < 0.9
+
+
+def test_revisit_consistency_pairs_each_revisit_with_its_first_visit():
+    """Each revisit is compared with the frame of its first visit, with the steps between them."""
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    frames[3] = frames[0]  # an exact revisit
+    first = np.array([-1, -1, -1, 0, 1])
+    rev = revisit_consistency(frames, first)
+    assert rev["index"].tolist() == [3, 4] and rev["first"].tolist() == [0, 1] and rev["dt"].tolist() == [3, 3]
+    assert rev["psnr"][0] == PSNR_CAP
+    assert rev["psnr"][1] == pytest.approx(psnr(frames[4], frames[1]))
+    assert rev["ssim"][1] == pytest.approx(ssim(frames[4], frames[1]))
+
+
+def test_revisit_consistency_rejects_bad_input():
+    """A first visit that is not earlier, or a wrong-length index, raises ValueError."""
+    frames = np.zeros((3, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="earlier"):
+        revisit_consistency(frames, np.array([-1, 2, -1]))
+    with pytest.raises(ValueError, match="first_visit"):
+        revisit_consistency(frames, np.array([-1, 0]))
+    with pytest.raises(ValueError, match="uint8"):
+        per_step(frames.astype(np.float32), frames)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([1.0, 3.0], (2.0, 1.0, 2)), ([2.0, np.nan, 4.0, 6.0], (4.0, 2.0 / math.sqrt(3), 3)), ([5.0], (5.0, None, 1))],
+)
+def test_mean_se_known_values(values, expected):
+    """Mean and standard error (sample std / sqrt(n)) ignore NaN; one value has no standard error."""
+    m, se, n = mean_se(np.array(values))
+    assert m == pytest.approx(expected[0]) and n == expected[2]
+    assert math.isnan(se) if expected[1] is None else se == pytest.approx(expected[1])

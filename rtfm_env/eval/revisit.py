@@ -1,0 +1,721 @@
+"""The revisit-consistency evaluator: does a place look the same when the camera comes back, and
+what does each frame cost as the interaction grows?
+
+For every env id and episode (one MiniWorld layout per episode) the evaluator builds the suite of
+:mod:`rtfm_env.eval.trajectories` (out-and-back, loop, turn360, tour) and drives each camera
+strategy along exactly the same poses, with the same seeds:
+
+* ``spatial``, ``last_k``, ``first_only``, ``all``: the model camera with that context strategy
+  (:data:`rtfm_env.cameras.CONTEXT_STRATEGIES`; ``all`` is capped at the model's max_context);
+* ``ground_truth``: the scene's renderer, the ceiling.
+
+Per step it records PSNR and SSIM against the ground truth, the wall time of the camera call and
+the memory size; per revisit (:func:`~rtfm_env.eval.trajectories.find_revisits`), PSNR and SSIM
+between the frame shown at the first visit and the one shown at the revisit, with the steps
+between them. Each finished episode is saved atomically as ``episodes/<env>/<episode>.json`` (and
+an image strip), so an interrupted run resumes where it stopped; ``results.json`` (every number,
+the config, the checkpoint's SHA-256, the machine) and the report (:mod:`rtfm_env.eval.report`)
+are written at the end.
+
+With ``--world PATH`` (a memory saved by ``ModelCamera.save_world``) there is no scene and no
+ground truth: trajectories start at stored poses and stay within ``world_radius`` of the stored
+cameras, and only revisit consistency and cost are reported.
+
+    rtfm-env eval revisit --envs YMaze WallGap Sign --episodes 4 --out docs/results/revisit
+    rtfm-env eval revisit --world my_world.safetensors --episodes 2 --out eval_world
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import imageio.v2 as imageio
+import numpy as np
+from scipy.spatial import cKDTree
+from tqdm import tqdm
+
+from rtfm_env.data.shards import atomic_write_bytes, sha256_file
+from rtfm_env.eval.metrics import PSNR_CAP, per_step, revisit_consistency
+from rtfm_env.eval.trajectories import HEADING_TOL, POSITION_TOL, SUITE_KINDS, SuiteConfig, find_revisits
+from rtfm_env.eval.trajectories import make_suite_trajectory
+from rtfm_env.geometry import DiscreteAction, KinematicsConfig, RobotState, apply_discrete, pose_to_state
+
+__all__ = [
+    "STRATEGIES",
+    "MODEL_STRATEGIES",
+    "RevisitConfig",
+    "ConfigMismatchError",
+    "prepare_out_dir",
+    "run_episode",
+    "evaluate",
+    "add_arguments",
+    "run",
+]
+
+#: Model-camera context strategies compared (see :func:`rtfm_env.cameras.select_context`).
+MODEL_STRATEGIES: tuple[str, ...] = ("spatial", "last_k", "first_only", "all")
+#: Every strategy the evaluator knows: the model's, and the scene's renderer as the ceiling.
+STRATEGIES: tuple[str, ...] = (*MODEL_STRATEGIES, "ground_truth")
+
+EPISODE_FORMAT = "rtfm-revisit-episode"
+RESULTS_FORMAT = "rtfm-revisit-results"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+EPISODES_DIR = "episodes"
+#: What an evaluation directory may hold; --overwrite refuses to delete anything else.
+OUTPUT_NAMES = frozenset({CONFIG_FILE, RESULTS_FILE, EPISODES_DIR, "report.md", "report.html", "plots"})
+
+
+class ConfigMismatchError(ValueError):
+    """``--resume`` of a directory written with other settings or another checkpoint."""
+
+
+@dataclass
+class RevisitConfig:
+    """What one evaluation runs. Every field is saved in ``config.json`` and ``results.json``."""
+
+    out: str = "eval_revisit"  # output directory
+    checkpoint: str | None = None  # frame-model checkpoint directory; None: the shipped default
+    envs: list[str] = field(default_factory=lambda: ["MiniWorld-YMaze-v0", "MiniWorld-WallGap-v0", "MiniWorld-Sign-v0"])
+    world: str | None = None  # a saved memory file to evaluate instead of envs (no ground truth)
+    episodes: int = 4  # episodes (layouts) per env id, or start poses in a world
+    strategies: list[str] | None = None  # subset of STRATEGIES; None: all that apply
+    kinds: list[str] = field(default_factory=lambda: list(SUITE_KINDS))  # trajectory families
+    k: int = 2  # context views per generated frame (spatial, last_k, first_only)
+    steps: int | None = None  # sampling steps; None: the checkpoint's default
+    memory_capacity: int | None = None  # frames each model camera keeps; None: every frame
+    resolution: int = 64  # pixels, square frames (must match the checkpoint)
+    seed: int = 0  # base seed of layouts, trajectories and flow noise
+    position_tol: float = POSITION_TOL  # metres, revisit tolerance on the camera centre
+    heading_tol: float = HEADING_TOL  # degrees, revisit tolerance on the viewing direction
+    excursion: int = 100  # out_and_back: steps from the anchor to its revisit
+    lead_in: int = 8  # out_and_back: steps before the anchor
+    loop_steps: int = 150  # loop: steps
+    turn_rotations: int = 3  # turn360: full turns in place
+    tour_steps: int = 1000  # tour: steps
+    tour_landmarks: int = 4  # tour: landmarks on the chain
+    tour_every: int = 1  # the tour runs in every n-th episode, counted across env ids (it is the longest)
+    world_radius: float = 0.5  # metres; in a world, the camera stays this close to stored cameras
+    device: str | None = None  # torch device; None: CUDA when available, else CPU
+    threads: int = 1  # torch CPU threads (0: torch's default); one avoids oversubscribing shared cores
+
+    @property
+    def suite(self) -> SuiteConfig:
+        """The trajectory lengths as a :class:`SuiteConfig`."""
+        return SuiteConfig(
+            excursion=self.excursion,
+            lead_in=self.lead_in,
+            loop_steps=self.loop_steps,
+            turn_rotations=self.turn_rotations,
+            tour_steps=self.tour_steps,
+            tour_landmarks=self.tour_landmarks,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """The settings every episode's numbers depend on: a resume must not change them.
+
+        ``out``, ``episodes``, ``envs`` and ``threads`` may change (more episodes or env ids
+        can be added to a finished evaluation).
+        """
+        d = asdict(self)
+        for key in ("out", "episodes", "envs", "threads"):
+            d.pop(key)
+        return d
+
+
+# --------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------
+
+
+def _resolve_strategies(cfg: RevisitConfig) -> list[str]:
+    wanted = cfg.strategies
+    if wanted is None:
+        return list(MODEL_STRATEGIES) if cfg.world else list(STRATEGIES)
+    unknown = [s for s in wanted if s not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"unknown strategy {unknown[0]!r}; valid strategies: {list(STRATEGIES)}")
+    if not wanted:
+        raise ValueError(f"no strategy given; valid strategies: {list(STRATEGIES)}")
+    if cfg.world and "ground_truth" in wanted:
+        raise ValueError("strategy 'ground_truth' needs a scene: a --world has no ground truth")
+    return list(dict.fromkeys(wanted))
+
+
+def _validate(cfg: RevisitConfig) -> tuple[list[str], list[str]]:
+    """Checks every option; returns (env ids or the world's label, strategies)."""
+    strategies = _resolve_strategies(cfg)
+    unknown = [k for k in cfg.kinds if k not in SUITE_KINDS]
+    if unknown or not cfg.kinds:
+        raise ValueError(f"unknown trajectory kind {unknown[0] if unknown else None!r}; valid kinds: {list(SUITE_KINDS)}")
+    for name in ("episodes", "tour_every"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    cfg.suite  # noqa: B018 (SuiteConfig validates the lengths)
+    for name in ("position_tol", "heading_tol", "world_radius"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if cfg.world:
+        if not Path(cfg.world).is_file():
+            raise FileNotFoundError(f"world file {cfg.world} does not exist")
+        return [f"world:{Path(cfg.world).name}"], strategies
+    from rtfm_env.scenes import resolve_env_id
+
+    if not cfg.envs:
+        raise ValueError("no env id given (--envs) and no --world")
+    return [resolve_env_id(e) for e in cfg.envs], strategies
+
+
+def prepare_out_dir(out: str | os.PathLike, resume: bool, overwrite: bool) -> Path:
+    """Make ``out`` ready for an evaluation.
+
+    A missing or empty directory is used as is. An existing one is refused unless ``resume``
+    (keep its finished episodes) or ``overwrite`` (delete a previous evaluation's files first;
+    anything else in it makes ``overwrite`` refuse too, so a wrong path loses nothing).
+
+    Raises:
+        FileExistsError: ``out`` exists and is not empty, with neither flag; or it holds files
+            that no evaluation writes and ``overwrite`` is given; or it is a file.
+        ValueError: both flags.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output path {out} is a file, not a directory")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not (resume or overwrite):
+        raise FileExistsError(
+            f"output directory {out} exists and is not empty; pass --resume to finish or extend that "
+            "evaluation, --overwrite to replace it, or choose another --out"
+        )
+    if entries and overwrite:
+        foreign = [e for e in entries if e not in OUTPUT_NAMES and not e.startswith(".")]
+        if foreign:
+            raise FileExistsError(
+                f"refusing to overwrite {out}: it holds files that no evaluation writes ({', '.join(foreign[:5])})"
+            )
+        for e in entries:
+            p = out / e
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, allow_nan=True) + "\n").encode())
+
+
+def _config_record(cfg: RevisitConfig, checkpoint: dict | None) -> dict:
+    return {"format": RESULTS_FORMAT, "version": FORMAT_VERSION, "identity": cfg.identity(), "checkpoint": checkpoint}
+
+
+def _config_hash(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_resume(out: Path, record: dict) -> None:
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigMismatchError(f"{path} is not readable JSON ({e}); use --overwrite or another --out") from e
+    if old.get("checkpoint") != record["checkpoint"]:
+        raise ConfigMismatchError(
+            f"--resume with a checkpoint that does not match: {out} was evaluated with "
+            f"{(old.get('checkpoint') or {}).get('sha256')} but this one is {(record['checkpoint'] or {}).get('sha256')}; "
+            "use --overwrite or another --out"
+        )
+    a, b = old.get("identity", {}), record["identity"]
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed)
+        raise ConfigMismatchError(f"--resume with other settings than {path} ({diffs}); use --overwrite or another --out")
+
+
+# --------------------------------------------------------------------------------------
+# Cameras and worlds
+# --------------------------------------------------------------------------------------
+
+
+def _checkpoint_info(checkpoint: str | None) -> tuple[Path, dict]:
+    from rtfm_env.cameras import DEFAULT_CHECKPOINT
+    from rtfm_env.model.checkpoint import WEIGHTS_FILE, CheckpointError
+
+    path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {WEIGHTS_FILE}")
+    return path, {"path": str(path), "sha256": sha256_file(weights)}
+
+
+class _Footprint:
+    """Where a camera may go in a saved world: within ``radius`` of a stored camera centre.
+
+    Quacks like a :class:`~rtfm_env.scenes.base.Scene` for the trajectory generators
+    (``move``, ``is_free``, ``kinematics``); a world has no walls to collide with, so staying
+    where the world has been seen plays their part.
+    """
+
+    def __init__(self, poses: np.ndarray, radius: float, kinematics: KinematicsConfig | None = None) -> None:
+        self.kinematics = kinematics or KinematicsConfig()
+        self.radius = float(radius)
+        self._tree = cKDTree(poses[:, [0, 2], 3])
+        self.env_id = "world"
+
+    def is_free(self, x: float, z: float) -> bool:
+        """True within ``radius`` metres of a stored camera centre (on the floor plane)."""
+        return bool(self._tree.query([x, z])[0] <= self.radius)
+
+    def move(self, state: RobotState, action: int) -> tuple[RobotState, bool]:
+        """The discrete move, or no move (collided) when it would leave the footprint."""
+        new = apply_discrete(state, action, self.kinematics)
+        if int(action) == DiscreteAction.FORWARD and not self.is_free(new.x, new.z):
+            return state, True
+        return new, False
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _env_code(env: str) -> int:
+    return zlib.crc32(env.encode())
+
+
+# --------------------------------------------------------------------------------------
+# One episode
+# --------------------------------------------------------------------------------------
+
+
+def _drive(camera: Any, poses: np.ndarray, scene: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames, per-call wall times (ms) and memory sizes along ``poses``, one observe per pose.
+
+    With a scene, frame 0 is the camera's reset frame; without one (a loaded world) frame 0 is
+    generated like the others.
+    """
+    n = len(poses)
+    frames, wall, stored = [], np.zeros(n), np.zeros(n, dtype=np.int64)
+    for i, pose in enumerate(poses):
+        t = time.perf_counter()
+        if i == 0 and scene is not None:
+            frame = camera.reset(scene, pose, seed=seed)
+        else:
+            frame = camera.observe(pose[None])[0]
+        wall[i] = (time.perf_counter() - t) * 1e3
+        frames.append(frame)
+        memory = getattr(camera, "memory", None)
+        stored[i] = len(memory) if memory is not None else 0
+    return np.stack(frames), wall, stored
+
+
+def _strip(rows: list[np.ndarray]) -> np.ndarray:
+    """Frames laid out as a grid: one row per strategy, 2-pixel white gaps."""
+    h, w = rows[0][0].shape[:2]
+    gap = 2
+    cols = max(len(r) for r in rows)
+    out = np.full((len(rows) * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = img
+    return out
+
+
+def _rounded(values: np.ndarray, digits: int = 3) -> list:
+    return [None if not np.isfinite(v) else round(float(v), digits) for v in np.asarray(values, dtype=np.float64)]
+
+
+def run_episode(
+    cfg: RevisitConfig,
+    env: str,
+    episode: int,
+    strategies: list[str],
+    cameras: dict[str, Any],
+    scene: Any | None,
+    world_poses: np.ndarray | None = None,
+    kinds: list[str] | None = None,
+) -> tuple[dict, np.ndarray | None]:
+    """Drive every strategy along the suite's trajectories of one episode.
+
+    Args:
+        cfg: the evaluation's settings.
+        env: the env id (or the world's label).
+        episode: the episode number; with ``cfg.seed`` it fixes the layout and every seed.
+        strategies: the strategies to run, each with a camera in ``cameras``.
+        cameras: strategy -> camera (model cameras for a world must have it loaded per
+            trajectory: ``world_poses`` given means ``camera.load_world(cfg.world)``).
+        scene: the scene (None for a world).
+        world_poses: (n, 4, 4) stored poses of the world, to pick start poses from.
+        kinds: the trajectory families to run; ``cfg.kinds`` when None.
+
+    Returns:
+        The episode record (JSON-ready) and an image strip for the report (first visit,
+        revisit and ground truth of the out-and-back anchor, one row per strategy), or None.
+    """
+    code = _env_code(env)
+    layout_seed = cfg.seed + episode
+    if scene is not None:
+        start = scene.reset(layout_seed)
+        motion = scene
+    else:
+        motion = _Footprint(world_poses, cfg.world_radius)
+    record: dict[str, Any] = {
+        "format": EPISODE_FORMAT,
+        "version": FORMAT_VERSION,
+        "env": env,
+        "episode": episode,
+        "layout_seed": layout_seed,
+        "ground_truth": scene is not None,
+        "trajectories": {},
+    }
+    strip = None
+    for kind in cfg.kinds if kinds is None else kinds:
+        kind_code = SUITE_KINDS.index(kind)
+        rng = np.random.default_rng(_seed(cfg.seed, code, episode, kind_code, 0))
+        if scene is None:
+            start = pose_to_state(world_poses[int(rng.integers(len(world_poses)))])
+        elif kind != "out_and_back":
+            # Other families start elsewhere in the layout, so an episode covers more of it.
+            start = scene.sample_free_state(rng)
+        traj = make_suite_trajectory(kind, motion, start, _seed(cfg.seed, code, episode, kind_code, 1), cfg.suite)
+        poses = traj.poses()
+        first = find_revisits(poses, cfg.position_tol, cfg.heading_tol)
+        truth = np.stack([scene.render(p) for p in poses]) if scene is not None else None
+        entry: dict[str, Any] = {
+            "n": len(poses),
+            "seed": traj.seed,
+            "states": [[round(float(v), 6) for v in s.as_array()] for s in traj.states],
+            "revisits": [[int(i), int(first[i])] for i in np.flatnonzero(first >= 0)],
+            "strategies": {},
+        }
+        frames_of: dict[str, np.ndarray] = {}
+        camera_seed = _seed(cfg.seed, code, episode, kind_code, 2)
+        for strategy in strategies:
+            camera = cameras[strategy]
+            if scene is None:
+                camera.load_world(cfg.world)
+            frames, wall, stored = _drive(camera, poses, scene, camera_seed)
+            rev = revisit_consistency(frames, first)
+            row: dict[str, Any] = {
+                "revisit_psnr": _rounded(rev["psnr"]),
+                "revisit_ssim": _rounded(rev["ssim"], 4),
+                "wall_ms": _rounded(wall),
+                "memory_frames": stored.tolist(),
+            }
+            if truth is not None:
+                p, s = per_step(frames, truth)
+                row["psnr_gt"], row["ssim_gt"] = _rounded(p), _rounded(s, 4)
+            entry["strategies"][strategy] = row
+            frames_of[strategy] = frames
+        record["trajectories"][kind] = entry
+        if kind == "out_and_back" and first[-1] >= 0:
+            j = int(first[-1])
+            rows = [[frames_of[s][j], frames_of[s][-1]] + ([truth[-1]] if truth is not None else []) for s in strategies]
+            strip = _strip(rows)
+            record["strip"] = {"strategies": strategies, "first": j, "revisit": len(poses) - 1}
+    return record, strip
+
+
+# --------------------------------------------------------------------------------------
+# The evaluation
+# --------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were measured, with the load (other jobs inflate timings)."""
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def _context_cost(model: Any, resolution: int, repeats: int = 5) -> dict[str, list]:
+    """Median wall time (ms) of one generate call against the number of context views.
+
+    The model attends to at most ``max_context`` views, so this is how the cost of an
+    uncapped ``all`` strategy would start to grow; the report extrapolates it.
+    """
+    import torch
+
+    from rtfm_env.geometry import Intrinsics, camera_pose
+
+    rng = np.random.default_rng(0)
+    intr = Intrinsics(resolution, resolution, 60.0)
+    out: dict[str, list] = {"views": [], "ms": []}
+    for k in sorted({1, 2, 4, model.config.max_context}):
+        frames = rng.integers(0, 256, (1, k, resolution, resolution, 3), dtype=np.uint8)
+        poses = np.stack([camera_pose(0.1 * i, 0.0, 0.1 * i) for i in range(k)])[None]
+        target = camera_pose(0.05, 0.0, 0.0)[None]
+        times = []
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            model.generate(target, frames, poses, intr, generator=torch.Generator().manual_seed(0))
+            times.append((time.perf_counter() - t) * 1e3)
+        out["views"].append(k)
+        out["ms"].append(round(float(np.median(times[1:])), 3))  # the first call warms caches
+    return out
+
+
+def _episode_path(out: Path, env: str, episode: int) -> Path:
+    safe = env.replace("/", "_").replace(":", "_")
+    return out / EPISODES_DIR / safe / f"{episode:04d}.json"
+
+
+def _load_episode(path: Path, config_hash: str) -> dict | None:
+    """A finished episode's record, or None when missing, unreadable or from other settings."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get("format") != EPISODE_FORMAT or record.get("config_hash") != config_hash:
+        return None
+    return record
+
+
+def evaluate(
+    cfg: RevisitConfig, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run the evaluation ``cfg`` describes and write results.json and the report.
+
+    Args:
+        cfg: what to evaluate and where to write (``cfg.out``).
+        resume: keep the finished episodes of an earlier run of the same settings in ``cfg.out``.
+        overwrite: delete an earlier evaluation in ``cfg.out`` first.
+        progress: show a progress bar (one tick per episode).
+
+    Returns:
+        The results (also in ``results.json``).
+
+    Raises:
+        ValueError: an unknown env id, strategy or trajectory kind (the message lists the valid
+            ones), a bad option, a checkpoint for another resolution, or (ConfigMismatchError)
+            a resume with other settings or another checkpoint.
+        FileExistsError: ``cfg.out`` exists and neither ``resume`` nor ``overwrite`` is given.
+        CheckpointError: a checkpoint directory that is missing, corrupt or inconsistent.
+    """
+    from rtfm_env.eval.report import summarize, write_report
+
+    envs, strategies = _validate(cfg)
+    model_strategies = [s for s in strategies if s in MODEL_STRATEGIES]
+    checkpoint = None
+    if model_strategies:
+        ckpt_path, checkpoint = _checkpoint_info(cfg.checkpoint)
+    record = _config_record(cfg, checkpoint)
+    out = Path(cfg.out)
+    if resume and out.is_dir():
+        _check_resume(out, record)  # before anything is loaded or written
+    import torch
+
+    from rtfm_env.cameras import GroundTruthCamera, ModelCamera
+    from rtfm_env.model.sampler import FrameModel
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cameras: dict[str, Any] = {}
+    model = None
+    if model_strategies:
+        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = FrameModel.from_pretrained(ckpt_path, device=device)
+        for s in model_strategies:
+            # Every strategy shares one network; the resolution check fails here for a mismatch.
+            cameras[s] = ModelCamera(
+                model, k=cfg.k, steps=cfg.steps, context_strategy=s, memory_capacity=cfg.memory_capacity,
+                seed=cfg.seed, resolution=cfg.resolution,
+            )
+    if "ground_truth" in strategies:
+        cameras["ground_truth"] = GroundTruthCamera()
+    world_poses = None
+    if cfg.world:
+        from rtfm_env.memory import SpatialMemory
+
+        memory = SpatialMemory.load(cfg.world)
+        world_poses = memory.poses(memory.ids)
+        for s in model_strategies:  # fails early for a world of another size
+            cameras[s].load_world(cfg.world)
+
+    out = prepare_out_dir(out, resume, overwrite)
+    config_hash = _config_hash(record)
+    _write_json(out / CONFIG_FILE, record)
+    cost_path = out / EPISODES_DIR / "context_cost.json"
+    if model is not None and not cost_path.is_file():
+        _write_json(cost_path, _context_cost(model, cfg.resolution))
+
+    tasks = [(env, e) for env in envs for e in range(cfg.episodes)]
+    with_tour = {t for i, t in enumerate(tasks) if i % cfg.tour_every == 0}
+    done = {t: _load_episode(_episode_path(out, *t), config_hash) for t in tasks}
+    bar = tqdm(total=len(tasks), initial=sum(r is not None for r in done.values()), unit="episode",
+               desc="eval revisit", disable=not progress)
+    try:
+        for env in envs:
+            todo = [e for e in range(cfg.episodes) if done[(env, e)] is None]
+            if not todo:
+                continue
+            scene = None
+            if not cfg.world:
+                from rtfm_env.scenes import MiniWorldScene
+
+                scene = MiniWorldScene(env, width=cfg.resolution, height=cfg.resolution)
+            try:
+                for e in todo:
+                    bar.set_postfix_str(f"{env} #{e}")
+                    kinds = [k for k in cfg.kinds if k != "tour" or (env, e) in with_tour]
+                    rec, strip = run_episode(cfg, env, e, strategies, cameras, scene, world_poses, kinds)
+                    rec["config_hash"] = config_hash
+                    path = _episode_path(out, env, e)
+                    if strip is not None:
+                        png = path.with_suffix(".png")
+                        png.parent.mkdir(parents=True, exist_ok=True)
+                        atomic_write_bytes(png, imageio.imwrite("<bytes>", strip, format="PNG"))
+                        rec["strip"]["file"] = png.relative_to(out).as_posix()
+                    _write_json(path, rec)  # last: the episode counts as finished only once this exists
+                    done[(env, e)] = rec
+                    bar.update(1)
+            finally:
+                if scene is not None:
+                    scene.close()
+    finally:
+        bar.close()
+
+    context_cost = json.loads(cost_path.read_text()) if cost_path.is_file() else None
+    episodes = [done[t] for t in tasks]
+    results = {
+        "format": RESULTS_FORMAT,
+        "version": FORMAT_VERSION,
+        "config": asdict(cfg),
+        "strategies": strategies,
+        "envs": envs,
+        "checkpoint": checkpoint,
+        "camera": None if not model_strategies else {**cameras[model_strategies[0]].options, "context_strategy": None},
+        "machine": machine_info(),
+        "psnr_cap": PSNR_CAP,
+        "ground_truth_available": not cfg.world,
+        "context_cost": context_cost,
+        "summary": summarize(episodes, strategies, cfg),
+        "episodes": episodes,
+    }
+    _write_json(out / RESULTS_FILE, results)
+    write_report(results, out)
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# Command line: rtfm-env eval revisit
+# --------------------------------------------------------------------------------------
+
+_HELP = {
+    "checkpoint": "frame-model checkpoint directory (default: the shipped checkpoint)",
+    "envs": "MiniWorld env ids or short names (default: the public held-out ids)",
+    "world": "evaluate a saved world (a memory file from save_world) instead of envs; no ground truth",
+    "episodes": "episodes (layouts) per env id, or start poses in a world",
+    "strategies": f"strategies to compare, from {list(STRATEGIES)} (default: all that apply)",
+    "kinds": f"trajectory families, from {list(SUITE_KINDS)}",
+    "k": "context views per generated frame",
+    "steps": "sampling steps (default: the checkpoint's)",
+    "memory_capacity": "frames each model camera keeps (default: every frame)",
+    "resolution": "frame size in pixels (square); must match the checkpoint",
+    "seed": "base seed of layouts, trajectories and flow noise",
+    "position_tol": "metres; revisit tolerance on the camera centre",
+    "heading_tol": "degrees; revisit tolerance on the viewing direction",
+    "excursion": "out_and_back: steps from the anchor to its revisit",
+    "lead_in": "out_and_back: steps before the anchor",
+    "loop_steps": "loop: steps",
+    "turn_rotations": "turn360: full turns in place",
+    "tour_steps": "tour: steps",
+    "tour_landmarks": "tour: landmarks on the chain",
+    "tour_every": "run the tour in every n-th episode, counted across env ids",
+    "world_radius": "metres; in a world, the camera stays this close to stored cameras",
+    "device": "torch device (default: cuda when available, else cpu)",
+    "threads": "torch CPU threads (0: torch's default; 1 avoids oversubscribing shared cores)",
+}
+
+
+def _add_revisit_arguments(p: argparse.ArgumentParser) -> None:
+    defaults = RevisitConfig()
+    for f in fields(RevisitConfig):
+        if f.name == "out":
+            continue
+        default = getattr(defaults, f.name)
+        kwargs: dict[str, Any] = {"default": default, "help": _HELP[f.name]}
+        if f.name in ("envs", "strategies", "kinds"):
+            kwargs["nargs"] = "+"
+        elif isinstance(default, bool):
+            continue
+        elif f.name in ("steps", "memory_capacity") or isinstance(default, int):
+            kwargs["type"] = int
+        elif isinstance(default, float):
+            kwargs["type"] = float
+        if default is not None:
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            kwargs["help"] += f" (default: {shown})"
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+    p.add_argument("--out", required=True, help="output directory (refused if it exists, unless --resume/--overwrite)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="keep the finished episodes of the same evaluation in --out")
+    group.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``rtfm-env eval`` sub-commands (``revisit``) to ``parser``."""
+    sub = parser.add_subparsers(dest="eval_command", metavar="evaluation", required=True)
+    p = sub.add_parser(
+        "revisit",
+        help="revisit consistency and cost per frame of the camera strategies",
+        description=(
+            "Drive the model camera with each context strategy (spatial, last_k, first_only, all) and the "
+            "ground-truth camera along the same trajectories that come back to places (out-and-back, loop, "
+            "turn360, a 1000-step landmark tour), and write results.json (every number, the config, the "
+            "checkpoint's SHA-256, the machine) and report.md/report.html with plots. Each finished episode "
+            "is saved at once, so --resume continues an interrupted run. --world evaluates a saved world "
+            "(no ground truth: revisit consistency and cost only)."
+        ),
+    )
+    _add_revisit_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``rtfm-env eval <evaluation>``; returns the exit code (2 on bad input)."""
+    from rtfm_env.memory import MemoryFormatError
+    from rtfm_env.model.checkpoint import CheckpointError
+
+    cfg = RevisitConfig(**{f.name: getattr(args, f.name) for f in fields(RevisitConfig)})
+    try:
+        results = evaluate(cfg, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
+    except (KeyError, ValueError, FileExistsError, FileNotFoundError, CheckpointError, MemoryFormatError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"rtfm-env eval revisit: error: {msg}", file=sys.stderr)
+        return 2
+    head = results["summary"]["headline"]
+    print(f"{cfg.out}: {len(results['episodes'])} episodes; report {Path(cfg.out) / 'report.md'}")
+    for line in head.get("lines", []):
+        print("  " + line)
+    return 0

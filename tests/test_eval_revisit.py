@@ -1,0 +1,174 @@
+"""Tests for rtfm_env.eval.revisit (the evaluator and `rtfm-env eval revisit`)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rtfm_env import cli
+from rtfm_env.cameras import turn_in_place
+from rtfm_env.eval import revisit
+from rtfm_env.eval.metrics import PSNR_CAP
+from rtfm_env.eval.revisit import ConfigMismatchError, RevisitConfig, evaluate
+from rtfm_env.memory import SpatialMemory
+from rtfm_env.model.checkpoint import CheckpointError
+from rtfm_env.scenes import MiniWorldScene
+
+#: Tiny lengths: the whole suite in well under a hundred frames per episode.
+TINY = dict(excursion=30, lead_in=2, loop_steps=30, turn_rotations=1, tour_steps=120, tour_landmarks=2)
+
+
+def _gt_config(out, **kw):
+    # tour_every=2: with two episodes only the first runs the tour.
+    return RevisitConfig(**{"out": str(out), "envs": ["YMaze"], "episodes": 1, "strategies": ["ground_truth"],
+                            "tour_every": 2, **TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def gt_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gt") / "eval"
+    return out, evaluate(_gt_config(out), progress=False)
+
+
+def test_ground_truth_camera_revisits_at_the_cap(gt_run):
+    """On the ground-truth camera every revisit and every frame against ground truth is the PSNR cap."""
+    out, results = gt_run
+    ep = results["episodes"][0]
+    assert set(ep["trajectories"]) == {"out_and_back", "loop", "turn360", "tour"}
+    n_revisits = 0
+    for traj in ep["trajectories"].values():
+        row = traj["strategies"]["ground_truth"]
+        assert len(row["revisit_psnr"]) == len(traj["revisits"])
+        assert all(v == PSNR_CAP for v in row["revisit_psnr"]) and all(v == 1.0 for v in row["revisit_ssim"])
+        assert all(v == PSNR_CAP for v in row["psnr_gt"]) and len(row["wall_ms"]) == traj["n"]
+        n_revisits += len(traj["revisits"])
+    assert n_revisits >= 5
+    assert results["summary"]["headline"]["excursion"]["ground_truth"]["mean"] == PSNR_CAP
+
+
+def test_outputs_are_written(gt_run):
+    """results.json holds config, machine and episodes; the report pages and plots exist."""
+    out, results = gt_run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["envs"] == ["YMaze"] and saved["machine"]["cpu_count"] >= 1
+    assert saved["episodes"][0]["config_hash"] == results["episodes"][0]["config_hash"]
+    for name in ("report.md", "report.html", "plots/revisit_vs_time.png", "plots/cost_vs_length.png",
+                 "plots/strips.png", "episodes/MiniWorld-YMaze-v0/0000.json"):
+        assert (out / name).is_file(), name
+    md = (out / "report.md").read_text()
+    assert md.index("| strategy |") < md.index("## Plots")
+    assert "<table>" in (out / "report.html").read_text()
+
+
+def test_resume_skips_finished_episodes(gt_run, monkeypatch):
+    """--resume runs only the episodes that are missing; finished ones are read back, not re-run."""
+    out, _ = gt_run
+    ran = []
+    real = revisit.run_episode
+
+    def counting(cfg, env, episode, *args, **kw):
+        ran.append(episode)
+        return real(cfg, env, episode, *args, **kw)
+
+    monkeypatch.setattr(revisit, "run_episode", counting)
+    before = (out / "episodes/MiniWorld-YMaze-v0/0000.json").read_bytes()
+    results = evaluate(_gt_config(out, episodes=2), resume=True, progress=False)
+    assert ran == [1]
+    assert (out / "episodes/MiniWorld-YMaze-v0/0000.json").read_bytes() == before
+    assert len(results["episodes"]) == 2 and "tour" not in results["episodes"][1]["trajectories"]
+
+
+def test_existing_out_dir_is_refused(gt_run, tmp_path):
+    """An existing output directory needs --resume or --overwrite; overwrite spares foreign files."""
+    out, _ = gt_run
+    with pytest.raises(FileExistsError, match="--resume"):
+        evaluate(_gt_config(out), progress=False)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    with pytest.raises(FileExistsError, match="thesis.tex"):
+        evaluate(_gt_config(foreign), overwrite=True, progress=False)
+    assert (foreign / "thesis.tex").read_text() == "keep me"
+
+
+def test_resume_with_other_settings_is_refused(gt_run):
+    """--resume with a changed setting names it instead of mixing numbers."""
+    out, _ = gt_run
+    with pytest.raises(ConfigMismatchError, match="heading_tol"):
+        evaluate(_gt_config(out, heading_tol=10.0), resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"envs": ["Atlantis"]}, "valid ids"),
+        ({"strategies": ["telepathy"]}, "valid strategies"),
+        ({"kinds": ["spiral"]}, "valid kinds"),
+        ({"episodes": 0}, "episodes"),
+    ],
+)
+def test_bad_options_list_valid_choices(tmp_path, change, match):
+    """Unknown env ids, strategies and kinds fail with the valid choices; nothing is written."""
+    cfg = _gt_config(tmp_path / "out")
+    for key, value in change.items():
+        setattr(cfg, key, value)
+    with pytest.raises(ValueError, match=match):
+        evaluate(cfg, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_that_does_not_match_is_refused(tmp_path):
+    """A checkpoint for another resolution, a broken one, or another one on resume: clear errors."""
+    cfg = RevisitConfig(out=str(tmp_path / "a"), envs=["YMaze"], strategies=["spatial"], resolution=32, **TINY)
+    with pytest.raises(ValueError, match="resolution mismatch"):
+        evaluate(cfg, progress=False)
+    broken = tmp_path / "ckpt"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"not a tensor file")
+    (broken / "config.json").write_text("{}")
+    cfg = RevisitConfig(out=str(tmp_path / "b"), envs=["YMaze"], strategies=["spatial"], checkpoint=str(broken), **TINY)
+    with pytest.raises(CheckpointError):
+        evaluate(cfg, progress=False)
+    # A finished evaluation of the shipped checkpoint cannot be resumed with another one.
+    out = tmp_path / "c"
+    out.mkdir()
+    record = {"format": "rtfm-revisit-results", "version": 1, "identity": {},
+              "checkpoint": {"path": "elsewhere", "sha256": "0" * 64}}
+    (out / "config.json").write_text(json.dumps(record))
+    cfg = RevisitConfig(out=str(out), envs=["YMaze"], strategies=["spatial"], **TINY)
+    with pytest.raises(ConfigMismatchError, match="checkpoint that does not match"):
+        evaluate(cfg, resume=True, progress=False)
+
+
+def test_cli_refusals_exit_2_with_the_reason(gt_run, tmp_path, capsys):
+    """`rtfm-env eval revisit` exits 2 naming the problem: existing --out, unknown env id."""
+    out, _ = gt_run
+    assert cli.main(["eval", "revisit", "--envs", "YMaze", "--strategies", "ground_truth", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    code = cli.main(["eval", "revisit", "--envs", "Atlantis", "--out", str(tmp_path / "x"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Atlantis" in err and "MiniWorld-YMaze-v0" in err
+
+
+def test_user_world_reports_revisit_consistency_only(tmp_path, one_thread):
+    """A saved world (no scene) gets revisit consistency and cost, and the report says GT is unavailable."""
+    scene = MiniWorldScene("MiniWorld-YMaze-v0")
+    try:
+        start = scene.reset(0).pose()
+        memory = SpatialMemory()
+        for pose in turn_in_place(start, 4):
+            memory.add(scene.render(pose), pose, scene.intrinsics, "observed", step=0)
+    finally:
+        scene.close()
+    world = tmp_path / "world.safetensors"
+    memory.save(world)
+    cfg = RevisitConfig(out=str(tmp_path / "w"), world=str(world), episodes=1, strategies=["spatial"],
+                        kinds=["turn360"], **TINY)
+    results = evaluate(cfg, progress=False)
+    traj = results["episodes"][0]["trajectories"]["turn360"]
+    assert not results["ground_truth_available"] and "psnr_gt" not in traj["strategies"]["spatial"]
+    rev = np.array(traj["strategies"]["spatial"]["revisit_psnr"], dtype=float)
+    assert len(rev) == 1 and 5.0 < rev[0] <= PSNR_CAP  # one full turn: the last frame revisits the first
+    assert "Ground-truth metrics are unavailable" in (tmp_path / "w" / "report.md").read_text()
+    with pytest.raises(ValueError, match="no ground truth"):
+        evaluate(RevisitConfig(out=str(tmp_path / "v"), world=str(world), strategies=["ground_truth"]), progress=False)
