@@ -121,7 +121,8 @@ def _generate_flops(cam: ModelCamera, poses: np.ndarray, cfg: SpeedConfig) -> fl
     ctx_poses = np.repeat(cam.memory.poses(ids)[None], b, axis=0)  # (B, K, 4, 4)
     target_rays, context_rays = posed_rays(poses, ctx_poses, cam.intrinsics)
     steps = cfg.steps or mcfg.sample_steps
-    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+    # Under the model's own autocast: its linear weights are stored in bf16 for inference.
+    with torch.enable_grad(), cam.model._autocast(), FlopCounterMode(display=False) as counter:
         cache = net.encode_context(ctx, context_rays.to(cfg.device))
         sample(net, ctx[:, 0], target_rays.to(cfg.device), cache, steps)
     return counter.get_total_flops() / b
