@@ -1,7 +1,26 @@
-"""Gymnasium envs: a scene, a camera and a task composed by :class:`RTFMEnv`."""
+"""Gymnasium envs: a scene, a camera and a task composed by :class:`RTFMEnv`, and their batched vector env."""
 
 from rtfm_env.envs.base import RTFMEnv
+from rtfm_env.envs.explore import ExploreEnv, ExploreTask
+from rtfm_env.envs.imagenav import ImageNavEnv, ImageNavTask
 from rtfm_env.envs.pointnav import PointNavEnv
-from rtfm_env.envs.tasks import WORLD_BOUND, Episode, PointNavTask, Task
+from rtfm_env.envs.revisit import RevisitEnv, RevisitTask
+from rtfm_env.envs.tasks import WORLD_BOUND, Episode, NavigationTask, PointNavTask, Task
+from rtfm_env.envs.vector import RTFMVectorEnv
 
-__all__ = ["RTFMEnv", "PointNavEnv", "Task", "PointNavTask", "Episode", "WORLD_BOUND"]
+__all__ = [
+    "RTFMEnv",
+    "RTFMVectorEnv",
+    "PointNavEnv",
+    "ImageNavEnv",
+    "ExploreEnv",
+    "RevisitEnv",
+    "Task",
+    "NavigationTask",
+    "PointNavTask",
+    "ImageNavTask",
+    "ExploreTask",
+    "RevisitTask",
+    "Episode",
+    "WORLD_BOUND",
+]
