@@ -22,6 +22,7 @@ ARGUMENTS = [
     ("checkpoint", "", str, "frame-model checkpoint directory (camera:=model)"),
     ("k", "2", int, "context frames per generated frame (camera:=model)"),
     ("sampling_steps", "0", int, "Euler sampling steps; 0 uses the checkpoint's default"),
+    ("torch_threads", "1", int, "CPU threads of the frame model; 0: one per core"),
     ("rate_hz", "10.0", float, "frames per second"),
     ("width", "64", int, "image width, pixels"),
     ("height", "64", int, "image height, pixels"),
@@ -30,6 +31,7 @@ ARGUMENTS = [
     ("publish_tf", "true", bool, "publish /tf and /tf_static (odom -> base_link -> optical frame)"),
     ("publish_clock", "false", bool, "publish /clock with simulated time; other nodes then use_sim_time:=true"),
     ("record_bag", "", str, "directory of a new rosbag2 bag recording all the node publishes; empty: none"),
+    ("bag_storage", "mcap", str, "storage of record_bag: mcap or sqlite3"),
 ]
 
 

@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+import torch
 import transforms3d
 from geometry_msgs.msg import PoseStamped, TransformStamped, Twist, TwistStamped
 from nav_msgs.msg import Odometry
@@ -117,6 +118,7 @@ PARAMETERS: dict[str, Param] = {
     "checkpoint": Param("", "frame-model checkpoint directory (camera=model); empty uses the shipped one"),
     "k": Param(2, "context frames per generated frame (camera=model)"),
     "sampling_steps": Param(0, "Euler sampling steps of the frame model; 0 uses the checkpoint's default"),
+    "torch_threads": Param(1, "CPU threads of the frame model (camera=model); 0 keeps torch's default of one per core"),
     "rate_hz": Param(10.0, "frames per second; cmd_vel is integrated over one frame period per frame"),
     "width": Param(64, "image width, pixels"),
     "height": Param(64, "image height, pixels"),
@@ -295,7 +297,7 @@ class CameraNode(Node):
     # -- setup -----------------------------------------------------------------------------
 
     def _make_world(self, par: dict[str, Any]) -> tuple[MiniWorldScene | None, Camera]:
-        for name in ("width", "height", "k", "sampling_steps", "seed"):
+        for name in ("width", "height", "k", "sampling_steps", "seed", "torch_threads"):
             if not isinstance(par[name], int) or par[name] < 0:
                 raise StartupError(f"parameter {name} must be a non-negative integer, got {par[name]!r}")
         name = str(par["camera"])
@@ -315,6 +317,10 @@ class CameraNode(Node):
                 raise StartupError(f"bad scene parameters: {e}") from e
         kwargs: dict[str, Any] = {}
         if name == "model":
+            if par["torch_threads"]:
+                # One thread by default: on a CPU shared with other nodes, torch's spinning worker
+                # threads slow each frame down many times over (measured in docs/results/ros_node.md).
+                torch.set_num_threads(int(par["torch_threads"]))
             kwargs = {
                 "checkpoint": str(par["checkpoint"]) or None,
                 "k": int(par["k"]),
