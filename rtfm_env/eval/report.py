@@ -69,7 +69,7 @@ def _fit_context_cost(context_cost: dict | None) -> tuple[float, float] | None:
     return float(intercept), float(max(slope, 0.0))
 
 
-def summarize(episodes: list[dict], strategies: list[str], cfg: Any) -> dict[str, Any]:
+def summarize(episodes: list[dict], strategies: list[str], cfg: Any, timer: str = "wall") -> dict[str, Any]:
     """Aggregate episode records into the report's numbers.
 
     Standard errors are over episodes (each episode's mean is one sample), because frames and
@@ -80,6 +80,9 @@ def summarize(episodes: list[dict], strategies: list[str], cfg: Any) -> dict[str
         episodes: records written by :func:`rtfm_env.eval.revisit.run_episode`.
         strategies: the strategies evaluated.
         cfg: the :class:`~rtfm_env.eval.revisit.RevisitConfig` (its kinds and lengths).
+        timer: ``"cpu"`` to measure cost by the evaluating thread's CPU time (valid for a CPU
+            model on one torch thread; immune to other jobs' load), ``"wall"`` for wall time.
+            Episodes recorded without CPU times fall back to wall time.
 
     Returns:
         ``{"headline", "per_strategy", "revisit_vs_dt", "along", "cost_along"}``.
@@ -141,14 +144,16 @@ def summarize(episodes: list[dict], strategies: list[str], cfg: Any) -> dict[str
     cost_along: dict[str, dict] = {}
     cost_head: dict[str, dict] = {}
     tours = [ep["trajectories"]["tour"] for ep in episodes if "tour" in ep["trajectories"]]
+    key = "cpu_ms" if timer == "cpu" and all("cpu_ms" in r for t in tours for r in t["strategies"].values()) else "wall_ms"
     if tours:
         for s in strategies:
-            rows = [_arr(t["strategies"][s]["wall_ms"]) for t in tours]
+            rows = [_arr(t["strategies"][s][key]) for t in tours]
             mem = [np.asarray(t["strategies"][s]["memory_frames"]) for t in tours]
             n = min(len(r) for r in rows)
             wall = np.stack([r[:n] for r in rows])  # (episodes, n)
             per_step = np.median(wall, axis=0)
             cost_along[s] = {
+                "timer": key,
                 "median_ms": [round(float(v), 3) for v in per_step],
                 "memory_frames": np.median(np.stack([m[:n] for m in mem]), axis=0).tolist(),
             }
@@ -158,6 +163,7 @@ def summarize(episodes: list[dict], strategies: list[str], cfg: Any) -> dict[str
                 late = float(np.median(wall[:, n - LATE :]))
                 per_episode = np.median(wall[:, n - LATE :], axis=1) / np.median(wall[:, lo:hi], axis=1)
                 cost_head[s] = {
+                    "timer": key,
                     "early_steps": [lo, hi],
                     "late_steps": [n - LATE, n],
                     "early_ms": early,
@@ -323,7 +329,9 @@ def _plot_cost(summary: dict, strategies: list[str], context_cost: dict | None, 
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("step of the tour (frames in memory = step + 1)")
-    ax.set_ylabel("wall time per frame (ms, running median)")
+    timer = next(iter(summary["cost_along"].values()))["timer"]
+    what = "CPU time of the evaluating thread" if timer == "cpu_ms" else "wall time"
+    ax.set_ylabel(f"{what} per frame (ms, running median)", fontsize=8)
     ax.set_title("Cost per frame against trajectory length (tour)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

@@ -60,6 +60,7 @@ __all__ = [
     "prepare_out_dir",
     "run_episode",
     "evaluate",
+    "rebuild_report",
     "add_arguments",
     "run",
 ]
@@ -227,7 +228,10 @@ def _config_record(cfg: RevisitConfig, checkpoint: dict | None) -> dict:
 
 
 def _config_hash(record: dict) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of what an episode's numbers depend on: the settings and the weights (not their path)."""
+    weights = (record["checkpoint"] or {}).get("sha256")
+    key = {"format": record["format"], "version": record["version"], "identity": record["identity"], "weights": weights}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check_resume(out: Path, record: dict) -> None:
@@ -238,7 +242,7 @@ def _check_resume(out: Path, record: dict) -> None:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigMismatchError(f"{path} is not readable JSON ({e}); use --overwrite or another --out") from e
-    if old.get("checkpoint") != record["checkpoint"]:
+    if (old.get("checkpoint") or {}).get("sha256") != (record["checkpoint"] or {}).get("sha256"):
         raise ConfigMismatchError(
             f"--resume with a checkpoint that does not match: {out} was evaluated with "
             f"{(old.get('checkpoint') or {}).get('sha256')} but this one is {(record['checkpoint'] or {}).get('sha256')}; "
@@ -258,13 +262,19 @@ def _check_resume(out: Path, record: dict) -> None:
 
 def _checkpoint_info(checkpoint: str | None) -> tuple[Path, dict]:
     from rtfm_env.cameras import DEFAULT_CHECKPOINT
+    from rtfm_env.model.checkpoint import CONFIG_FILE as CHECKPOINT_CONFIG
     from rtfm_env.model.checkpoint import WEIGHTS_FILE, CheckpointError
 
     path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"checkpoint {path} has no {WEIGHTS_FILE}")
-    return path, {"path": str(path), "sha256": sha256_file(weights)}
+    try:
+        step = json.loads((path / CHECKPOINT_CONFIG).read_text()).get("extra", {}).get("step")
+    except (OSError, ValueError, AttributeError):
+        step = None  # loading the checkpoint reports what is wrong with it
+    shown = os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
+    return path, {"path": shown, "sha256": sha256_file(weights), "step": step}
 
 
 class _Footprint:
@@ -306,25 +316,30 @@ def _env_code(env: str) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def _drive(camera: Any, poses: np.ndarray, scene: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Frames, per-call wall times (ms) and memory sizes along ``poses``, one observe per pose.
+def _drive(
+    camera: Any, poses: np.ndarray, scene: Any, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Frames, per-call wall and CPU times (ms) and memory sizes along ``poses``, one call per pose.
 
     With a scene, frame 0 is the camera's reset frame; without one (a loaded world) frame 0 is
-    generated like the others.
+    generated like the others. The CPU time is this thread's (``time.thread_time``): with one
+    torch thread it holds all of the model's work and, unlike wall time, does not grow when
+    other jobs share the cores.
     """
     n = len(poses)
-    frames, wall, stored = [], np.zeros(n), np.zeros(n, dtype=np.int64)
+    frames, wall, cpu, stored = [], np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
     for i, pose in enumerate(poses):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         if i == 0 and scene is not None:
             frame = camera.reset(scene, pose, seed=seed)
         else:
             frame = camera.observe(pose[None])[0]
+        cpu[i] = (time.thread_time() - c) * 1e3
         wall[i] = (time.perf_counter() - t) * 1e3
         frames.append(frame)
         memory = getattr(camera, "memory", None)
         stored[i] = len(memory) if memory is not None else 0
-    return np.stack(frames), wall, stored
+    return np.stack(frames), wall, cpu, stored
 
 
 def _strip(rows: list[np.ndarray]) -> np.ndarray:
@@ -412,12 +427,13 @@ def run_episode(
             camera = cameras[strategy]
             if scene is None:
                 camera.load_world(cfg.world)
-            frames, wall, stored = _drive(camera, poses, scene, camera_seed)
+            frames, wall, cpu, stored = _drive(camera, poses, scene, camera_seed)
             rev = revisit_consistency(frames, first)
             row: dict[str, Any] = {
                 "revisit_psnr": _rounded(rev["psnr"]),
                 "revisit_ssim": _rounded(rev["ssim"], 4),
                 "wall_ms": _rounded(wall),
+                "cpu_ms": _rounded(cpu),
                 "memory_frames": stored.tolist(),
             }
             if truth is not None:
@@ -606,6 +622,9 @@ def evaluate(
         bar.close()
 
     context_cost = json.loads(cost_path.read_text()) if cost_path.is_file() else None
+    # One torch thread on the CPU runs the model inline in this thread, so its CPU time is the cost.
+    on_cpu = model is None or model.device.type == "cpu"
+    timer = "cpu" if on_cpu and torch.get_num_threads() == 1 else "wall"
     episodes = [done[t] for t in tasks]
     results = {
         "format": RESULTS_FORMAT,
@@ -619,10 +638,39 @@ def evaluate(
         "psnr_cap": PSNR_CAP,
         "ground_truth_available": not cfg.world,
         "context_cost": context_cost,
-        "summary": summarize(episodes, strategies, cfg),
+        "cost_timer": timer,
+        "summary": summarize(episodes, strategies, cfg, timer),
         "episodes": episodes,
     }
     _write_json(out / RESULTS_FILE, results)
+    write_report(results, out)
+    return results
+
+
+def rebuild_report(out: str | os.PathLike) -> dict[str, Any]:
+    """Recompute the summary of a finished evaluation and rewrite results.json and the report.
+
+    Nothing is re-run: the numbers come from the episodes saved in ``out/results.json``.
+
+    Raises:
+        FileNotFoundError: ``out`` holds no results.json.
+        ValueError: results.json is not an evaluation's results.
+    """
+    from rtfm_env.eval.report import summarize, write_report
+
+    out = Path(out)
+    path = out / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run 'rtfm-env eval revisit --out {out}' first")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(results, dict) or results.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path} is not a revisit evaluation's results (format {RESULTS_FORMAT!r} expected)")
+    cfg = RevisitConfig(**results["config"])
+    results["summary"] = summarize(results["episodes"], results["strategies"], cfg, results.get("cost_timer", "wall"))
+    _write_json(path, results)
     write_report(results, out)
     return results
 
@@ -700,6 +748,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ),
     )
     _add_revisit_arguments(p)
+    p = sub.add_parser(
+        "report",
+        help="recompute the summary and rewrite the report of a finished revisit evaluation",
+        description="Read the episodes saved in DIR/results.json, recompute the summary and rewrite "
+        "results.json, report.md, report.html and the plots. Nothing is re-run.",
+    )
+    p.add_argument("--out", required=True, help="the evaluation directory")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -707,15 +762,18 @@ def run(args: argparse.Namespace) -> int:
     from rtfm_env.memory import MemoryFormatError
     from rtfm_env.model.checkpoint import CheckpointError
 
-    cfg = RevisitConfig(**{f.name: getattr(args, f.name) for f in fields(RevisitConfig)})
     try:
-        results = evaluate(cfg, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
+        if args.eval_command == "report":
+            results = rebuild_report(args.out)
+        else:
+            cfg = RevisitConfig(**{f.name: getattr(args, f.name) for f in fields(RevisitConfig)})
+            results = evaluate(cfg, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
     except (KeyError, ValueError, FileExistsError, FileNotFoundError, CheckpointError, MemoryFormatError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"rtfm-env eval revisit: error: {msg}", file=sys.stderr)
+        print(f"rtfm-env eval {args.eval_command}: error: {msg}", file=sys.stderr)
         return 2
     head = results["summary"]["headline"]
-    print(f"{cfg.out}: {len(results['episodes'])} episodes; report {Path(cfg.out) / 'report.md'}")
+    print(f"{args.out}: {len(results['episodes'])} episodes; report {Path(args.out) / 'report.md'}")
     for line in head.get("lines", []):
         print("  " + line)
     return 0

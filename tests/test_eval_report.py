@@ -1,0 +1,111 @@
+"""Tests for rtfm_env.eval.report (summary numbers and the report page)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from rtfm_env.eval.report import TARGETS, summarize, write_report
+from rtfm_env.eval.revisit import RevisitConfig
+
+STRATEGIES = ["spatial", "last_k", "all"]
+TOUR = 200
+
+
+def _row(revisit_psnr, n, ms, psnr_gt=20.0):
+    return {
+        "revisit_psnr": revisit_psnr,
+        "revisit_ssim": [0.5] * len(revisit_psnr),
+        "wall_ms": [ms(i) for i in range(n)],
+        "cpu_ms": [ms(i) for i in range(n)],
+        "memory_frames": list(range(1, n + 1)),
+        "psnr_gt": [psnr_gt] * n,
+        "ssim_gt": [0.6] * n,
+    }
+
+
+def _episode(spatial, last_k):
+    """A synthetic episode: known excursion revisit PSNRs, and a tour whose `all` cost doubles."""
+    obb = {"n": 109, "revisits": [[50, 20], [108, 8]], "strategies": {
+        "spatial": _row([25.0, spatial], 109, lambda i: 10.0),
+        "last_k": _row([25.0, last_k], 109, lambda i: 10.0),
+        "all": _row([25.0, 27.0], 109, lambda i: 10.0),
+    }}
+    tour = {"n": TOUR, "revisits": [[30, 5], [150, 5]], "strategies": {
+        "spatial": _row([35.0, 33.0], TOUR, lambda i: 10.0),
+        "last_k": _row([24.0, 22.0], TOUR, lambda i: 10.0),
+        "all": _row([26.0, 26.0], TOUR, lambda i: 10.0 + 10.0 * i / TOUR),
+    }}
+    return {"env": "MiniWorld-YMaze-v0", "episode": 0, "ground_truth": True,
+            "trajectories": {"out_and_back": obb, "tour": tour}}
+
+
+@pytest.fixture
+def summary():
+    cfg = RevisitConfig(kinds=["out_and_back", "tour"], tour_steps=TOUR - 1)
+    episodes = [_episode(31.0, 20.0), _episode(35.0, 22.0)]
+    return episodes, cfg, summarize(episodes, STRATEGIES, cfg, timer="cpu")
+
+
+def test_headline_numbers_are_means_and_standard_errors_over_episodes(summary):
+    """The excursion headline takes each episode's anchor revisit: mean and SE over episodes."""
+    _, _, summ = summary
+    head = summ["headline"]
+    assert head["excursion"]["spatial"]["mean"] == pytest.approx(33.0)
+    assert head["excursion"]["spatial"]["se"] == pytest.approx(2.0)  # std 2.83 / sqrt(2)
+    assert head["spatial_minus_last_k"]["mean"] == pytest.approx(12.0)
+    assert len(head["targets"]) == 4
+    psnr_target, gap_target = head["targets"][:2]
+    assert psnr_target["met"] and psnr_target["target"] == TARGETS["excursion_psnr"]
+    assert gap_target["met"] and gap_target["se"] == pytest.approx(1.0)  # differences 11 and 13
+
+
+def test_cost_ratios_flat_and_growing(summary):
+    """A constant cost gives ratio 1 (met); a cost that doubles along the tour shows its growth."""
+    _, _, summ = summary
+    cost = summ["headline"]["cost"]
+    assert cost["spatial"]["ratio"] == pytest.approx(1.0) and cost["spatial"]["timer"] == "cpu_ms"
+    assert cost["all"]["ratio"] > 1.5
+    spatial_target = next(t for t in summ["headline"]["targets"] if t["name"].startswith("cost per frame, spatial"))
+    assert spatial_target["met"]
+
+
+def test_missed_target_says_by_how_much(summary):
+    """A revisit PSNR below the target is reported missed, with the gap."""
+    episodes, cfg, _ = summary
+    for ep in episodes:
+        ep["trajectories"]["out_and_back"]["strategies"]["spatial"]["revisit_psnr"][-1] = 27.5
+    head = summarize(episodes, STRATEGIES, cfg)["headline"]
+    t = head["targets"][0]
+    assert not t["met"] and t["gap"] == pytest.approx(2.5)
+    assert "missed by 2.50" in head["lines"][0]
+
+
+def test_revisit_curve_bins_by_time_since_first_visit(summary):
+    """Revisits land in the bin of their steps since the first visit."""
+    _, _, summ = summary
+    d = summ["revisit_vs_dt"]["spatial"]
+    edges = d["edges"]
+    b = next(i for i in range(len(edges) - 1) if edges[i] <= 100 < edges[i + 1])  # dt = 108 - 8
+    assert d["mean"][b] == pytest.approx(33.0) and d["n"][b] == 2
+    assert all(math.isnan(m) for m, n in zip(d["mean"], d["n"], strict=True) if n == 0)
+
+
+def test_report_puts_the_headline_table_first(summary, tmp_path):
+    """report.md and report.html open with the headline table, then embed the plots they wrote."""
+    episodes, cfg, summ = summary
+    results = {"config": {**cfg.__dict__}, "strategies": STRATEGIES, "envs": ["MiniWorld-YMaze-v0"],
+               "episodes": episodes, "checkpoint": {"path": "ckpt", "sha256": "ab" * 32, "step": 1},
+               "machine": {"platform": "test", "cpu_count": 2, "torch": "x", "torch_threads": 1, "cuda": None,
+                           "load_average_1min": 0.5},
+               "ground_truth_available": True, "context_cost": {"views": [1, 2, 4, 8], "ms": [5.0, 7.0, 11.0, 19.0]},
+               "summary": summ}
+    write_report(results, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    first_table = md.index("|")
+    assert md[first_table:].startswith("| headline |") and first_table < md.index("## Plots")
+    for line in ("revisit_vs_time.png", "cost_vs_length.png", "psnr_along_trajectory.png"):
+        assert line in md and (tmp_path / "plots" / line).is_file()
+    page = (tmp_path / "report.html").read_text()
+    assert page.index("<table>") < page.index("<h2>Plots</h2>")
+    assert np.isfinite(summ["headline"]["excursion"]["all"]["mean"])
