@@ -73,7 +73,8 @@ def test_report_can_be_rebuilt_from_results(gt_run, capsys):
     assert cli.main(["eval", "report", "--out", str(out)]) == 0
     assert (out / "report.md").is_file()
     rebuilt = json.loads((out / "results.json").read_text())
-    assert rebuilt["summary"]["headline"]["excursion"] == json.loads(json.dumps(results["summary"]["headline"]["excursion"]))
+    before = json.loads(json.dumps(results["summary"]["headline"]["excursion"]))
+    assert rebuilt["summary"]["headline"]["excursion"] == before
     assert cli.main(["eval", "report", "--out", str(out / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

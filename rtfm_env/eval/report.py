@@ -98,7 +98,8 @@ def summarize(episodes: list[dict], strategies: list[str], cfg: Any, timer: str 
                 "revisits": int(sum(len(r["revisit_psnr"]) for r in rows)),
                 "revisit_psnr": _stat([np.nanmean(_arr(r["revisit_psnr"])) for r in rows if r["revisit_psnr"]]),
                 "revisit_ssim": _stat([np.nanmean(_arr(r["revisit_ssim"])) for r in rows if r["revisit_ssim"]]),
-                "wall_ms_median": float(np.median(np.concatenate([_arr(r["wall_ms"])[1:] for r in rows]))) if rows else None,
+                "wall_ms_median": (float(np.median(np.concatenate([_arr(r["wall_ms"])[1:] for r in rows])))
+                                   if rows else None),
             }
             if gt:
                 # Frame 0 is the reset's ground truth for every camera; it says nothing about the camera.
@@ -144,7 +145,8 @@ def summarize(episodes: list[dict], strategies: list[str], cfg: Any, timer: str 
     cost_along: dict[str, dict] = {}
     cost_head: dict[str, dict] = {}
     tours = [ep["trajectories"]["tour"] for ep in episodes if "tour" in ep["trajectories"]]
-    key = "cpu_ms" if timer == "cpu" and all("cpu_ms" in r for t in tours for r in t["strategies"].values()) else "wall_ms"
+    has_cpu = all("cpu_ms" in r for t in tours for r in t["strategies"].values())
+    key = "cpu_ms" if timer == "cpu" and has_cpu else "wall_ms"
     if tours:
         for s in strategies:
             rows = [_arr(t["strategies"][s][key]) for t in tours]
@@ -196,6 +198,10 @@ def _headline(episodes: list[dict], strategies: list[str], cost: dict, gt: bool,
         if gt:
             head.setdefault("excursion_psnr_gt", {})[s] = _stat([float(_arr(t["strategies"][s]["psnr_gt"])[-1])
                                                                  for t in obb])
+            # The same at the anchor (the first visit), where the revisit is compared to.
+            head.setdefault("anchor_psnr_gt", {})[s] = _stat(
+                [float(_arr(t["strategies"][s]["psnr_gt"])[t["revisits"][-1][1]]) for t in obb if t["revisits"]]
+            )
     targets = []
     if "spatial" in values and len(obb):
         v = head["excursion"]["spatial"]
@@ -377,8 +383,10 @@ def _plot_strips(results: dict, out: Path, path: Path) -> bool:
 
 
 def _blocks(results: dict, plots: dict[str, bool]) -> list[tuple]:
-    """The report as blocks: ("h", level, text), ("p", text), ("table", header, rows), ("img", path, alt),
-    ("code", text)."""
+    """The report as blocks.
+
+    Blocks: ("h", level, text), ("p", text), ("table", header, rows), ("img", path, alt), ("code", text).
+    """
     summ, cfg = results["summary"], results["config"]
     head = summ["headline"]
     strategies = results["strategies"]
@@ -387,9 +395,14 @@ def _blocks(results: dict, plots: dict[str, bool]) -> list[tuple]:
     where = cfg["world"] or ", ".join(results["envs"])
     ck = results["checkpoint"]
     b: list[tuple] = [("h", 1, "Revisit consistency and cost per frame")]
+    shown = "none"
+    if ck:
+        path = Path(ck["path"])
+        path = Path(os.path.relpath(path)) if path.is_absolute() and path.is_relative_to(Path.cwd()) else path
+        step = f", training step {ck['step']}" if ck.get("step") is not None else ""
+        shown = f"`{path.as_posix()}` (weights SHA-256 `{ck['sha256']}`{step})"
     b.append(("p", f"{where}; {cfg['episodes']} episodes per {'world' if cfg['world'] else 'env id'} "
-                   f"({n_eps} in all); checkpoint `{ck['path'] if ck else 'none'}` "
-                   f"(weights SHA-256 `{ck['sha256'][:16] if ck else '-'}…`); mean ± standard error over episodes."))
+                   f"({n_eps} in all); checkpoint {shown}; mean ± standard error over episodes."))
     if not gt:
         b.append(("p", "**Ground-truth metrics are unavailable**: this is a saved world with no scene to render, "
                        "so only revisit consistency (first visit vs revisit) and cost are reported."))
@@ -436,14 +449,16 @@ def _blocks(results: dict, plots: dict[str, bool]) -> list[tuple]:
             row = [s, kind, str(st["revisits"]), _fmt(st["revisit_psnr"]["mean"], st["revisit_psnr"]["se"]),
                    _fmt(st["revisit_ssim"]["mean"], st["revisit_ssim"]["se"], 3)]
             if gt:
-                row += [_fmt(st["psnr_gt"]["mean"], st["psnr_gt"]["se"]), _fmt(st["ssim_gt"]["mean"], st["ssim_gt"]["se"], 3)]
+                row += [_fmt(st["psnr_gt"]["mean"], st["psnr_gt"]["se"]),
+                        _fmt(st["ssim_gt"]["mean"], st["ssim_gt"]["se"], 3)]
             row.append(_fmt(st["wall_ms_median"]) if st["wall_ms_median"] is not None else "n/a")
             rows.append(row)
     b.append(("table", header, rows))
     if results.get("context_cost"):
         cc = results["context_cost"]
         b.append(("p", "Cost of one generate call against the number of context views (median ms): "
-                       + ", ".join(f"{v} views: {m:.1f}" for v, m in zip(cc["views"], cc["ms"], strict=True))
+                       + ", ".join(f"{v} view{'s' if v > 1 else ''}: {m:.1f}"
+                                   for v, m in zip(cc["views"], cc["ms"], strict=True))
                        + ". The model attends to at most max_context views, so `all` is capped there; the dashed "
                          "line in the cost plot extrapolates this to every stored frame."))
 
@@ -463,7 +478,8 @@ def _blocks(results: dict, plots: dict[str, bool]) -> list[tuple]:
                    "camera call on this machine, which other jobs share, so it is noisy; medians are used."))
     b.append(("p", PERCEPTUAL_METRIC_NOTE))
     m = results["machine"]
-    b.append(("p", f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+    b.append(("p", f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
+                   f"({m['torch_threads']} threads), "
                    f"CUDA: {m['cuda'] or 'none'}, 1-min load average at the end: {m['load_average_1min']:.1f}."))
     b.append(("p", "Reproduce:"))
     b.append(("code", _command(cfg)))
@@ -472,49 +488,72 @@ def _blocks(results: dict, plots: dict[str, bool]) -> list[tuple]:
 
 
 def _command(cfg: dict) -> str:
+    """The command line that reproduces an evaluation: every option that differs from the defaults."""
+    from rtfm_env.eval.revisit import RevisitConfig
+
+    defaults = RevisitConfig().__dict__
     parts = ["rtfm-env eval revisit"]
-    if cfg["checkpoint"]:
-        parts.append(f"--checkpoint {cfg['checkpoint']}")
-    if cfg["world"]:
-        parts.append(f"--world {cfg['world']}")
-    else:
-        parts.append("--envs " + " ".join(cfg["envs"]))
-    parts.append(f"--episodes {cfg['episodes']}")
-    for key in ("tour_steps", "excursion"):
-        parts.append(f"--{key.replace('_', '-')} {cfg[key]}")
+    for key, value in cfg.items():
+        if key == "out" or value == defaults.get(key) or value is None:
+            continue
+        shown = " ".join(map(str, value)) if isinstance(value, list) else value
+        parts.append(f"--{key.replace('_', '-')} {shown}")
     parts.append(f"--out {cfg['out']}")
     return " ".join(parts)
 
 
 def _discussion(results: dict) -> str:
-    """Plain words on each missed target: by how much and the likely reason."""
+    """Plain words, with this run's numbers, on each missed target: by how much and why."""
     head = results["summary"]["headline"]
+    ex, cost = head["excursion"], head["cost"]
+    gt = results["ground_truth_available"]
     notes = []
     for t in head["targets"]:
         if t["met"]:
             continue
         name = t["name"]
         if name.startswith("revisit PSNR, spatial, after"):
-            notes.append(f"Revisit PSNR with spatial memory misses {t['target']:.0f} dB by {t['gap']:.2f} dB: the frame "
-                         "at the anchor is in the context, but the model (1 sampling step, 22.5 dB against ground "
-                         "truth on held-out views in docs/results/quality.md) does not reproduce a context view "
-                         "exactly; it regenerates it, so the revisit differs from the first visit by about its own "
-                         "generation error.")
+            text = (f"Revisit PSNR with spatial memory misses {t['target']:.0f} dB by {t['gap']:.2f} dB. The anchor's "
+                    "own frame is in the context of the revisit (retrieval ranks the stored view at the same pose "
+                    "first), but the model regenerates the view instead of copying it, so the revisit differs from "
+                    "the first visit by part of the model's own error.")
+            if gt:
+                text += (f" Against the ground truth, spatial's anchor frames score "
+                         f"{_fmt(head['anchor_psnr_gt']['spatial']['mean'])} dB and its revisit frames "
+                         f"{_fmt(head['excursion_psnr_gt']['spatial']['mean'])} dB.")
+            notes.append(text)
         elif name.startswith("revisit PSNR, spatial minus"):
-            notes.append(f"Spatial memory's advantage over last_k misses {t['target']:.0f} dB by {t['gap']:.2f} dB: "
-                         "after the closing half turn last_k's context is frames from the same spot at 15-30 degrees "
-                         "away, which already show most of the view, and spatial's own revisit frames are not "
-                         "copies (see above).")
+            per = results["summary"]["per_strategy"]
+            gaps = {k: per["spatial"][k]["revisit_psnr"]["mean"] - per["last_k"][k]["revisit_psnr"]["mean"]
+                    for k in per["spatial"] if per["spatial"][k]["revisits"]}
+            by_family = ", ".join(f"{k} {v:+.1f} dB" for k, v in gaps.items() if not math.isnan(v))
+            notes.append(f"Spatial memory's advantage over last_k ({_fmt(ex['spatial']['mean'])} vs "
+                         f"{_fmt(ex['last_k']['mean'])} dB) misses {t['target']:.0f} dB by {t['gap']:.2f} dB: at the "
+                         "out-and-back revisit last_k's context is the closing half turn, frames taken at the same "
+                         "spot 15 and 30 degrees away that already show most of the view. Over all revisits of each "
+                         f"family, spatial minus last_k is: {by_family}.")
         elif name.startswith("cost per frame, spatial"):
-            notes.append(f"Spatial memory's cost ratio misses {t['target']} by {t['gap']:.2f}: retrieval is a k-d tree "
-                         "lookup plus a fixed candidate scoring, so the growth comes from elsewhere or from the "
-                         "machine's load (timings are wall time on shared cores).")
+            c = cost["spatial"]
+            what = "the thread's CPU time" if c["timer"] == "cpu_ms" else "wall time on cores other jobs share"
+            notes.append(f"Spatial memory's cost per frame ({what}) goes from {c['early_ms']:.1f} ms "
+                         f"({c['early_memory_frames']:.0f} frames stored) to {c['late_ms']:.1f} ms "
+                         f"({c['late_memory_frames']:.0f} frames): ratio {c['ratio']:.2f}, {t['gap']:.2f} over the "
+                         f"{t['target']} target.")
         elif name.startswith("cost per frame, all"):
-            notes.append("The capped `all` strategy does not grow from step 10 to the tour's end: the model attends "
-                         "to at most max_context = 8 views, so `all` reaches its cap after 8 frames and then costs "
-                         "the same at every step (more than spatial's k views). Attending to every stored frame "
-                         "would grow linearly with the memory; the dashed line in the cost plot extrapolates that "
-                         "from the measured cost per context view.")
+            c = cost["all"]
+            fit = _fit_context_cost(results.get("context_cost"))
+            text = (f"The capped `all` strategy does not grow from step 10 to the tour's end ({c['early_ms']:.1f} -> "
+                    f"{c['late_ms']:.1f} ms): the model attends to at most max_context = 8 views, so `all` reaches "
+                    "its cap after 8 frames and then costs the same at every step (about "
+                    f"{c['late_ms'] / cost['spatial']['late_ms']:.1f}x spatial's k = {results['config']['k']} views)."
+                    if "spatial" in cost else "")
+            if fit is not None:
+                a, b = fit
+                text += (f" Attending to every stored frame would grow with the memory: from the measured cost per "
+                         f"context view ({b:.1f} ms per view on top of {a:.1f} ms, one generate call), "
+                         f"{a + b * c['late_memory_frames']:.0f} ms per frame with {c['late_memory_frames']:.0f} "
+                         "frames stored (the dashed line in the cost plot; an extrapolation, the model cannot run it).")
+            notes.append(text)
     return " ".join(notes) if notes else "Every headline target is met."
 
 

@@ -1,5 +1,7 @@
-"""The revisit-consistency evaluator: does a place look the same when the camera comes back, and
-what does each frame cost as the interaction grows?
+"""The revisit-consistency evaluator.
+
+Does a place look the same when the camera comes back, and what does each frame cost as the
+interaction grows?
 
 For every env id and episode (one MiniWorld layout per episode) the evaluator builds the suite of
 :mod:`rtfm_env.eval.trajectories` (out-and-back, loop, turn360, tour) and drives each camera
@@ -48,8 +50,14 @@ from tqdm import tqdm
 
 from rtfm_env.data.shards import atomic_write_bytes, sha256_file
 from rtfm_env.eval.metrics import PSNR_CAP, per_step, revisit_consistency
-from rtfm_env.eval.trajectories import HEADING_TOL, POSITION_TOL, SUITE_KINDS, SuiteConfig, find_revisits
-from rtfm_env.eval.trajectories import make_suite_trajectory
+from rtfm_env.eval.trajectories import (
+    HEADING_TOL,
+    POSITION_TOL,
+    SUITE_KINDS,
+    SuiteConfig,
+    find_revisits,
+    make_suite_trajectory,
+)
 from rtfm_env.geometry import DiscreteAction, KinematicsConfig, RobotState, apply_discrete, pose_to_state
 
 __all__ = [
@@ -161,7 +169,8 @@ def _validate(cfg: RevisitConfig) -> tuple[list[str], list[str]]:
     strategies = _resolve_strategies(cfg)
     unknown = [k for k in cfg.kinds if k not in SUITE_KINDS]
     if unknown or not cfg.kinds:
-        raise ValueError(f"unknown trajectory kind {unknown[0] if unknown else None!r}; valid kinds: {list(SUITE_KINDS)}")
+        bad = unknown[0] if unknown else None
+        raise ValueError(f"unknown trajectory kind {bad!r}; valid kinds: {list(SUITE_KINDS)}")
     for name in ("episodes", "tour_every"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -245,14 +254,17 @@ def _check_resume(out: Path, record: dict) -> None:
     if (old.get("checkpoint") or {}).get("sha256") != (record["checkpoint"] or {}).get("sha256"):
         raise ConfigMismatchError(
             f"--resume with a checkpoint that does not match: {out} was evaluated with "
-            f"{(old.get('checkpoint') or {}).get('sha256')} but this one is {(record['checkpoint'] or {}).get('sha256')}; "
+            f"{(old.get('checkpoint') or {}).get('sha256')} but this one is "
+            f"{(record['checkpoint'] or {}).get('sha256')}; "
             "use --overwrite or another --out"
         )
     a, b = old.get("identity", {}), record["identity"]
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed)
-        raise ConfigMismatchError(f"--resume with other settings than {path} ({diffs}); use --overwrite or another --out")
+        raise ConfigMismatchError(
+            f"--resume with other settings than {path} ({diffs}); use --overwrite or another --out"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -444,7 +456,8 @@ def run_episode(
         record["trajectories"][kind] = entry
         if kind == "out_and_back" and first[-1] >= 0:
             j = int(first[-1])
-            rows = [[frames_of[s][j], frames_of[s][-1]] + ([truth[-1]] if truth is not None else []) for s in strategies]
+            gt_col = [truth[-1]] if truth is not None else []
+            rows = [[frames_of[s][j], frames_of[s][-1], *gt_col] for s in strategies]
             strip = _strip(rows)
             record["strip"] = {"strategies": strategies, "first": j, "revisit": len(poses) - 1}
     return record, strip
@@ -727,7 +740,9 @@ def _add_revisit_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
     p.add_argument("--out", required=True, help="output directory (refused if it exists, unless --resume/--overwrite)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="keep the finished episodes of the same evaluation in --out")
+    group.add_argument(
+        "--resume", action="store_true", help="keep the finished episodes of the same evaluation in --out"
+    )
     group.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 

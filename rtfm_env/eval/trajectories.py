@@ -338,7 +338,7 @@ class SuiteConfig:
 
 
 def _suite_generators(cfg: SuiteConfig) -> dict[str, tuple[Callable[..., Iterator[TrajectoryStep]], int, dict]]:
-    """kind -> (generator, steps to take, generator options); turn360's steps are set per scene."""
+    """Kind -> (generator, steps to take, generator options); turn360's steps are set per scene."""
     return {
         "out_and_back": (round_trip, cfg.lead_in + cfg.excursion, {"excursion": cfg.excursion, "lead_in": cfg.lead_in}),
         "loop": (loop, cfg.loop_steps, {}),
