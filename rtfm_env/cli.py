@@ -50,7 +50,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "eval": (
         "rtfm_env.eval.revisit",
-        "evaluate a camera: revisit consistency and cost per frame (rtfm-env eval revisit ...)",
+        "evaluate cameras: revisit consistency and cost per frame",
         "Evaluations of the cameras. 'rtfm-env eval revisit' drives every context strategy of the model "
         "camera (and the ground-truth camera) along trajectories that come back to places, and reports "
         "PSNR/SSIM against ground truth, revisit consistency against time since the first visit, and wall "

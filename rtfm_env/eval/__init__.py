@@ -1,5 +1,9 @@
-"""Evaluation: image metrics (and, later, the revisit-consistency suite and reports)."""
+"""Evaluation: image metrics, the revisit-consistency trajectory suite, the evaluator and its report.
 
-from rtfm_env.eval.metrics import PSNR_CAP, psnr, ssim
+``rtfm-env eval revisit`` (:mod:`rtfm_env.eval.revisit`) runs the evaluation; the metrics are
+importable from here without loading MiniWorld or torch.
+"""
 
-__all__ = ["PSNR_CAP", "psnr", "ssim"]
+from rtfm_env.eval.metrics import PSNR_CAP, mean_se, per_step, psnr, revisit_consistency, ssim
+
+__all__ = ["PSNR_CAP", "psnr", "ssim", "per_step", "revisit_consistency", "mean_se"]
