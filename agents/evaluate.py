@@ -4,8 +4,9 @@ Every (agent, camera) pair runs the same episodes (``reset(seed=SEED + i)`` for 
 so rows are paired comparisons. Results go to ``OUT.json`` (config, machine, per-episode
 records, summaries) and ``OUT.md`` (the table), both written atomically.
 
-Agents: ``random`` (seeded uniform actions), ``shortest_path`` (the oracle, privileged) and
-``ppo:DIR`` (a policy saved by ``agents/train_ppo.py``; it reads only rgb + pointgoal).
+Agents: ``random`` (seeded uniform actions), ``shortest_path`` (the oracle, privileged),
+``ppo:DIR`` (a policy saved by ``agents/train_ppo.py``; it reads only rgb + pointgoal) and
+``ppo-blind:DIR`` (the same policy shown a uniform grey view: an ablation of its vision).
 
 Example (the sim-to-sim table of ``agents/RESULTS.md``)::
 
@@ -36,7 +37,7 @@ from benchmarks.benchlib import machine_info, write_atomic
 __all__ = ["AGENT_KINDS", "make_agent", "run_episode", "evaluate", "summarize", "markdown_table", "main"]
 
 #: Agent specs accepted by :func:`make_agent` (``ppo`` takes a directory: ``ppo:DIR``).
-AGENT_KINDS = ("random", "shortest_path", "ppo:DIR")
+AGENT_KINDS = ("random", "shortest_path", "ppo:DIR", "ppo-blind:DIR")
 
 #: Per-episode numbers averaged into a row, in table order.
 METRICS = ("success", "spl", "soft_spl", "steps", "collisions")
@@ -46,7 +47,7 @@ def make_agent(spec: str, env: gym.Env, seed: int = 0, env_config: EnvConfig | N
     """The agent named by ``spec`` for ``env``.
 
     Args:
-        spec: ``"random"``, ``"shortest_path"`` or ``"ppo:DIR"``.
+        spec: ``"random"``, ``"shortest_path"``, ``"ppo:DIR"`` or ``"ppo-blind:DIR"``.
         env: the env the agent will act in (the oracle reads its privileged state).
         seed: seeds the random agent.
         env_config: the env's config; a PPO policy trained on another task (anything but the
@@ -60,10 +61,11 @@ def make_agent(spec: str, env: gym.Env, seed: int = 0, env_config: EnvConfig | N
         return RandomAgent(env.action_space, seed=seed)
     if spec == "shortest_path":
         return ShortestPathAgent(env)
-    if spec.startswith("ppo:") and len(spec) > 4:
+    kind, _, path = spec.partition(":")
+    if kind in ("ppo", "ppo-blind") and path:
         from agents.ppo import PPOAgent  # SB3 is the `rl` extra: imported only when asked for
 
-        agent = PPOAgent(spec[4:])
+        agent = PPOAgent(path, blind=kind == "ppo-blind")
         agent.check_env(env)
         if env_config is not None:
             trained = agent.env_config.to_dict()

@@ -371,16 +371,27 @@ class PPOAgent(Agent):
         directory: a policy saved by :func:`save_policy`.
         deterministic: take the most likely action instead of sampling.
         device: torch device for the network.
+        blind: replace every view by a uniform mid-grey frame (an ablation: how much of the
+            policy's behaviour comes from the view rather than from the point goal).
     """
 
-    def __init__(self, directory: str | os.PathLike, deterministic: bool = True, device: str = "cpu") -> None:
+    #: The uniform value of a blind agent's frames (mid-grey).
+    BLIND_VALUE = 128
+
+    def __init__(
+        self, directory: str | os.PathLike, deterministic: bool = True, device: str = "cpu", blind: bool = False
+    ) -> None:
         self.policy, self.meta = load_policy(directory, device=device)
         self.env_config = EnvConfig.from_dict(self.meta["env"])
         self.deterministic = bool(deterministic)
+        self.blind = bool(blind)
 
     def act(self, observation: dict[str, Any]) -> int:
         """The policy's action for one env observation."""
-        action, _ = self.policy.predict(policy_observation(observation), deterministic=self.deterministic)
+        obs = policy_observation(observation)
+        if self.blind:
+            obs["rgb"] = np.full_like(obs["rgb"], self.BLIND_VALUE)
+        action, _ = self.policy.predict(obs, deterministic=self.deterministic)
         return int(action)
 
     def check_env(self, env: gym.Env) -> None:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agents.envs import EnvConfig
+from agents.envs import EnvConfig, make_env
 from agents.evaluate import evaluate, main, make_agent, markdown_table, summarize
 
 ENV = EnvConfig(max_steps=48)
@@ -86,3 +86,25 @@ def test_summarize_and_table_on_handmade_records():
     assert "| a | c | 2 | 0.50 ± 0.50 | 0.40 ± 0.40 | 0.70 ± 0.20 | 20.0 | 1.0 | 20 |" in markdown_table([row])
     with pytest.raises(ValueError, match="no episodes"):
         summarize([])
+
+
+def test_ppo_policy_from_another_task_is_refused(tmp_path, one_thread):
+    """A PPO policy trained with other task settings is refused, naming the differing field."""
+    pytest.importorskip("stable_baselines3")
+    from agents.ppo import PPOConfig, build_ppo, make_vec_env, save_policy
+
+    trained_on = EnvConfig(max_steps=16)
+    venv = make_vec_env(trained_on, 1)
+    try:
+        config = PPOConfig(n_steps=8, batch_size=8, cnn_output_dim=8, net_arch=(8,))
+        save_policy(build_ppo(venv, config, seed=0).policy, tmp_path / "p", config, trained_on)
+    finally:
+        venv.close()
+    env = make_env(ENV)()
+    try:
+        with pytest.raises(ValueError, match="max_steps=16"):
+            make_agent(f"ppo:{tmp_path / 'p'}", env, env_config=ENV)
+        agent = make_agent(f"ppo-blind:{tmp_path / 'p'}", env, env_config=trained_on)
+        assert agent.blind
+    finally:
+        env.close()

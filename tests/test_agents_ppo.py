@@ -95,6 +95,18 @@ def test_ppo_agent_matches_policy_on_env_observations(trained, one_thread):
         assert agent.act(raw) == int(expected)
 
 
+def test_blind_agent_ignores_the_view(trained, one_thread):
+    """A blind PPOAgent acts on a grey view whatever the camera shows; a seeing one sees the grey view as it is."""
+    _, _, directory, batch = trained
+    blind, seeing = PPOAgent(directory, blind=True), PPOAgent(directory)
+    grey = np.full((64, 64, 3), PPOAgent.BLIND_VALUE, dtype=np.uint8)
+    noise = np.random.default_rng(0)
+    for goal in batch["pointgoal"]:
+        frames = [noise.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+        actions = {blind.act({"rgb": f, "pointgoal": goal}) for f in frames}
+        assert actions == {seeing.act({"rgb": grey, "pointgoal": goal})}
+
+
 def _corrupt_weights(directory):
     path = directory / "policy.safetensors"
     data = bytearray(path.read_bytes())
