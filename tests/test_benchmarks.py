@@ -92,3 +92,21 @@ def test_vector_benchmark_times_native_sync_and_async(tmp_path, checkpoint):
     assert r["model_camera"]["checkpoint"] == str(checkpoint)
     table = out.with_suffix(".md").read_text()
     assert "| 2 |" in table and "async capped at N <= 1" in table
+
+
+def test_ros_node_benchmark_measures_rate_jitter_and_latency(tmp_path):
+    """The ROS node benchmark runs a ground-truth node in a subprocess and reports its rate and cmd_vel latency."""
+    pytest.importorskip("rclpy", reason="needs the ros extra: pip install -e '.[ros]'")
+    import ros_node as ros_bench
+
+    out = tmp_path / "ros_node.json"
+    cfg = ros_bench.RosNodeConfig(cameras=["ground_truth"], rates=[10.0], seconds=2.0, latency_trials=2, out=str(out))
+    r = ros_bench.main(cfg)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r)) and r["config"]["rates"] == [10.0]
+    (run,) = r["runs"]
+    assert abs(run["published"]["rate_hz"] - 10.0) < 2.0 and run["received"]["frames"] >= 10
+    lat = run["latency_ms"]
+    # A command waits for the next frame at most one period (100 ms) plus rendering and transport.
+    assert 0.0 < lat["image_of_moved_odom"]["mean"] < 1000.0 and len(run["trials"]) == 2
+    assert lat["first_changed_image"]["mean"] >= lat["image_of_moved_odom"]["mean"] - 1e-6
+    assert "| ground_truth | 10 |" in ros_bench.table(r)
