@@ -8,11 +8,12 @@ from the launch arguments below, which override the file. Every argument is a pa
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+from launch import LaunchDescription
 
 # (name, default, type, description): the node's main parameters, overridable from the command line.
 ARGUMENTS = [

@@ -98,7 +98,7 @@ def test_package_xml_is_ament_python_rtfm_ros():
     assert root.get("format") == "3" and root.findtext("name") == "rtfm_ros"
     assert root.find("export/build_type").text == "ament_python"
     deps = {e.text for e in root.findall("exec_depend")}
-    assert {"rclpy", "sensor_msgs", "geometry_msgs", "nav_msgs", "std_srvs"} <= deps
+    assert {"rclpy", "sensor_msgs", "geometry_msgs", "nav_msgs", "std_srvs", "rosgraph_msgs", "tf2_ros"} <= deps
     assert (PACKAGE / "resource" / "rtfm_ros").is_file()
 
 
