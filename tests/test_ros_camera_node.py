@@ -7,6 +7,7 @@ to it through rclpy from the test process, and always stops it.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import signal
@@ -49,9 +50,11 @@ def _yaw(q) -> float:
 class NodeProcess:
     """A camera node in a subprocess plus a test-side rclpy node that records what it publishes."""
 
-    def __init__(self, params: dict[str, object], command: list[str] | None = None) -> None:
+    def __init__(
+        self, params: dict[str, object], command: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.domain = next(_DOMAINS) % 233
-        env = dict(os.environ, ROS_DOMAIN_ID=str(self.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+        env = dict(os.environ, **(env or {}), ROS_DOMAIN_ID=str(self.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
         args = [f"{k}:={v}" for k, v in params.items()]
         cmd = [sys.executable, "-m", "rtfm_env.ros.camera_node", "--ros-args"] if command is None else list(command)
         cmd += [a for kv in args for a in ("-p", kv)]
@@ -166,8 +169,8 @@ def camera_node() -> Iterator[Callable[..., NodeProcess]]:
     """Factory of started camera nodes; every node it made is stopped at teardown."""
     made: list[NodeProcess] = []
 
-    def start(command: list[str] | None = None, **params: object) -> NodeProcess:
-        node = NodeProcess(params, command)
+    def start(command: list[str] | None = None, env: dict[str, str] | None = None, **params: object) -> NodeProcess:
+        node = NodeProcess(params, command, env)
         made.append(node)
         node.wait_started()
         return node
@@ -468,3 +471,54 @@ def test_transform_msg_round_trips_base_to_optical():
 def test_is_world_file(scene, expected):
     """A scene parameter with a path separator or a .safetensors suffix names a saved world file."""
     assert is_world_file(scene) is expected
+
+
+# A stand-in for tf2_ros (which only a ROS install has) that logs what the node broadcasts.
+FAKE_TF2_ROS = """
+import json, os
+
+def _log(kind, t):
+    tr, r = t.transform.translation, t.transform.rotation
+    row = {"kind": kind, "parent": t.header.frame_id, "child": t.child_frame_id,
+           "stamp": [t.header.stamp.sec, t.header.stamp.nanosec],
+           "xyz": [tr.x, tr.y, tr.z], "xyzw": [r.x, r.y, r.z, r.w]}
+    with open(os.environ["FAKE_TF_LOG"], "a") as f:
+        f.write(json.dumps(row) + "\\n")
+
+class TransformBroadcaster:
+    def __init__(self, node):
+        pass
+    def sendTransform(self, t):
+        _log("tf", t)
+
+class StaticTransformBroadcaster(TransformBroadcaster):
+    def sendTransform(self, t):
+        _log("tf_static", t)
+"""
+
+
+def test_tf_broadcast_matches_odometry_where_tf2_ros_imports(camera_node, tmp_path):
+    """With tf2_ros importable: one static base_link->optical transform, and odom->base_link equal to odom per frame."""
+    (tmp_path / "tf2_ros.py").write_text(FAKE_TF2_ROS)
+    log = tmp_path / "tf.jsonl"
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]), "FAKE_TF_LOG": str(log)}
+    n = camera_node(env=env, rate_hz=20.0, seed=0)
+    n.drive(0.5, 0.5, frames=5)
+    output = n.stop()
+    assert "not publishing /tf" not in output, output
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    static = [r for r in rows if r["kind"] == "tf_static"]
+    assert len(static) == 1 and (static[0]["parent"], static[0]["child"]) == ("base_link", "camera_optical_frame")
+    state = RobotState(0.0, 0.0, 0.0)  # the camera's height and pitch are MiniWorld's defaults
+    expected = invert_pose(state_to_odom(state)) @ world_to_ros(state.pose())
+    np.testing.assert_allclose(static[0]["xyz"], expected[:3, 3], atol=1e-9)
+    x, y, z, w = static[0]["xyzw"]
+    np.testing.assert_allclose(transforms3d.quaternions.quat2mat([w, x, y, z]), expected[:3, :3], atol=1e-9)
+
+    tf = {tuple(r["stamp"]): r for r in rows if r["kind"] == "tf"}
+    assert all((r["parent"], r["child"]) == ("odom", "base_link") for r in tf.values())
+    assert len(n.odoms) >= 5
+    for o in n.odoms:
+        r = tf[(o.header.stamp.sec, o.header.stamp.nanosec)]
+        p, q = o.pose.pose.position, o.pose.pose.orientation
+        np.testing.assert_allclose(r["xyz"] + r["xyzw"], [p.x, p.y, p.z, q.x, q.y, q.z, q.w], atol=1e-12)
