@@ -215,7 +215,8 @@ def build_ppo(env: VecEnv, config: PPOConfig, seed: int, device: str = "cpu") ->
         device=device,
         verbose=0,
     )
-    names = env.get_attr("unwrapped")[0].task.action_names if hasattr(env, "envs") else ()
+    task = getattr(env.get_attr("unwrapped")[0], "task", None)
+    names = task.action_names if task is not None else ()
     if "stop" in names:
         with torch.no_grad():
             model.policy.action_net.bias[names.index("stop")] += config.stop_bias

@@ -113,11 +113,13 @@ def save_checkpoint(model: PPO, cfg: TrainConfig, out: Path) -> Path:
 
 def restore_checkpoint(model: PPO, out: Path) -> int:
     """Load the policy, optimizer and timestep count named by ``OUT/last.json``; returns the timesteps."""
-    last = json.loads((out / "last.json").read_text(encoding="utf-8"))
-    ckpt = out / last["checkpoint"]
+    try:
+        ckpt = out / json.loads((out / "last.json").read_text(encoding="utf-8"))["checkpoint"]
+        record = json.loads((ckpt / "optimizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PolicyFileError(f"cannot resume from {out}: last.json or its optimizer.json is unreadable ({e})") from e
     policy, _ = load_policy(ckpt / "policy")
     model.policy.load_state_dict(policy.state_dict(), strict=True)
-    record = json.loads((ckpt / "optimizer.json").read_text(encoding="utf-8"))
     flat = read_verified_safetensors(ckpt / "optimizer.safetensors", record["weights"], ckpt / "optimizer.json", True)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in flat.items():

@@ -206,6 +206,9 @@ def test_train_script_saves_resumes_and_refuses_other_configs(tmp_path, one_thre
     assert len(rows) == len(first_rows) + 1 and rows[-1].startswith("192,")
     with pytest.raises(ValueError, match="another config"):
         main(parse_args([*argv, "--total-timesteps", "256", "--learning-rate", "0.1"]))
+    (out / "last.json").write_text("{broken")
+    with pytest.raises(PolicyFileError, match="cannot resume"):
+        main(parse_args([*argv, "--total-timesteps", "256"]))
 
 
 def test_parse_args_builds_nested_config():
