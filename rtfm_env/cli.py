@@ -42,7 +42,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "record-bag": (
         "rtfm_env.ros.bag",
-        "run the ROS 2 camera node and record what it publishes to a rosbag2 bag",
+        "record the ROS 2 camera node's topics to a rosbag2 bag",
         "Run the camera node in-process (the ros extra) with camera-node parameters given as -p NAME:=VALUE, "
         "and write every message it publishes (image_raw, camera_info, odom, pose, and /clock or /tf where "
         "enabled) to a new rosbag2 bag in MCAP or sqlite3 for --duration seconds or --frames frames. The bag "
