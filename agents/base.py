@@ -14,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from rtfm_env.envs.follower import ShortestPathFollower
+from rtfm_env.geometry import DiscreteAction
 
 __all__ = ["Agent", "RandomAgent", "ShortestPathAgent"]
 
@@ -57,8 +58,25 @@ class ShortestPathAgent(Agent):
         for attr in ("scene", "state", "task"):
             if not hasattr(type(self.env), attr) and attr not in vars(self.env):
                 raise TypeError(f"ShortestPathAgent needs an RTFM env exposing {attr!r}; got {type(self.env).__name__}")
-        self.follower = ShortestPathFollower(self.env.scene, stop_distance=0.9 * self.env.task.success_distance)
+        task = self.env.task
+        if not hasattr(task, "success_distance"):
+            raise ValueError(f"ShortestPathAgent needs a goal point; task {type(task).__name__} has none")
+        self.follower = ShortestPathFollower(self.env.scene, stop_distance=0.9 * task.success_distance)
 
     def act(self, observation: dict[str, Any]) -> int:
-        """The follower's action from the env's current state (the observation is not needed)."""
-        return self.follower.act(self.env.state, np.asarray(self.env.task.goal))
+        """The follower's action from the env's current state.
+
+        On a task that also asks for a heading at the goal (Revisit's ``start_heading``), the
+        agent turns towards it before stopping.
+        """
+        goal = self.env.task.goal
+        if goal is None:
+            raise ValueError(f"ShortestPathAgent needs a goal point; task {type(self.env.task).__name__} has none")
+        action = self.follower.act(self.env.state, np.asarray(goal))
+        heading = observation.get("start_heading") if isinstance(observation, dict) else None
+        if action == DiscreteAction.STOP and heading is not None:
+            half_turn = self.env.scene.kinematics.turn_step / 2  # radians
+            error = float(np.asarray(heading).reshape(-1)[0])  # radians, positive = to the left
+            if abs(error) > half_turn:
+                return DiscreteAction.TURN_LEFT if error > 0 else DiscreteAction.TURN_RIGHT
+        return action

@@ -29,6 +29,28 @@ def test_shortest_path_agent_succeeds(seed):
     assert info["success"] and info["spl"] > 0.8
 
 
+@pytest.mark.parametrize("env_id", ["RTFM/ImageNav-v0", "RTFM/Revisit-v0"])
+def test_shortest_path_agent_succeeds_on_goal_tasks(env_id):
+    """The oracle also solves ImageNav and Revisit (turning to the start heading before it stops)."""
+    env = gym.make(env_id, max_steps=400)
+    try:
+        infos = [_run(env, ShortestPathAgent(env), seed) for seed in (0, 1)]
+    finally:
+        env.close()
+    assert all(info["success"] for info in infos)
+
+
+def test_shortest_path_agent_needs_a_goal():
+    """On Explore (no goal point) the oracle says it needs one."""
+    env = gym.make("RTFM/Explore-v0", max_steps=5)
+    try:
+        env.reset(seed=0)
+        with pytest.raises(ValueError, match="needs a goal point"):
+            ShortestPathAgent(env)
+    finally:
+        env.close()
+
+
 def test_random_agent_is_seeded_and_valid():
     """A seeded random agent repeats its actions and stays inside the action space."""
     env = gym.make("RTFM/PointNav-v0", max_steps=20)
