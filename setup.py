@@ -12,7 +12,14 @@ setup(
     packages=find_packages(include=["rtfm_env", "rtfm_env.*"]),
     include_package_data=True,
     # the shipped frame-model checkpoint travels with the package
-    package_data={"rtfm_env": ["py.typed", "model/checkpoints/*/*.json", "model/checkpoints/*/*.safetensors", "model/checkpoints/*/*.md"]},
+    package_data={
+        "rtfm_env": [
+            "py.typed",
+            "model/checkpoints/*/*.json",
+            "model/checkpoints/*/*.safetensors",
+            "model/checkpoints/*/*.md",
+        ]
+    },
     install_requires=[
         "numpy>=1.24",
         "scipy>=1.10",
