@@ -1,6 +1,7 @@
 """Tests for rtfm_env.eval.revisit (the evaluator and `rtfm-env eval revisit`)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -191,3 +192,16 @@ def test_user_world_reports_revisit_consistency_only(tmp_path, one_thread):
     assert "Ground-truth metrics are unavailable" in (tmp_path / "w" / "report.md").read_text()
     with pytest.raises(ValueError, match="no ground truth"):
         evaluate(RevisitConfig(out=str(tmp_path / "v"), world=str(world), strategies=["ground_truth"]), progress=False)
+
+
+def test_companion_runs_join_the_headline_table(gt_run, tmp_path):
+    """`eval report --with DIR` adds another evaluation's headline rows, linked, and keeps them on rebuild."""
+    out, _ = gt_run
+    other = tmp_path / "tour_only"
+    evaluate(_gt_config(other, kinds=["tour"]), progress=False)
+    assert cli.main(["eval", "report", "--out", str(out), "--with", str(other)]) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["companions"] == [os.path.relpath(other, out)]
+    md = (out / "report.md").read_text()
+    assert f"({os.path.relpath(other, out)}/report.md)" in md and "families tour" in md
+    assert cli.main(["eval", "report", "--out", str(out), "--with", str(tmp_path / "missing")]) == 2

@@ -61,8 +61,19 @@ def _excursion_revisit(traj: dict, strategy: str, key: str = "revisit_psnr") -> 
     return float(_arr(traj["strategies"][strategy][key])[-1])
 
 
-def _fit_context_cost(context_cost: dict | None) -> tuple[float, float] | None:
-    """(intercept, slope) of ms per frame against context views, least squares."""
+def _fit_context_cost(results: dict) -> tuple[float, float] | None:
+    """(intercept, slope) of ms per frame against the number of context views.
+
+    From the tour when it ran both ``spatial`` (k views) and ``all`` (max_context views): the
+    same timer and run as the headline. Otherwise from the generate calls timed at start-up.
+    """
+    cost = results["summary"]["headline"]["cost"]
+    camera = results.get("camera") or {}
+    k, views = results["config"]["k"], (camera.get("model_config") or {}).get("max_context")
+    if "spatial" in cost and "all" in cost and views and views > k:
+        slope = (cost["all"]["late_ms"] - cost["spatial"]["late_ms"]) / (views - k)
+        return float(cost["spatial"]["late_ms"] - slope * k), float(max(slope, 0.0))
+    context_cost = results.get("context_cost")
     if not context_cost or len(context_cost["views"]) < 2:
         return None
     slope, intercept = np.polyfit(context_cost["views"], context_cost["ms"], 1)
@@ -168,6 +179,7 @@ def summarize(episodes: list[dict], strategies: list[str], cfg: Any, timer: str 
                     "timer": key,
                     "early_steps": [lo, hi],
                     "late_steps": [n - LATE, n],
+                    "start_ms": float(np.median(wall[:, 1:4])),  # steps 1-3: 1 to 3 frames stored
                     "early_ms": early,
                     "late_ms": late,
                     "ratio": late / early,
@@ -311,7 +323,7 @@ def _plot_along(summary: dict, strategies: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_cost(summary: dict, strategies: list[str], context_cost: dict | None, path: Path) -> None:
+def _plot_cost(summary: dict, strategies: list[str], fit: tuple[float, float] | None, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -322,16 +334,16 @@ def _plot_cost(summary: dict, strategies: list[str], context_cost: dict | None, 
             continue
         y = np.array(d["median_ms"], dtype=float)[1:]
         x = np.arange(1, len(y) + 1)
-        # A running median over 25 steps: single frames jitter with the machine's other load.
-        w = 25
-        smooth = np.array([np.median(y[max(0, i - w // 2) : i + w // 2 + 1]) for i in range(len(y))])
+        # A running median over about a tenth of the step count (even on the log axis; at most 25
+        # steps): single frames jitter, and the first steps, where `all` fills its context, stay sharp.
+        half = [min(12, i // 10) for i in range(len(y))]
+        smooth = np.array([np.median(y[i - h : i + h + 1]) for i, h in enumerate(half)])
         ax.plot(x, smooth, lw=1.2, label=s, color=_COLOURS.get(s))
         mem = np.array(d["memory_frames"], dtype=float)[1:] if s != "ground_truth" else mem
-    fit = _fit_context_cost(context_cost)
     if fit is not None and mem is not None:
         a, b = fit
         ax.plot(np.arange(1, len(mem) + 1), a + b * mem, "C3--", lw=1,
-                label="all, uncapped (extrapolated: generate ms vs views, linear fit)")
+                label="all, uncapped (extrapolated linearly from the cost per context view)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("step of the tour (frames in memory = step + 1)")
@@ -382,7 +394,25 @@ def _plot_strips(results: dict, out: Path, path: Path) -> bool:
 # --------------------------------------------------------------------------------------
 
 
-def _blocks(results: dict, plots: dict[str, bool]) -> list[tuple]:
+def _companions(results: dict, out: Path) -> list[tuple[str, dict]]:
+    """(path relative to ``out``, results) of the companion evaluations listed in ``results``."""
+    found = []
+    for rel in results.get("companions", []):
+        path = out / rel / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"companion evaluation {out / rel} has no results.json")
+        import json
+
+        found.append((rel, json.loads(path.read_text())))
+    return found
+
+
+def _target_row(t: dict, run: str) -> list[str]:
+    return [t["name"], _fmt(t["value"], t["se"]), f"{t['op']} {t['target']}",
+            "met" if t["met"] else f"**missed by {t['gap']:.2f}**", str(t["n"]), run]
+
+
+def _blocks(results: dict, plots: dict[str, bool], companions: list[tuple[str, dict]] = ()) -> list[tuple]:
     """The report as blocks.
 
     Blocks: ("h", level, text), ("p", text), ("table", header, rows), ("img", path, alt), ("code", text).
@@ -401,15 +431,24 @@ def _blocks(results: dict, plots: dict[str, bool]) -> list[tuple]:
         path = Path(os.path.relpath(path)) if path.is_absolute() and path.is_relative_to(Path.cwd()) else path
         step = f", training step {ck['step']}" if ck.get("step") is not None else ""
         shown = f"`{path.as_posix()}` (weights SHA-256 `{ck['sha256']}`{step})"
-    b.append(("p", f"{where}; {cfg['episodes']} episodes per {'world' if cfg['world'] else 'env id'} "
+    b.append(("p", f"{where}; {cfg['episodes']} episode{'s' if cfg['episodes'] > 1 else ''} per "
+                   f"{'world' if cfg['world'] else 'env id'} "
                    f"({n_eps} in all); checkpoint {shown}; mean ± standard error over episodes."))
     if not gt:
         b.append(("p", "**Ground-truth metrics are unavailable**: this is a saved world with no scene to render, "
                        "so only revisit consistency (first visit vs revisit) and cost are reported."))
-    if head["targets"]:
-        rows = [[t["name"], _fmt(t["value"], t["se"]), f"{t['op']} {t['target']}",
-                 "met" if t["met"] else f"**missed by {t['gap']:.2f}**", str(t["n"])] for t in head["targets"]]
-        b.append(("table", ["headline", "measured", "target", "verdict", "n"], rows))
+    rows = [_target_row(t, "this run") for t in head["targets"]]
+    for rel, other in companions:
+        rows += [_target_row(t, f"[{rel}]({rel}/report.md)") for t in other["summary"]["headline"]["targets"]]
+    if rows:
+        b.append(("table", ["headline", "measured", "target", "verdict", "n", "run"], rows))
+    for rel, other in companions:
+        oc = other["config"]
+        b.append(("p", f"[{rel}]({rel}/report.md): the same checkpoint (weights SHA-256 "
+                       f"`{(other['checkpoint'] or {}).get('sha256', '-')[:12]}…`), families {', '.join(oc['kinds'])}, "
+                       f"strategies {', '.join(other['strategies'])}, {len(other['episodes'])} episodes"
+                       + (f", cost timed by {other.get('cost_timer', 'wall')} time" if "tour" in oc["kinds"] else "")
+                       + "."))
     ex = head["excursion"]
     rows = []
     for s in strategies:
@@ -456,11 +495,11 @@ def _blocks(results: dict, plots: dict[str, bool]) -> list[tuple]:
     b.append(("table", header, rows))
     if results.get("context_cost"):
         cc = results["context_cost"]
-        b.append(("p", "Cost of one generate call against the number of context views (median ms): "
+        key, what = ("cpu_ms", "CPU time") if "cpu_ms" in cc else ("ms", "wall time, shared cores")
+        b.append(("p", f"One generate call against the number of context views, timed at start-up (median ms, {what}): "
                        + ", ".join(f"{v} view{'s' if v > 1 else ''}: {m:.1f}"
-                                   for v, m in zip(cc["views"], cc["ms"], strict=True))
-                       + ". The model attends to at most max_context views, so `all` is capped there; the dashed "
-                         "line in the cost plot extrapolates this to every stored frame."))
+                                   for v, m in zip(cc["views"], cc[key], strict=True))
+                       + ". The model attends to at most max_context views, so `all` is capped there."))
 
     b.append(("h", 2, "Method"))
     b.append(("p", "Trajectory families (rtfm_env/eval/trajectories.py), all through the scene's collision-aware "
@@ -541,20 +580,31 @@ def _discussion(results: dict) -> str:
                          f"{t['target']} target.")
         elif name.startswith("cost per frame, all"):
             c = cost["all"]
-            fit = _fit_context_cost(results.get("context_cost"))
-            text = (f"The capped `all` strategy does not grow from step 10 to the tour's end ({c['early_ms']:.1f} -> "
-                    f"{c['late_ms']:.1f} ms): the model attends to at most max_context = 8 views, so `all` reaches "
-                    "its cap after 8 frames and then costs the same at every step (about "
-                    f"{c['late_ms'] / cost['spatial']['late_ms']:.1f}x spatial's k = {results['config']['k']} views)."
-                    if "spatial" in cost else "")
+            fit = _fit_context_cost(results)
+            text = (f"The capped `all` strategy grows only while it fills its context ({c['start_ms']:.1f} ms per "
+                    f"frame over steps 1-3, {c['early_ms']:.1f} ms over steps "
+                    f"{c['early_steps'][0]}-{c['early_steps'][1] - 1}) "
+                    f"and then stays flat ({c['late_ms']:.1f} ms at the tour's end): the model attends to at most "
+                    "max_context = 8 views, so from the 8th frame on `all` costs the same at every step")
+            if "spatial" in cost:
+                ratio = c["late_ms"] / cost["spatial"]["late_ms"]
+                text += f", about {ratio:.1f}x spatial's k = {results['config']['k']}"
+            text += "."
             if fit is not None:
                 a, b = fit
-                text += (f" Attending to every stored frame would grow with the memory: from the measured cost per "
-                         f"context view ({b:.1f} ms per view on top of {a:.1f} ms, one generate call), "
-                         f"{a + b * c['late_memory_frames']:.0f} ms per frame with {c['late_memory_frames']:.0f} "
-                         "frames stored (the dashed line in the cost plot; an extrapolation, the model cannot run it).")
+                text += (f" Attending to every stored frame would grow with the memory: at {b:.1f} ms per context "
+                         "view "
+                         f"(on top of {a:.1f} ms), {(a + b * c['late_memory_frames']) / 1e3:.1f} s per frame with "
+                         f"{c['late_memory_frames']:.0f} frames stored (the dashed line in the cost plot; an "
+                         "extrapolation, the model cannot run it).")
             notes.append(text)
-    return " ".join(notes) if notes else "Every headline target is met."
+    if gt and "spatial" in head.get("excursion_psnr_gt", {}):
+        # Consistency is measured against the first visit; say how far both frames are from the truth.
+        notes.append(f"Revisit PSNR measures consistency with the first visit, not accuracy: against the ground "
+                     f"truth, spatial memory's frames score {_fmt(head['anchor_psnr_gt']['spatial']['mean'])} dB at "
+                     f"the anchor and {_fmt(head['excursion_psnr_gt']['spatial']['mean'])} dB at the revisit.")
+    missed = any(not t["met"] for t in head["targets"])
+    return " ".join(notes if missed or not head["targets"] else ["Every headline target is met.", *notes])
 
 
 def _md(blocks: list[tuple]) -> str:
@@ -581,6 +631,7 @@ def _inline_html(text: str) -> str:
 
     text = html.escape(text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"\[(.+?)\]\((.+?)\.md\)", r'<a href="\2.html">\1</a>', text)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
@@ -626,9 +677,9 @@ def write_report(results: dict, out: str | os.PathLike) -> None:
         _plot_along(summ, strategies, out / PLOT_FILES["along"])
         plots["along"] = True
     if summ["cost_along"]:
-        _plot_cost(summ, strategies, results.get("context_cost"), out / PLOT_FILES["cost"])
+        _plot_cost(summ, strategies, _fit_context_cost(results), out / PLOT_FILES["cost"])
         plots["cost"] = True
     plots["strips"] = _plot_strips(results, out, out / PLOT_FILES["strips"])
-    blocks = _blocks(results, plots)
+    blocks = _blocks(results, plots, _companions(results, out))
     atomic_write_bytes(out / "report.md", _md(blocks).encode())
     atomic_write_bytes(out / "report.html", _html(blocks).encode())

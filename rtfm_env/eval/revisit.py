@@ -497,18 +497,21 @@ def _context_cost(model: Any, resolution: int, repeats: int = 5) -> dict[str, li
 
     rng = np.random.default_rng(0)
     intr = Intrinsics(resolution, resolution, 60.0)
-    out: dict[str, list] = {"views": [], "ms": []}
+    out: dict[str, list] = {"views": [], "ms": [], "cpu_ms": []}
     for k in sorted({1, 2, 4, model.config.max_context}):
         frames = rng.integers(0, 256, (1, k, resolution, resolution, 3), dtype=np.uint8)
         poses = np.stack([camera_pose(0.1 * i, 0.0, 0.1 * i) for i in range(k)])[None]
         target = camera_pose(0.05, 0.0, 0.0)[None]
-        times = []
+        wall, cpu = [], []
         for _ in range(repeats + 1):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             model.generate(target, frames, poses, intr, generator=torch.Generator().manual_seed(0))
-            times.append((time.perf_counter() - t) * 1e3)
+            cpu.append((time.thread_time() - c) * 1e3)
+            wall.append((time.perf_counter() - t) * 1e3)
         out["views"].append(k)
-        out["ms"].append(round(float(np.median(times[1:])), 3))  # the first call warms caches
+        # The first call warms caches.
+        out["ms"].append(round(float(np.median(wall[1:])), 3))
+        out["cpu_ms"].append(round(float(np.median(cpu[1:])), 3))
     return out
 
 
@@ -660,10 +663,16 @@ def evaluate(
     return results
 
 
-def rebuild_report(out: str | os.PathLike) -> dict[str, Any]:
+def rebuild_report(out: str | os.PathLike, companions: list[str] | None = None) -> dict[str, Any]:
     """Recompute the summary of a finished evaluation and rewrite results.json and the report.
 
     Nothing is re-run: the numbers come from the episodes saved in ``out/results.json``.
+
+    Args:
+        out: the evaluation directory.
+        companions: other evaluation directories (e.g. more episodes of one family, or a tour
+            timed by CPU time) whose headline rows join this report's headline table; saved in
+            results.json, so later rebuilds keep them. None keeps the saved list.
 
     Raises:
         FileNotFoundError: ``out`` holds no results.json.
@@ -681,6 +690,11 @@ def rebuild_report(out: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(results, dict) or results.get("format") != RESULTS_FORMAT:
         raise ValueError(f"{path} is not a revisit evaluation's results (format {RESULTS_FORMAT!r} expected)")
+    if companions is not None:
+        for c in companions:
+            if not (Path(c) / RESULTS_FILE).is_file():
+                raise FileNotFoundError(f"companion evaluation {c} has no {RESULTS_FILE}")
+        results["companions"] = [os.path.relpath(c, out) for c in companions]
     cfg = RevisitConfig(**results["config"])
     results["summary"] = summarize(results["episodes"], results["strategies"], cfg, results.get("cost_timer", "wall"))
     _write_json(path, results)
@@ -770,6 +784,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "results.json, report.md, report.html and the plots. Nothing is re-run.",
     )
     p.add_argument("--out", required=True, help="the evaluation directory")
+    p.add_argument("--with", dest="companions", nargs="+", default=None, metavar="DIR",
+                   help="other evaluation directories whose headline rows join this report's headline table")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -779,7 +795,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.eval_command == "report":
-            results = rebuild_report(args.out)
+            results = rebuild_report(args.out, args.companions)
         else:
             cfg = RevisitConfig(**{f.name: getattr(args, f.name) for f in fields(RevisitConfig)})
             results = evaluate(cfg, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
