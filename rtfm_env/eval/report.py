@@ -307,7 +307,7 @@ def _plot_along(summary: dict, strategies: list[str], path: Path) -> None:
 
     kinds = [k for k in ("out_and_back", "loop", "turn360", "tour") if any(k in summary["along"].get(s, {})
                                                                             for s in strategies)]
-    fig, axes = plt.subplots(len(kinds), 1, figsize=(8, 2.4 * len(kinds)), squeeze=False)
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(8, 2.4 * len(kinds)), squeeze=False, layout="constrained")
     for ax, kind in zip(axes[:, 0], kinds, strict=True):
         for s in strategies:
             if s == "ground_truth" or kind not in summary["along"].get(s, {}):
