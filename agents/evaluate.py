@@ -32,7 +32,8 @@ import torch
 
 from agents.base import Agent, RandomAgent, ShortestPathAgent
 from agents.envs import EnvConfig, make_env
-from benchmarks.benchlib import machine_info, write_atomic
+from rtfm_env.data.shards import atomic_write_bytes
+from rtfm_env.provenance import machine_info
 
 __all__ = ["AGENT_KINDS", "make_agent", "run_episode", "evaluate", "summarize", "markdown_table", "main"]
 
@@ -195,8 +196,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     out = Path(args.out)
-    write_atomic(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    write_atomic(out.with_suffix(".md"), markdown_table(rows))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(out.with_suffix(".md"), markdown_table(rows).encode())
     print(markdown_table(rows))
     return result
 

@@ -25,9 +25,7 @@ import csv
 import dataclasses
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ from tqdm import tqdm
 
 from agents.envs import EnvConfig
 from agents.ppo import PolicyFileError, PPOConfig, build_ppo, load_policy, make_vec_env, save_policy
+from rtfm_env.data.shards import atomic_write_bytes
 from rtfm_env.model.checkpoint import read_verified_safetensors
 
 LOG_FIELDS = (
@@ -81,11 +80,7 @@ class TrainConfig:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def save_checkpoint(model: PPO, cfg: TrainConfig, out: Path) -> Path:
@@ -102,10 +97,7 @@ def save_checkpoint(model: PPO, cfg: TrainConfig, out: Path) -> Path:
         "param_groups": opt["param_groups"],
         "weights": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=".optimizer.", dir=final)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, final / "optimizer.safetensors")
+    atomic_write_bytes(final / "optimizer.safetensors", data)
     _write_json_atomic(final / "optimizer.json", record)
     _write_json_atomic(out / "last.json", {"checkpoint": f"checkpoints/{name}", "timesteps": int(model.num_timesteps)})
     return final

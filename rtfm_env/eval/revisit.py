@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -59,6 +58,7 @@ from rtfm_env.eval.trajectories import (
     make_suite_trajectory,
 )
 from rtfm_env.geometry import DiscreteAction, KinematicsConfig, RobotState, apply_discrete, pose_to_state
+from rtfm_env.provenance import machine_info
 
 __all__ = [
     "STRATEGIES",
@@ -466,23 +466,6 @@ def run_episode(
 # --------------------------------------------------------------------------------------
 # The evaluation
 # --------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    """Where the numbers were measured, with the load (other jobs inflate timings)."""
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_average_1min": os.getloadavg()[0],
-    }
 
 
 def _context_cost(model: Any, resolution: int, repeats: int = 5) -> dict[str, list]:
