@@ -22,6 +22,7 @@ PNG grid (context views | copy | model | ground truth).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -48,6 +49,7 @@ class QualityConfig:
     samples: int = 512  # (context, target) samples per measurement
     batch: int = 32  # targets per generate call
     steps: int | None = None  # sampling steps; None: the model's default
+    sample_sigma: float | None = None  # start-noise std when sampling; None: the model's default
     min_gap: int = 1  # fewest steps between target and a context view
     max_gap: int = 4  # most steps between target and a context view
     context_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # views for the sweep
@@ -135,6 +137,8 @@ def main(cfg: QualityConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     model = FrameModel.from_pretrained(cfg.checkpoint)
+    if cfg.sample_sigma is not None:
+        model.network.config = dataclasses.replace(model.config, sample_sigma=cfg.sample_sigma)
     ds = PosedFrameDataset(
         cfg.data, split="heldout", n_context=2, min_gap=cfg.min_gap, max_gap=cfg.max_gap, seed=cfg.seed
     )
@@ -181,8 +185,8 @@ def _parse() -> QualityConfig:
         d = getattr(defaults, f.name)
         if isinstance(d, list):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=int, nargs="+", default=d)
-        elif f.name == "steps":
-            p.add_argument("--steps", type=int, default=None)
+        elif f.name in ("steps", "sample_sigma"):
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.name == "steps" else float, default=None)
         else:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(d), default=d)
     return QualityConfig(**vars(p.parse_args()))

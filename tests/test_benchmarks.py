@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rtfm_env.data import recorder as rec
 from rtfm_env.model import FrameNetwork, model_config, save_checkpoint
@@ -62,6 +63,26 @@ def test_quality_benchmark_scores_model_and_baselines(tmp_path, heldout, checkpo
         assert 5.0 < r["two_views"][name]["mean"] < 100.0
     assert set(r["context_sweep"]) == {"1", "2"}
     assert math.isfinite(r["model_minus_copy_db"])
+
+
+def test_quality_benchmark_sample_sigma_override(tmp_path, heldout):
+    """--sample-sigma changes the model's frames (and only the model's), and is recorded in the config."""
+    cfg = model_config("T", height=RES, width=RES)
+    net = FrameNetwork(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in net.parameters():  # the zero-initialised output layer would ignore its input
+            param.add_(0.05 * torch.randn_like(param))
+    checkpoint = save_checkpoint(tmp_path / "random", net, cfg)
+    runs = [
+        quality_bench.main(quality_bench.QualityConfig(checkpoint=str(checkpoint), data=str(heldout), samples=4,
+                                                       batch=4, context_sweep=[1], sample_sigma=sigma,
+                                                       out=str(tmp_path / f"q{sigma}.json")))
+        for sigma in (0.0, 1.0)
+    ]
+    assert [r["config"]["sample_sigma"] for r in runs] == [0.0, 1.0]
+    assert runs[0]["two_views"]["copy"] == runs[1]["two_views"]["copy"]
+    assert runs[0]["two_views"]["model"]["mean"] != runs[1]["two_views"]["model"]["mean"]
 
 
 def test_speed_benchmark_measures_frames_flops_and_memory(tmp_path, checkpoint):
