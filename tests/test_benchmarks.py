@@ -89,9 +89,17 @@ def test_speed_benchmark_measures_frames_flops_and_memory(tmp_path, checkpoint):
     """The speed benchmark reports frames/s, FLOPs against a matmul, and the memory-size ratio."""
     out = tmp_path / "speed.json"
     r = speed_bench.main(speed_bench.SpeedConfig(checkpoint=str(checkpoint), resolution=RES, frames=4, batch=2,
-                                                 big_memory=300, small_memory=10, out=str(out)))
+                                                 big_memory=300, small_memory=10, variants="eager_tanh,eager",
+                                                 repeats=2, out=str(out)))
     assert json.loads(out.read_text())["batched"]["batch"] == 2
     assert r["single_stream"]["frames_per_s"] > 0 and r["batched"]["frames_per_s"] > 0
+    assert set(r["variants"]) == {"eager_tanh", "eager"} == set(r["targets_met"])
+    assert r["variants"]["eager_tanh"]["camera_options"]["gelu"] == "tanh"
+    assert r["variants"]["eager"]["camera_options"]["gelu"] == "none"
+    assert all(len(v["batched"]["runs_frames_per_s"]) == 2 for v in r["variants"].values())
+    assert r["batched"] == r["variants"]["eager"]["batched"]
+    with pytest.raises(ValueError, match=r"unknown speed variant \['fast'\]; valid variants"):
+        speed_bench.main(speed_bench.SpeedConfig(checkpoint=str(checkpoint), variants="eager,fast", out=str(out)))
     assert r["flops"]["per_frame"] > 0 and 0 < r["flops"]["fraction_of_matmul"] < 10
     assert r["memory_size"]["ratio_big_over_small"] > 0
 

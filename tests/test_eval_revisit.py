@@ -205,3 +205,24 @@ def test_companion_runs_join_the_headline_table(gt_run, tmp_path):
     md = (out / "report.md").read_text()
     assert f"({os.path.relpath(other, out)}/report.md)" in md and "families tour" in md
     assert cli.main(["eval", "report", "--out", str(out), "--with", str(tmp_path / "missing")]) == 2
+
+
+def test_all_cap_lets_the_all_strategy_attend_to_more_frames(tmp_path, one_thread):
+    """`all_cap` above max_context: `all` attends to more stored frames, which costs more per frame."""
+    assert "all_cap" not in RevisitConfig().identity()  # evaluations from before the option still resume
+    base = dict(envs=["YMaze"], episodes=1, strategies=["all"], kinds=["out_and_back"], **TINY)
+    capped = evaluate(RevisitConfig(out=str(tmp_path / "c8"), **base), progress=False)
+    wide = evaluate(RevisitConfig(out=str(tmp_path / "c16"), all_cap=16, **base), progress=False)
+    assert RevisitConfig(all_cap=16).identity()["all_cap"] == 16
+    row8 = capped["episodes"][0]["trajectories"]["out_and_back"]["strategies"]["all"]
+    row16 = wide["episodes"][0]["trajectories"]["out_and_back"]["strategies"]["all"]
+    assert row8["memory_frames"] == row16["memory_frames"] and row16["memory_frames"][-1] > 30
+    # Up to 8 stored frames both see the same context; beyond, 16 views cost more and change the frames.
+    assert row8["revisit_psnr"] != row16["revisit_psnr"]
+    late8, late16 = np.median(row8["cpu_ms"][-20:]), np.median(row16["cpu_ms"][-20:])
+    assert late16 > 1.15 * late8, (late8, late16)
+    cost = json.loads((tmp_path / "c16" / "episodes" / "context_cost.json").read_text())
+    assert cost["views"] == [1, 2, 4, 8, 16]
+    assert "evenly thinned to 16 when more are stored" in (tmp_path / "c16" / "report.md").read_text()
+    with pytest.raises(ValueError, match="all_cap must be None"):
+        evaluate(RevisitConfig(out=str(tmp_path / "bad"), all_cap=0, **base), progress=False)

@@ -84,7 +84,7 @@ class PointNavEnv(RTFMEnv):
     - the world and camera arguments of every id (``scene``, ``camera``, ``resolution``,
       ``fov``, ``max_steps``, ``scene_seed``, ``render_mode`` and the model camera's
       ``checkpoint``, ``k``, ``context_strategy``, ``sampling_steps``, ``seed_views``,
-      ``memory_capacity``), described in :class:`rtfm_env.envs.base.RTFMEnv`.
+      ``memory_capacity``, ``compile_model``), described in :class:`rtfm_env.envs.base.RTFMEnv`.
 
     ``render_mode="rgb_array"`` draws the view beside the map with the trajectory, the goal
     (with a ring of ``success_distance``) and the robot.

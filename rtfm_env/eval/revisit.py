@@ -8,7 +8,8 @@ For every env id and episode (one MiniWorld layout per episode) the evaluator bu
 strategy along exactly the same poses, with the same seeds:
 
 * ``spatial``, ``last_k``, ``first_only``, ``all``: the model camera with that context strategy
-  (:data:`rtfm_env.cameras.CONTEXT_STRATEGIES`; ``all`` is capped at the model's max_context);
+  (:data:`rtfm_env.cameras.CONTEXT_STRATEGIES`; ``all`` is capped at the model's max_context,
+  or at ``all_cap`` stored frames, run with the same weights and that context limit);
 * ``ground_truth``: the scene's renderer, the ceiling.
 
 Per step it records PSNR and SSIM against the ground truth, the wall time of the camera call and
@@ -120,6 +121,9 @@ class RevisitConfig:
     world_radius: float = 0.5  # metres; in a world, the camera stays this close to stored cameras
     device: str | None = None  # torch device; None: CUDA when available, else CPU
     threads: int = 1  # torch CPU threads (0: torch's default); one avoids oversubscribing shared cores
+    # Most stored frames the `all` strategy attends to; None: the model's max_context. A larger
+    # cap lets `all` show how attending to the whole memory grows in cost.
+    all_cap: int | None = None
 
     @property
     def suite(self) -> SuiteConfig:
@@ -142,6 +146,8 @@ class RevisitConfig:
         d = asdict(self)
         for key in ("out", "episodes", "envs", "threads"):
             d.pop(key)
+        if d["all_cap"] is None:
+            d.pop("all_cap")  # absent as before the option existed: earlier evaluations still resume
         return d
 
 
@@ -171,6 +177,9 @@ def _validate(cfg: RevisitConfig) -> tuple[list[str], list[str]]:
     if unknown or not cfg.kinds:
         bad = unknown[0] if unknown else None
         raise ValueError(f"unknown trajectory kind {bad!r}; valid kinds: {list(SUITE_KINDS)}")
+    if cfg.all_cap is not None and (isinstance(cfg.all_cap, bool) or not isinstance(cfg.all_cap, int)
+                                    or cfg.all_cap < 1):
+        raise ValueError(f"all_cap must be None (the model's max_context) or an integer >= 1, got {cfg.all_cap!r}")
     for name in ("episodes", "tour_every"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -471,8 +480,8 @@ def run_episode(
 def _context_cost(model: Any, resolution: int, repeats: int = 5) -> dict[str, list]:
     """Median wall time (ms) of one generate call against the number of context views.
 
-    The model attends to at most ``max_context`` views, so this is how the cost of an
-    uncapped ``all`` strategy would start to grow; the report extrapolates it.
+    Views 1, 2, 4, then doubling up to the model's ``max_context`` (the ``all`` strategy's cap):
+    how the cost of attending to more stored frames grows; the report extrapolates it.
     """
     import torch
 
@@ -481,7 +490,8 @@ def _context_cost(model: Any, resolution: int, repeats: int = 5) -> dict[str, li
     rng = np.random.default_rng(0)
     intr = Intrinsics(resolution, resolution, 60.0)
     out: dict[str, list] = {"views": [], "ms": [], "cpu_ms": []}
-    for k in sorted({1, 2, 4, model.config.max_context}):
+    cap = model.config.max_context
+    for k in sorted({v for v in (1, 2, 4, 8, 16, 32, 64, 128) if v < cap} | {cap}):
         frames = rng.integers(0, 256, (1, k, resolution, resolution, 3), dtype=np.uint8)
         poses = np.stack([camera_pose(0.1 * i, 0.0, 0.1 * i) for i in range(k)])[None]
         target = camera_pose(0.05, 0.0, 0.0)[None]
@@ -562,8 +572,12 @@ def evaluate(
         model = FrameModel.from_pretrained(ckpt_path, device=device)
         for s in model_strategies:
             # Every strategy shares one network; the resolution check fails here for a mismatch.
+            # `all` with its own cap gets the same weights with that context limit.
+            own = s == "all" and cfg.all_cap is not None and cfg.all_cap != model.config.max_context
             cameras[s] = ModelCamera(
-                model, k=cfg.k, steps=cfg.steps, context_strategy=s, memory_capacity=cfg.memory_capacity,
+                FrameModel.from_pretrained(ckpt_path, device=device, max_context=cfg.all_cap) if own else model,
+                k=min(cfg.k, cfg.all_cap) if s == "all" and cfg.all_cap is not None else cfg.k,
+                steps=cfg.steps, context_strategy=s, memory_capacity=cfg.memory_capacity,
                 seed=cfg.seed, resolution=cfg.resolution,
             )
     if "ground_truth" in strategies:
@@ -582,7 +596,8 @@ def evaluate(
     _write_json(out / CONFIG_FILE, record)
     cost_path = out / EPISODES_DIR / "context_cost.json"
     if model is not None and not cost_path.is_file():
-        _write_json(cost_path, _context_cost(model, cfg.resolution))
+        cost_model = cameras["all"].model if "all" in cameras else model
+        _write_json(cost_path, _context_cost(cost_model, cfg.resolution))
 
     tasks = [(env, e) for env in envs for e in range(cfg.episodes)]
     with_tour = {t for i, t in enumerate(tasks) if i % cfg.tour_every == 0}
@@ -713,6 +728,9 @@ _HELP = {
     "world_radius": "metres; in a world, the camera stays this close to stored cameras",
     "device": "torch device (default: cuda when available, else cpu)",
     "threads": "torch CPU threads (0: torch's default; 1 avoids oversubscribing shared cores)",
+    "all_cap": "most stored frames the 'all' strategy attends to (default: the model's max_context); a larger "
+    "cap shows how attending to the whole memory grows in cost (views beyond the trained number are out of "
+    "distribution)",
 }
 
 
@@ -727,7 +745,7 @@ def _add_revisit_arguments(p: argparse.ArgumentParser) -> None:
             kwargs["nargs"] = "+"
         elif isinstance(default, bool):
             continue
-        elif f.name in ("steps", "memory_capacity") or isinstance(default, int):
+        elif f.name in ("steps", "memory_capacity", "all_cap") or isinstance(default, int):
             kwargs["type"] = int
         elif isinstance(default, float):
             kwargs["type"] = float

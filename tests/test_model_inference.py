@@ -1,0 +1,114 @@
+"""Inference options of the shipped frame model: the GELU form and torch.compile.
+
+Both change the arithmetic, not the function: the frames must agree with the trained network's
+eager, tanh-GELU frames within bf16 rounding, on real MiniWorld views.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rtfm_env.cameras import DEFAULT_CHECKPOINT, ModelCamera
+from rtfm_env.model import sampler as sm
+from rtfm_env.scenes import MiniWorldScene
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def views():
+    """Real held-out views: 4 targets near the start of a YMaze layout, 2 context views each."""
+    scene = MiniWorldScene("MiniWorld-YMaze-v0", width=64, height=64)
+    try:
+        start = scene.reset(3)
+        rng = np.random.default_rng(0)
+        states = []
+        while len(states) < 12:
+            s = scene.sample_free_state(rng)
+            if math.hypot(s.x - start.x, s.z - start.z) < 3.0:
+                states.append(s)
+        poses = np.stack([s.pose() for s in states])
+        frames = np.stack([scene.render(p) for p in poses])
+        intr = scene.intrinsics
+    finally:
+        scene.close()
+    target = poses[:4]
+    context_poses = poses[4:].reshape(4, 2, 4, 4)
+    context_frames = frames[4:].reshape(4, 2, 64, 64, 3)
+    return target, context_frames, context_poses, intr
+
+
+def _generate(model: sm.FrameModel, views, **kwargs) -> np.ndarray:
+    target, frames, poses, intr = views
+    return model.generate(target, frames, poses, intr, generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+def _assert_close_frames(a: np.ndarray, b: np.ndarray, max_diff: int, mean_diff: float) -> None:
+    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert d.max() <= max_diff, f"largest pixel difference {d.max()} > {max_diff}"
+    assert d.mean() <= mean_diff, f"mean pixel difference {d.mean():.3f} > {mean_diff}"
+
+
+def test_gelu_default_follows_the_precision():
+    """bf16 inference uses the erf GELU; float32 keeps the trained tanh form; bad forms are named."""
+    assert sm.FrameModel.from_pretrained(DEFAULT_CHECKPOINT).gelu == "none"
+    assert sm.FrameModel.from_pretrained(DEFAULT_CHECKPOINT, autocast_dtype=None).gelu == "tanh"
+    assert sm.FrameModel.from_pretrained(DEFAULT_CHECKPOINT, gelu="tanh").gelu == "tanh"
+    with pytest.raises(ValueError, match=r"unknown gelu 'relu'; valid: \['tanh', 'none'\]"):
+        sm.FrameModel.from_pretrained(DEFAULT_CHECKPOINT, gelu="relu")
+
+
+def test_erf_gelu_matches_the_trained_tanh_gelu_within_bf16(views):
+    """Under bf16 the two GELU forms give the same frames up to a few levels of rounding."""
+    tanh = _generate(sm.FrameModel.from_pretrained(DEFAULT_CHECKPOINT, gelu="tanh"), views)
+    erf = _generate(sm.FrameModel.from_pretrained(DEFAULT_CHECKPOINT, gelu="none"), views)
+    assert not np.array_equal(tanh, erf)  # the option does reach the network
+    _assert_close_frames(tanh, erf, max_diff=6, mean_diff=0.25)
+
+
+def test_compiled_model_matches_eager(views):
+    """torch.compile'd generation equals eager generation within bf16 rounding, padded views included."""
+    eager = sm.FrameModel.from_pretrained(DEFAULT_CHECKPOINT)
+    compiled = sm.FrameModel.from_pretrained(DEFAULT_CHECKPOINT, compile=True)
+    assert compiled.compiled and not eager.compiled
+    _assert_close_frames(_generate(eager, views), _generate(compiled, views), max_diff=6, mean_diff=0.25)
+    valid = np.array([[True, True], [True, False], [True, True], [True, False]])
+    _assert_close_frames(
+        _generate(eager, views, context_valid=valid),
+        _generate(compiled, views, context_valid=valid),
+        max_diff=6,
+        mean_diff=0.25,
+    )
+    with pytest.raises(RuntimeError, match="a compiled FrameModel cannot move"):
+        compiled.to("cpu")
+
+
+def test_compile_failure_is_named_and_leaves_the_model_eager(views, monkeypatch):
+    """A compiler that fails surfaces at compile() with what it needs; the model keeps working."""
+
+    def broken(fn):
+        def run(*args, **kwargs):
+            raise OSError("g++: command not found")
+
+        return run
+
+    model = sm.FrameModel.from_pretrained(DEFAULT_CHECKPOINT)
+    before = _generate(model, views)
+    monkeypatch.setattr(sm.torch, "compile", broken)
+    with pytest.raises(RuntimeError, match=r"torch.compile of the frame model failed \(OSError: g\+\+: command not"):
+        model.compile()
+    assert not model.compiled
+    np.testing.assert_array_equal(_generate(model, views), before)
+
+
+def test_model_camera_options_record_gelu_and_compile():
+    """The camera's options say which GELU form and whether compile is on; bad values are refused."""
+    cam = ModelCamera(k=2)
+    assert cam.options["gelu"] == "none" and cam.options["compile"] is False
+    assert ModelCamera(k=2, gelu="tanh").options["gelu"] == "tanh"
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        ModelCamera(k=2, compile="yes")
+    with pytest.raises(ValueError, match="device, autocast and gelu apply when loading a checkpoint"):
+        ModelCamera(cam.model, gelu="tanh")
