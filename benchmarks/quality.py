@@ -50,6 +50,7 @@ class QualityConfig:
     batch: int = 32  # targets per generate call
     steps: int | None = None  # sampling steps; None: the model's default
     sample_sigma: float | None = None  # start-noise std when sampling; None: the model's default
+    gelu: str | None = None  # the network's GELU form ("tanh" as trained, "none" = erf); None: the default
     min_gap: int = 1  # fewest steps between target and a context view
     max_gap: int = 4  # most steps between target and a context view
     context_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # views for the sweep
@@ -136,7 +137,7 @@ def main(cfg: QualityConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    model = FrameModel.from_pretrained(cfg.checkpoint)
+    model = FrameModel.from_pretrained(cfg.checkpoint, gelu=cfg.gelu)
     if cfg.sample_sigma is not None:
         model.network.config = dataclasses.replace(model.config, sample_sigma=cfg.sample_sigma)
     ds = PosedFrameDataset(
@@ -185,6 +186,8 @@ def _parse() -> QualityConfig:
         d = getattr(defaults, f.name)
         if isinstance(d, list):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=int, nargs="+", default=d)
+        elif f.name == "gelu":
+            p.add_argument("--gelu", choices=["tanh", "none"], default=None)
         elif f.name in ("steps", "sample_sigma"):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.name == "steps" else float, default=None)
         else:
