@@ -226,3 +226,11 @@ def test_all_cap_lets_the_all_strategy_attend_to_more_frames(tmp_path, one_threa
     assert "evenly thinned to 16 when more are stored" in (tmp_path / "c16" / "report.md").read_text()
     with pytest.raises(ValueError, match="all_cap must be None"):
         evaluate(RevisitConfig(out=str(tmp_path / "bad"), all_cap=0, **base), progress=False)
+
+
+def test_gelu_form_is_part_of_what_an_evaluation_resumes_with():
+    """Evaluations from before the option ran the tanh GELU: they resume with gelu='tanh' only."""
+    assert "gelu" not in RevisitConfig(gelu="tanh").identity()
+    assert RevisitConfig().identity()["gelu"] == RevisitConfig(gelu="none").identity()["gelu"] == "none"
+    with pytest.raises(ValueError, match="unknown gelu 'relu'"):
+        evaluate(RevisitConfig(out="unused", gelu="relu", **TINY), progress=False)

@@ -124,6 +124,9 @@ class RevisitConfig:
     # Most stored frames the `all` strategy attends to; None: the model's max_context. A larger
     # cap lets `all` show how attending to the whole memory grows in cost.
     all_cap: int | None = None
+    # The network's GELU form (FrameModel.from_pretrained): "tanh" as trained, "none" (erf, the
+    # bf16 default, within bf16 rounding of tanh and faster); None: the default.
+    gelu: str | None = None
 
     @property
     def suite(self) -> SuiteConfig:
@@ -148,6 +151,10 @@ class RevisitConfig:
             d.pop(key)
         if d["all_cap"] is None:
             d.pop("all_cap")  # absent as before the option existed: earlier evaluations still resume
+        # Evaluations made before the option ran the trained tanh form: the key is absent for it,
+        # so those resume with --gelu tanh, and not with the erf default.
+        if (d.pop("gelu") or "none") != "tanh":
+            d["gelu"] = "none"
         return d
 
 
@@ -180,6 +187,8 @@ def _validate(cfg: RevisitConfig) -> tuple[list[str], list[str]]:
     if cfg.all_cap is not None and (isinstance(cfg.all_cap, bool) or not isinstance(cfg.all_cap, int)
                                     or cfg.all_cap < 1):
         raise ValueError(f"all_cap must be None (the model's max_context) or an integer >= 1, got {cfg.all_cap!r}")
+    if cfg.gelu not in (None, "tanh", "none"):
+        raise ValueError(f"unknown gelu {cfg.gelu!r}; valid: ['tanh', 'none'] (or None for the default)")
     for name in ("episodes", "tour_every"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -569,13 +578,15 @@ def evaluate(
     model = None
     if model_strategies:
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = FrameModel.from_pretrained(ckpt_path, device=device)
+        model = FrameModel.from_pretrained(ckpt_path, device=device, gelu=cfg.gelu)
         for s in model_strategies:
             # Every strategy shares one network; the resolution check fails here for a mismatch.
             # `all` with its own cap gets the same weights with that context limit.
             own = s == "all" and cfg.all_cap is not None and cfg.all_cap != model.config.max_context
             cameras[s] = ModelCamera(
-                FrameModel.from_pretrained(ckpt_path, device=device, max_context=cfg.all_cap) if own else model,
+                FrameModel.from_pretrained(ckpt_path, device=device, gelu=cfg.gelu, max_context=cfg.all_cap)
+                if own
+                else model,
                 k=min(cfg.k, cfg.all_cap) if s == "all" and cfg.all_cap is not None else cfg.k,
                 steps=cfg.steps, context_strategy=s, memory_capacity=cfg.memory_capacity,
                 seed=cfg.seed, resolution=cfg.resolution,
@@ -728,6 +739,8 @@ _HELP = {
     "world_radius": "metres; in a world, the camera stays this close to stored cameras",
     "device": "torch device (default: cuda when available, else cpu)",
     "threads": "torch CPU threads (0: torch's default; 1 avoids oversubscribing shared cores)",
+    "gelu": "the network's GELU form: 'tanh' as trained, 'none' (erf, within bf16 rounding of it and faster); "
+    "default: 'none' under bf16",
     "all_cap": "most stored frames the 'all' strategy attends to (default: the model's max_context); a larger "
     "cap shows how attending to the whole memory grows in cost (views beyond the trained number are out of "
     "distribution)",
@@ -745,6 +758,8 @@ def _add_revisit_arguments(p: argparse.ArgumentParser) -> None:
             kwargs["nargs"] = "+"
         elif isinstance(default, bool):
             continue
+        elif f.name == "gelu":
+            kwargs["choices"] = ["tanh", "none"]
         elif f.name in ("steps", "memory_capacity", "all_cap") or isinstance(default, int):
             kwargs["type"] = int
         elif isinstance(default, float):
