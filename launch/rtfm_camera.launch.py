@@ -24,6 +24,7 @@ ARGUMENTS = [
     ("k", "2", int, "context frames per generated frame (camera:=model)"),
     ("sampling_steps", "0", int, "Euler sampling steps; 0 uses the checkpoint's default"),
     ("torch_threads", "1", int, "CPU threads of the frame model; 0: one per core"),
+    ("compile_model", "false", bool, "torch.compile the frame model (camera:=model; needs g++)"),
     ("rate_hz", "10.0", float, "frames per second"),
     ("width", "64", int, "image width, pixels"),
     ("height", "64", int, "image height, pixels"),

@@ -119,6 +119,11 @@ PARAMETERS: dict[str, Param] = {
     "k": Param(2, "context frames per generated frame (camera=model)"),
     "sampling_steps": Param(0, "Euler sampling steps of the frame model; 0 uses the checkpoint's default"),
     "torch_threads": Param(1, "CPU threads of the frame model (camera=model); 0 keeps torch's default of one per core"),
+    "compile_model": Param(
+        False,
+        "run the frame model through torch.compile (camera=model): faster frames after seconds of compiling at "
+        "start-up; needs g++",
+    ),
     "rate_hz": Param(10.0, "frames per second; cmd_vel is integrated over one frame period per frame"),
     "width": Param(64, "image width, pixels"),
     "height": Param(64, "image height, pixels"),
@@ -326,6 +331,7 @@ class CameraNode(Node):
                 "k": int(par["k"]),
                 "steps": int(par["sampling_steps"]) or None,
                 "seed": int(par["seed"]),
+                "compile": bool(par["compile_model"]),
             }
             if scene is not None:  # a saved world brings its own frame size
                 kwargs["resolution"] = (int(par["height"]), int(par["width"]))
