@@ -109,3 +109,14 @@ def test_report_puts_the_headline_table_first(summary, tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert page.index("<table>") < page.index("<h2>Plots</h2>")
     assert np.isfinite(summ["headline"]["excursion"]["all"]["mean"])
+
+
+def test_all_target_needs_a_cap_above_the_early_window(summary):
+    """A cap reached before the early window cannot show growth: the target is left out; a larger cap keeps it."""
+    episodes, cfg, _ = summary
+    early = summarize(episodes, STRATEGIES, cfg, cap=8)["headline"]
+    assert not any(t["name"].startswith("cost per frame, all") for t in early["targets"])
+    wide = summarize(episodes, STRATEGIES, cfg, cap=150)["headline"]
+    row = next(t for t in wide["targets"] if t["name"].startswith("cost per frame, all"))
+    assert row["name"] == "cost per frame, all (capped at 150 frames), same ratio: must grow"
+    assert row["met"] and row["value"] > 1.5

@@ -664,7 +664,8 @@ def evaluate(
         "ground_truth_available": not cfg.world,
         "context_cost": context_cost,
         "cost_timer": timer,
-        "summary": summarize(episodes, strategies, cfg, timer),
+        "summary": summarize(episodes, strategies, cfg, timer,
+                             cameras["all"].model.config.max_context if "all" in cameras else None),
         "episodes": episodes,
     }
     _write_json(out / RESULTS_FILE, results)
@@ -687,7 +688,7 @@ def rebuild_report(out: str | os.PathLike, companions: list[str] | None = None) 
         FileNotFoundError: ``out`` holds no results.json.
         ValueError: results.json is not an evaluation's results.
     """
-    from rtfm_env.eval.report import summarize, write_report
+    from rtfm_env.eval.report import all_cap, summarize, write_report
 
     out = Path(out)
     path = out / RESULTS_FILE
@@ -705,7 +706,8 @@ def rebuild_report(out: str | os.PathLike, companions: list[str] | None = None) 
                 raise FileNotFoundError(f"companion evaluation {c} has no {RESULTS_FILE}")
         results["companions"] = [os.path.relpath(c, out) for c in companions]
     cfg = RevisitConfig(**results["config"])
-    results["summary"] = summarize(results["episodes"], results["strategies"], cfg, results.get("cost_timer", "wall"))
+    results["summary"] = summarize(results["episodes"], results["strategies"], cfg, results.get("cost_timer", "wall"),
+                                   all_cap(results) if "all" in results["strategies"] else None)
     _write_json(path, results)
     write_report(results, out)
     return results
