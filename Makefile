@@ -1,11 +1,11 @@
 # Two commands do everything: `make demo` and `make test`. Both bootstrap idempotently:
-# Debian packages for headless EGL rendering, a virtualenv, and `pip install -e .[...]`.
+# Debian packages for headless EGL rendering (and g++ for torch.compile), a virtualenv, and `pip install -e .[...]`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= rl,dev,ros
-APT_PACKAGES := libegl1 libgl1-mesa-dri
+APT_PACKAGES := libegl1 libgl1-mesa-dri g++
 # The stamp names what was installed, so editing setup.py, this file or EXTRAS re-installs.
 STAMP := $(VENV)/.installed-$(shell (cat setup.py Makefile; echo "$(EXTRAS)") | sha1sum | cut -c1-12)
 
