@@ -112,3 +112,22 @@ def test_model_camera_options_record_gelu_and_compile():
         ModelCamera(k=2, compile="yes")
     with pytest.raises(ValueError, match="device, autocast and gelu apply when loading a checkpoint"):
         ModelCamera(cam.model, gelu="tanh")
+
+
+def test_envs_take_compile_model():
+    """compile_model=True reaches the model camera of an env and of a vector env (one shared, compiled model)."""
+    import gymnasium as gym
+
+    import rtfm_env  # noqa: F401 (registers the ids)
+
+    with pytest.raises(ValueError, match=r"\['compile_model'\] apply only to camera='model'"):
+        gym.make("RTFM/PointNav-v0", compile_model=True)
+    envs = gym.make_vec("RTFM/PointNav-v0", num_envs=2, camera="model", compile_model=True, scene="OneRoom")
+    try:
+        obs, _ = envs.reset(seed=0)
+        obs, *_ = envs.step(np.array([1, 2]))
+        models = {id(env.camera.model) for env in envs.envs}
+        assert len(models) == 1 and envs.envs[0].camera.model.compiled
+        assert obs["rgb"].shape == (2, 64, 64, 3)
+    finally:
+        envs.close()
