@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import save_file
 from torch.utils.data import DataLoader
 
 from rtfm_env.data import shards as sh
@@ -16,8 +17,11 @@ ENV = "MiniWorld-OneRoom-v0"
 OUT_AND_BACK = [0, 1, 2, 3, 4, 3, 2, 1, 0]  # x positions; the last frame revisits the first
 
 
-def episode(ep: int, xs, yaws=None) -> sh.Episode:
-    """A synthetic episode along x; frame pixels encode (episode, step)."""
+def episode(ep: int, xs, yaws=None, depth: bool = True) -> sh.Episode:
+    """A synthetic episode along x; frame pixels encode (episode, step), depth is 1 + step + 0.01 * episode m.
+
+    Depth's top row is inf (nothing hit); ``depth=False`` records none.
+    """
     yaws = np.zeros(len(xs)) if yaws is None else yaws
     states = [RobotState(float(x), 0.0, float(y)) for x, y in zip(xs, yaws, strict=True)]
     n = len(states)
@@ -31,7 +35,15 @@ def episode(ep: int, xs, yaws=None) -> sh.Episode:
         states=np.stack([s.as_array() for s in states]),
         actions=np.r_[-1, np.ones(n - 1, dtype=int)],
         collided=np.zeros(n, dtype=bool),
+        depth=_depth(ep, n) if depth else None,
     )
+
+
+def _depth(ep: int, n: int) -> np.ndarray:
+    depth = np.broadcast_to(1.0 + np.arange(n, dtype=np.float32)[:, None, None] + 0.01 * ep,
+                            (n, INTR.height, INTR.width)).copy()
+    depth[:, 0] = np.inf
+    return depth
 
 
 def make_recording(root, shards, split="train", env=ENV):
@@ -64,6 +76,72 @@ def test_item_shapes_and_dtypes(recording):
     assert item["target_pose"].shape == (4, 4) and item["target_pose"].dtype == torch.float64
     torch.testing.assert_close(item["intrinsics"], torch.tensor([8.0, 6.0, 60.0], dtype=torch.float64))
     assert item["env_id"] == ENV and ds.intrinsics == INTR
+
+
+def test_depth_matches_frames_and_steps(recording):
+    """Target and context depth are float32 metres of the same rows as the frames, inf kept, has_depth set."""
+    ds = PosedFrameDataset(recording, n_context=3, seed=1)
+    assert ds.has_depth
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["target_depth"].shape == (6, 8) and item["target_depth"].dtype == torch.float32
+        assert item["context_depth"].shape == (3, 6, 8) and item["context_depth"].dtype == torch.float32
+        assert item["has_depth"].dtype == torch.bool and bool(item["has_depth"])
+        ep, steps = int(item["target_frame"][0, 0, 0]), item["context_steps"].numpy()
+        want_target = 1.0 + int(item["target_step"]) + 0.01 * ep
+        # float16 storage: within 2^-11 relative
+        torch.testing.assert_close(item["target_depth"][1:], torch.full((5, 8), want_target), rtol=2.0**-11, atol=0)
+        want_ctx = torch.from_numpy(1.0 + steps + 0.01 * ep).float()[:, None, None].expand(3, 5, 8)
+        torch.testing.assert_close(item["context_depth"][:, 1:], want_ctx, rtol=2.0**-11, atol=0)
+        assert torch.isinf(item["target_depth"][0]).all() and torch.isinf(item["context_depth"][:, 0]).all()
+
+
+def _with_old_shard(root):
+    """Replace shard 1 of ``root`` by a version 1 shard of the same episodes (no depth) and fix the manifest.
+
+    A version 1 shard is a depth-less version 2 shard with version 1 and no ``depth`` flag in
+    its metadata (tests/test_data_shards.py builds one entirely by hand).
+    """
+    path = root / sh.shard_name(ENV, 1)
+    sh.write_shard(path, [episode(2, np.arange(12) * 0.5, depth=False)], env_id=ENV, split="train", shard_index=1,
+                   intrinsics=INTR)
+    header, tensors = sh.read_shard(path)
+    meta = {k: v for k, v in header.meta.items() if k != "depth"} | {"version": 1}
+    save_file(tensors, str(path), metadata={sh.METADATA_KEY: json.dumps(meta, sort_keys=True)})
+    assert sh.read_shard_header(path).version == 1
+    m = sh.read_manifest(root)
+    m.shards[1] = sh.ShardEntry(path.name, ENV, "train", 1, 1, 12, path.stat().st_size, sh.sha256_file(path))
+    sh.write_manifest(root, m)
+    return path
+
+
+def test_version_1_shards_yield_nan_depth_and_batch_with_new_ones(recording):
+    """A version 1 shard in a recording reads with NaN depth and has_depth False; items of both collate."""
+    old = _with_old_shard(recording)
+    ds = PosedFrameDataset(recording, n_context=2)
+    assert not ds.has_depth and len(ds) == 9 + 9 + 12
+    old_items = [ds[i] for i in range(len(ds)) if int(ds[i]["target_frame"][0, 0, 0]) == 2]
+    assert len(old_items) == 12
+    for item in old_items:
+        assert not bool(item["has_depth"]) and item["target_depth"].shape == (6, 8)
+        assert torch.isnan(item["target_depth"]).all() and torch.isnan(item["context_depth"]).all()
+        assert item["context_depth"].shape == (2, 6, 8) and item["context_frames"].shape == (2, 6, 8, 3)
+    batch = next(iter(DataLoader(ds, batch_size=len(ds), shuffle=False)))
+    assert batch["target_depth"].shape == (30, 6, 8) and batch["context_depth"].shape == (30, 2, 6, 8)
+    assert batch["has_depth"].tolist() == [True] * 18 + [False] * 12
+    assert torch.isfinite(batch["target_depth"][:18, 1:]).all()
+    with pytest.raises(sh.NoDepthError, match="1 of 2 shards hold no depth.*format version 1.*re-record") as err:
+        PosedFrameDataset(recording, require_depth=True)
+    assert old.name in str(err.value)
+
+
+def test_recording_without_depth(tmp_path):
+    """A recording made without depth (version 2, --no-depth) yields NaN depth; require_depth names --no-depth."""
+    root = make_recording(tmp_path / "rgb", [[episode(0, OUT_AND_BACK, depth=False)]])
+    ds = PosedFrameDataset(root, n_context=2)
+    assert not ds.has_depth and not bool(ds[0]["has_depth"]) and torch.isnan(ds[0]["target_depth"]).all()
+    with pytest.raises(sh.NoDepthError, match="--no-depth"):
+        PosedFrameDataset(root, require_depth=True)
 
 
 def test_frames_match_poses_and_steps(recording):
@@ -263,7 +341,7 @@ def test_corrupt_and_missing_manifest(recording, tmp_path):
 def test_mixed_intrinsics_refused(tmp_path, recording):
     """Shards of different image sizes cannot form one dataset."""
     big = Intrinsics(4, 4, 60.0)
-    ep = episode(5, [0, 1, 2])
+    ep = episode(5, [0, 1, 2], depth=False)
     ep.frames = np.zeros((3, 4, 4, 3), np.uint8)
     entry = sh.write_shard(recording / sh.shard_name(ENV, 2), [ep], env_id=ENV, split="train", shard_index=2,
                            intrinsics=big)

@@ -33,6 +33,7 @@ def test_record_writes_shards_and_manifest(recorded):
     assert m.complete and m.split == "train" and len(m.shards) == 2
     assert recorded.written == [f"{ENV}.00000.safetensors", f"{ENV}.00001.safetensors"] and not recorded.skipped
     assert m.config["envs"] == [ENV] and m.config["steps"] == 12 and m.config["split"] == "train"
+    assert m.config["depth"] is True and m.config["format_version"] == sh.FORMAT_VERSION == m.version == 2
     assert sh.read_manifest(root).to_dict() == m.to_dict()
     assert [(e.episodes, e.frames) for e in m.shards] == [(2, 24), (1, 12)]
     for e in m.shards:
@@ -48,6 +49,9 @@ def test_recorded_content(recorded):
     assert [e.episode for e in header.episodes] == [0, 1]
     assert (header.episodes[0].seed, header.episodes[0].trajectory_seed) == rec.episode_seeds(0, ENV, 0)
     assert t["frames"].shape == (24, 16, 16, 3) and t["frames"].std() > 5
+    assert header.has_depth and t["depth"].shape == (24, 16, 16) and t["depth"].dtype == np.float32
+    finite = t["depth"][np.isfinite(t["depth"])]
+    assert finite.size > 0 and finite.min() > 0 and np.all(~np.isnan(t["depth"]))
     for row in (0, 5, 17):
         x, z, yaw, h, pitch = t["states"][row]
         np.testing.assert_allclose(t["poses"][row], camera_pose(x, z, yaw, h, pitch), atol=1e-12)
@@ -69,12 +73,77 @@ def test_recorded_frames_match_the_scene(recorded):
         scene.close()
 
 
+def test_recorded_depth_matches_the_scene(recorded):
+    """Recorded depth equals scene.render_depth at the recorded poses, to float16 precision, inf kept."""
+    from rtfm_env.scenes import MiniWorldScene
+
+    header, t = sh.read_shard(recorded.root / f"{ENV}.00000.safetensors")
+    scene = MiniWorldScene(ENV, width=16, height=16)
+    try:
+        for row, episode in ((3, 0), (11, 0), (12, 1), (20, 1)):
+            scene.reset(header.episodes[episode].seed)
+            want = scene.render_depth(t["poses"][row])
+            np.testing.assert_array_equal(t["depth"][row], want.astype(np.float16).astype(np.float32))
+            np.testing.assert_allclose(t["depth"][row], want, rtol=2.0**-11, atol=0)
+            assert np.isfinite(want).any()
+    finally:
+        scene.close()
+
+
 def test_dataset_reads_a_recording(recorded):
-    """PosedFrameDataset opens a recording made by the recorder and yields its frames."""
-    ds = PosedFrameDataset(recorded.root, n_context=2, max_gap=4)
-    assert len(ds) == 36 and ds.manifest_hash == sh.manifest_hash(recorded.root)
+    """PosedFrameDataset opens a recording made by the recorder and yields its frames and depth."""
+    ds = PosedFrameDataset(recorded.root, n_context=2, max_gap=4, require_depth=True)
+    assert len(ds) == 36 and ds.manifest_hash == sh.manifest_hash(recorded.root) and ds.has_depth
     item = ds[10]
     assert item["context_frames"].shape == (2, 16, 16, 3)
+    assert item["context_depth"].shape == (2, 16, 16) and bool(item["has_depth"])
+
+
+def test_no_depth_recording_and_depth_is_part_of_the_config(tmp_path):
+    """--no-depth records RGB only; resuming it with depth on (or the reverse) is a config mismatch."""
+    out = tmp_path / "rgb"
+    summary = rec.record(tiny(out, episodes=1, steps=3, depth=False), progress=False)
+    assert summary.manifest.config["depth"] is False and summary.manifest.complete
+    header, t = sh.read_shard(out / f"{ENV}.00000.safetensors")
+    assert header.version == 2 and not header.has_depth and "depth" not in t
+    with pytest.raises(rec.ConfigMismatchError, match="depth: recorded False, now True"):
+        rec.record(tiny(out, episodes=1, steps=3), progress=False)
+    assert rec.record(tiny(out, episodes=1, steps=3, depth=False), progress=False).skipped == [header.path.name]
+
+
+def test_version_1_recording_is_not_resumed(recorded, tmp_path):
+    """A recording made by the version 1 recorder (no depth in its config) is refused, naming what differs."""
+    out = tmp_path / "old"
+    out.mkdir()
+    m = sh.read_manifest(recorded.root)
+    config = {k: v for k, v in m.config.items() if k != "depth"} | {"format_version": 1}
+    sh.write_manifest(out, sh.Manifest(split="train", config=config, shards=[], version=1))
+    with pytest.raises(rec.ConfigMismatchError, match=r"depth: recorded None, now True; format_version: recorded 1"):
+        rec.record(tiny(out), progress=False)
+
+
+def test_scene_without_depth_renderer_fails(monkeypatch):
+    """Recording depth from a scene that cannot render it says to use --no-depth."""
+
+    class NoDepthScene:
+        def __init__(self, scene):
+            self._scene = scene
+
+        def __getattr__(self, name):
+            return getattr(self._scene, name)
+
+        def render_depth(self, pose):
+            return None
+
+    from rtfm_env.scenes import MiniWorldScene
+
+    scene = MiniWorldScene(ENV, width=16, height=16)
+    try:
+        with pytest.raises(RuntimeError, match="no depth renderer; record it with --no-depth"):
+            rec.record_episode(NoDepthScene(scene), ENV, 0, tiny("unused", steps=2))
+        assert rec.record_episode(scene, ENV, 0, tiny("unused", steps=2, depth=False)).depth is None
+    finally:
+        scene.close()
 
 
 def test_interrupted_recording_resumes_to_the_same_result(tmp_path, monkeypatch, recorded):
@@ -215,13 +284,14 @@ def test_command_line_defaults_and_run(tmp_path, capsys):
     """The CLI options have the documented defaults, and run() records and reports the manifest hash."""
     args = _parse([])
     assert (args.steps, args.res, args.fov, args.split, args.envs, args.seed) == (128, 64, 60.0, "train", None, 0)
+    assert args.depth is True and _parse(["--no-depth"]).depth is False
     assert args.kinds == ["random_walk", "loop", "turn360", "out_and_back"]
     out = tmp_path / "cli"
     argv = ["--envs", "OneRoom", "--episodes", "1", "--steps", "3", "--res", "16", "--out", str(out),
             "--kinds", "turn360", "--episodes-per-shard", "1", "--no-progress"]
     assert rec.run(_parse(argv)) == 0
     printed = capsys.readouterr().out
-    assert sh.manifest_hash(out) in printed and "1 shards recorded" in printed
+    assert sh.manifest_hash(out) in printed and "1 shards recorded" in printed and "RGB-D" in printed
     assert sh.read_manifest(out).config["kinds"] == ["turn360"]
 
 

@@ -1,20 +1,22 @@
 """Training data: trajectories that revisit places, the shard format, the recorder, the dataset.
 
 * :mod:`rtfm_env.data.trajectories`: seeded generators of discrete moves through a scene.
-* :mod:`rtfm_env.data.shards`: write, read and check shards and the manifest.
+* :mod:`rtfm_env.data.shards`: write, read and check shards (RGB-D posed frames) and the manifest.
 * :mod:`rtfm_env.data.recorder`: ``rtfm-env record``, resumable recording of MiniWorld episodes.
-* :mod:`rtfm_env.data.dataset`: :class:`PosedFrameDataset`, (context, target) samples.
+* :mod:`rtfm_env.data.dataset`: :class:`PosedFrameDataset`, (context, target) samples with depth.
 
 The format is documented in ``docs/DATASET.md``. Importing this package does not load
 MiniWorld; the recorder does when it records.
 """
 
 from rtfm_env.data.dataset import PosedFrameDataset
-from rtfm_env.data.shards import ShardFormatError, manifest_hash, read_manifest
+from rtfm_env.data.shards import FORMAT_VERSION, NoDepthError, ShardFormatError, manifest_hash, read_manifest
 from rtfm_env.data.trajectories import TRAJECTORY_KINDS, Trajectory, TrajectoryStep, make_trajectory, rollout
 
 __all__ = [
     "PosedFrameDataset",
+    "FORMAT_VERSION",
+    "NoDepthError",
     "ShardFormatError",
     "manifest_hash",
     "read_manifest",

@@ -12,6 +12,12 @@ views" instead.
 Only headers are read at construction. Shards are opened lazily (memory-mapped, frames read
 row by row) and kept in a small LRU cache; each shard's sha256 is checked against the manifest
 the first time it is opened (``verify=True``), or all at once with :meth:`verify_all`.
+
+Depth: items carry ``target_depth`` and ``context_depth`` (float32 metres along the optical
+axis, inf where nothing was hit) and a ``has_depth`` flag. A shard without depth (format
+version 1, or recorded with ``--no-depth``) gives NaN depth and ``has_depth`` False, so items
+of every shard have the same keys and batch together; ``torch.isfinite(depth)`` is the mask of
+usable depth in both cases. ``require_depth=True`` refuses such shards instead.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import torch
 from torch.utils.data import Dataset
 
 from rtfm_env.data.shards import (
+    FORMAT_VERSION,
     SPLITS,
+    NoDepthError,
     ShardEntry,
     ShardFormatError,
     ShardHeader,
@@ -53,7 +61,17 @@ class PosedFrameDataset(Dataset):
     * ``target_pose``: (4, 4) float64 camera-to-world.
     * ``intrinsics``: (3,) float64 ``(width, height, fov_y in degrees)``.
     * ``context_steps``: (K,) int64 and ``target_step``: () int64, steps within the episode.
+    * ``target_depth``: (H, W) and ``context_depth``: (K, H, W) float32, metres along the
+      optical axis (OpenGL camera: depth = -z in camera coordinates), inf where nothing was
+      hit; stored as float16, so within 2^-11 relative (~5 mm at 10 m). NaN everywhere when
+      the shard holds no depth.
+    * ``has_depth``: () bool, False when the shard holds no depth (format version 1 or
+      ``--no-depth``): then the depth tensors are all NaN and must not be used.
     * ``env_id``: the episode's env id (a str).
+
+    Mask depth with ``torch.isfinite``: it is False where nothing was hit and where no depth
+    was recorded. ``has_depth`` is the per-sample flag; :attr:`has_depth` says whether every
+    shard of the dataset holds depth.
 
     Items are deterministic given the index, ``seed`` and the epoch set by :meth:`set_epoch`.
     """
@@ -73,6 +91,7 @@ class PosedFrameDataset(Dataset):
         seed: int = 0,
         verify: bool = True,
         cache_size: int = 8,
+        require_depth: bool = False,
     ) -> None:
         """Index the recording at ``root``.
 
@@ -93,11 +112,15 @@ class PosedFrameDataset(Dataset):
             seed: seed of the context draws.
             verify: check each shard's sha256 against the manifest when it is first opened.
             cache_size: shards kept open at once.
+            require_depth: refuse shards without depth (format version 1, or recorded with
+                ``--no-depth``) instead of yielding NaN depth for them.
 
         Raises:
             FileNotFoundError: no manifest at ``root``.
             ShardFormatError: a corrupt, truncated or foreign manifest or shard, or a shard that
                 does not match its manifest entry.
+            NoDepthError: ``require_depth`` and a shard without depth (a ShardFormatError
+                naming the shard and saying to re-record it).
             ValueError: bad arguments, a split mismatch, shards of different intrinsics, or no
                 frame with enough context.
             KeyError: an env id in ``envs`` that the recording does not hold.
@@ -154,6 +177,17 @@ class PosedFrameDataset(Dataset):
         if not self.headers:
             raise ValueError(f"{self.root}: the recording lists no shards (for envs={envs})")
         self.intrinsics: Intrinsics = intrinsics.pop()
+        #: True when every shard holds depth; otherwise samples of depth-less shards have NaN depth.
+        self.has_depth: bool = all(h.has_depth for h in self.headers)
+        if require_depth and not self.has_depth:
+            without = [h for h in self.headers if not h.has_depth]
+            names = ", ".join(h.path.name for h in without[:3]) + (", ..." if len(without) > 3 else "")
+            raise NoDepthError(
+                f"{self.root}: {len(without)} of {len(self.headers)} shards hold no depth ({names}; format version "
+                f"{without[0].version}{'' if without[0].version < 2 else ', recorded with --no-depth'}); "
+                f"re-record them with 'rtfm-env record' (format version {FORMAT_VERSION}, depth on by default) "
+                "into a new --out directory"
+            )
         self._build_index()
         self._cache: OrderedDict[int, ShardReader] = OrderedDict()
         self._verified: set[int] = set()
@@ -283,12 +317,19 @@ class PosedFrameDataset(Dataset):
         return index % n
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        """The sample ``index``: context frames and poses, target frame and pose, intrinsics."""
+        """The sample ``index``: context frames, depth and poses, target frame, depth and pose, intrinsics."""
         index = self._check_index(index)
         row, ctx = self.context_rows(index)
         i, start = int(self._shard[index]), int(self._start[index])
         reader = self._reader(i)
         intr = self.intrinsics
+        if reader.has_depth:
+            target_depth, context_depth = reader.depth(row), reader.depths(ctx)
+        else:
+            # NaN, not inf or 0: "not recorded" must not read as "nothing hit" or as a surface
+            # at the camera; keeping the keys lets shards with and without depth share a batch.
+            target_depth = np.full((intr.height, intr.width), np.nan, dtype=np.float32)
+            context_depth = np.full((len(ctx), intr.height, intr.width), np.nan, dtype=np.float32)
         return {
             "context_frames": torch.from_numpy(reader.frames(ctx)),
             "context_poses": torch.from_numpy(reader.poses[ctx].copy()),
@@ -297,5 +338,8 @@ class PosedFrameDataset(Dataset):
             "intrinsics": torch.tensor([intr.width, intr.height, intr.fov_y], dtype=torch.float64),
             "context_steps": torch.from_numpy((ctx - start).astype(np.int64)),
             "target_step": torch.tensor(row - start, dtype=torch.int64),
+            "target_depth": torch.from_numpy(target_depth),
+            "context_depth": torch.from_numpy(context_depth),
+            "has_depth": torch.tensor(reader.has_depth),
             "env_id": self.headers[i].env_id,
         }

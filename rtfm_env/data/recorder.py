@@ -15,6 +15,11 @@ options into the same directory is refused.
 
 Splits: ``--split train`` (the default) accepts only ids in ``rtfm_env.scenes.TRAIN_IDS``;
 ``--split heldout`` accepts any other MiniWorld id and refuses training ids.
+
+Depth: every frame's ground-truth depth (``Scene.render_depth``, metres along the optical axis,
+inf where nothing was hit) is recorded with it unless ``--no-depth`` is given; shards store it
+as float16 (see :mod:`rtfm_env.data.shards`). Depth on or off is part of the config, so a
+recording made one way is never resumed the other.
 """
 
 from __future__ import annotations
@@ -95,6 +100,11 @@ class RecordConfig:
         metadata=_opt("trajectory kinds, cycled through episode by episode", nargs="+",
                       choices=list(TRAJECTORY_KINDS), metavar="KIND"),
     )
+    # A switch: the command line has only the flag that turns it off (see add_arguments).
+    depth: bool = field(
+        default=True,
+        metadata=_opt("record RGB only, without per-frame depth", action="store_false", flag="--no-depth"),
+    )
 
     def validate(self) -> None:
         """Raise ValueError on an out-of-range option (env ids are checked by :func:`resolve_envs`)."""
@@ -142,6 +152,8 @@ class RecordConfig:
             # The scenes' step sizes shape every trajectory, so a change must not resume silently.
             "kinematics": asdict(KinematicsConfig()),
             "format_version": FORMAT_VERSION,
+            # Shards with and without depth differ, so depth on/off must not resume each other.
+            "depth": bool(self.depth),
         }
 
 
@@ -246,8 +258,16 @@ def record_episode(
         scene: a :class:`~rtfm_env.scenes.base.Scene` of ``env_id`` rendering at ``cfg.intrinsics``.
         env_id: the env id (seeds are derived from it).
         episode: the episode's index within the env's recording.
-        cfg: the recording options (base seed, steps, kinds).
+        cfg: the recording options (base seed, steps, kinds, depth).
         on_frame: called after each frame is rendered (progress).
+
+    Returns:
+        The episode, with ``depth`` (T, H, W) float32 metres from ``scene.render_depth`` when
+        ``cfg.depth``, else None.
+
+    Raises:
+        RuntimeError: the scene has no ground-truth renderer (or no depth renderer when
+            ``cfg.depth``), or renders depth of the wrong shape.
     """
     layout_seed, trajectory_seed = episode_seeds(cfg.seed, env_id, episode)
     kind = cfg.kinds[episode % len(cfg.kinds)]
@@ -255,11 +275,19 @@ def record_episode(
     traj = rollout(kind, scene, start, cfg.steps, trajectory_seed)
     poses = traj.poses()
     frames = np.empty((len(traj), cfg.res, cfg.res, 3), dtype=np.uint8)
+    depth = np.empty((len(traj), cfg.res, cfg.res), dtype=np.float32) if cfg.depth else None
     for i, pose in enumerate(poses):
         frame = scene.render(pose)
         if frame is None:
             raise RuntimeError(f"scene {env_id} has no ground-truth renderer; cannot record it")
         frames[i] = frame
+        if depth is not None:
+            d = scene.render_depth(pose)
+            if d is None:
+                raise RuntimeError(f"scene {env_id} has no depth renderer; record it with --no-depth")
+            if np.shape(d) != depth.shape[1:]:
+                raise RuntimeError(f"scene {env_id} rendered depth of shape {np.shape(d)}, expected {depth.shape[1:]}")
+            depth[i] = d
         if on_frame is not None:
             on_frame()
     return Episode(
@@ -269,6 +297,7 @@ def record_episode(
         states=traj.state_array(),
         actions=traj.actions,
         collided=traj.collided,
+        depth=depth,
     )
 
 
@@ -384,6 +413,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(RecordConfig):
         kwargs = dict(f.metadata)
         default = getattr(defaults, f.name)
+        flag = kwargs.pop("flag", None)
+        if flag is not None:  # a switch with one flag (--no-depth): its default goes without saying
+            parser.add_argument(flag, dest=f.name, default=default, **kwargs)
+            continue
         if default is not None:
             shown = " ".join(map(str, default)) if isinstance(default, list) else default
             kwargs["help"] = f"{kwargs['help']} (default: {shown})"
@@ -405,7 +438,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{summary.root}: {len(summary.written)} shards recorded ({summary.frames} frames, {fps:.0f} frames/s), "
         f"{len(summary.skipped)} already finished; {len(m.shards)} shards, "
-        f"{sum(e.frames for e in m.shards)} frames in all; split {m.split}; "
+        f"{sum(e.frames for e in m.shards)} frames in all ({'RGB-D' if cfg.depth else 'RGB only'}); split {m.split}; "
         f"manifest hash {m.shard_hash()}" + ("" if m.complete else " (incomplete)")
     )
     return 0

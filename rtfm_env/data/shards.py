@@ -20,7 +20,17 @@ step         (N,)             int32    step of the row within its episode (0, 1,
 states       (N, 5)           float64  robot states (x, z, yaw, cam_height, pitch)
 actions      (N,)             int32    action that led to the row (-1 for an episode's start)
 collided     (N,)             uint8    1 where the scene blocked that action
+depth        (N, H, W)        float16  depth in metres along the optical axis, inf where
+                                       nothing was hit (version 2, only when recorded)
 ===========  ===============  =======  ====================================================
+
+Depth is stored as float16 to keep shards small: finite values up to 65504 m with a relative
+precision of 2^-11 (~5 mm at 10 m); inf stays inf. Readers return it as float32 metres, the
+depth convention at every interface.
+
+Versions: 2 (this code's writer) adds ``depth`` and a boolean ``depth`` flag in the metadata;
+a shard written without depth has no such tensor and ``"depth": false``. Version 1 shards (no
+depth) still read: their header says ``has_depth=False``.
 
 The safetensors metadata holds one key, ``rtfm``, whose value is a JSON object: the format
 name and version, env id, split, shard index, intrinsics, and per-episode seeds and trajectory
@@ -48,11 +58,14 @@ from rtfm_env.geometry import Intrinsics
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "DEPTH_MAX",
     "MANIFEST_FORMAT",
     "MANIFEST_NAME",
     "SPLITS",
     "STATE_FIELDS",
     "ShardFormatError",
+    "NoDepthError",
     "EpisodeInfo",
     "Episode",
     "ShardHeader",
@@ -73,7 +86,10 @@ __all__ = [
 ]
 
 FORMAT_NAME = "rtfm-posed-frames"
-FORMAT_VERSION = 1
+#: The version this code writes (shards and manifest).
+FORMAT_VERSION = 2
+#: Versions this code reads: 1 has no depth; 2 adds the optional ``depth`` tensor.
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FORMAT = "rtfm-posed-frames-manifest"
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = ".safetensors"
@@ -92,6 +108,10 @@ TENSORS: dict[str, tuple[str, np.dtype, tuple[int, ...] | None]] = {
     "actions": ("I32", np.dtype(np.int32), ()),
     "collided": ("U8", np.dtype(np.uint8), ()),
 }
+#: The optional depth tensor of version 2 shards (shape after the frame axis: H, W).
+DEPTH_TENSOR = ("F16", np.dtype(np.float16))
+#: The largest finite depth a shard can hold (float16's largest finite value), metres.
+DEPTH_MAX = float(np.finfo(np.float16).max)
 
 # A safetensors header is a little-endian u64 length then that much JSON; real headers of
 # shards are a few kB, so anything past this is a foreign or corrupt file, not a shard.
@@ -100,6 +120,16 @@ _MAX_HEADER_BYTES = 64 << 20
 
 class ShardFormatError(ValueError):
     """A shard or manifest is corrupt, truncated, foreign or inconsistent; the message names the file."""
+
+
+class NoDepthError(ShardFormatError):
+    """Depth was asked of a shard recorded without it (version 1, or recorded with ``--no-depth``)."""
+
+
+def _no_depth_message(path: Path, version: int) -> str:
+    why = f"format version {version} has no depth" if version < 2 else "it was recorded with --no-depth"
+    return (f"{path}: the shard holds no depth ({why}); re-record it with 'rtfm-env record' "
+            f"(format version {FORMAT_VERSION}, depth on by default) into a new --out directory")
 
 
 # --------------------------------------------------------------------------------------
@@ -133,6 +163,7 @@ class Episode:
     states: np.ndarray  # (T, 5) float64, STATE_FIELDS
     actions: np.ndarray  # (T,) int, -1 for the start frame
     collided: np.ndarray  # (T,) bool
+    depth: np.ndarray | None = None  # (T, H, W) float metres along the optical axis, inf = no hit; None = not recorded
 
 
 @dataclass(frozen=True)
@@ -148,6 +179,8 @@ class ShardHeader:
     n_frames: int
     size: int  # file size, bytes
     meta: dict  # the full JSON metadata
+    version: int = FORMAT_VERSION  # the shard's format version (READABLE_VERSIONS)
+    has_depth: bool = False  # True when the shard holds the depth tensor
 
     def episode_rows(self) -> np.ndarray:
         """Row offsets (n_episodes + 1,): episode i occupies rows [o[i], o[i+1])."""
@@ -273,9 +306,12 @@ def write_shard(
 ) -> ShardEntry:
     """Write whole episodes of one env id as a shard, atomically.
 
+    Every episode carries depth or none does: with depth, the shard stores it as float16
+    metres (see the module docstring); without, it is a version 2 shard with no depth.
+
     Args:
         path: the shard file to create (replaced if it exists); its directory must exist.
-        episodes: the episodes, in order; frames must match ``intrinsics`` in size.
+        episodes: the episodes, in order; frames (and depth) must match ``intrinsics`` in size.
         env_id: the env id every episode was recorded in.
         split: ``"train"`` or ``"heldout"``.
         shard_index: the shard's index within its env's recording.
@@ -283,13 +319,24 @@ def write_shard(
 
     Returns:
         The manifest entry of the written shard (size and sha256 of the bytes written).
+
+    Raises:
+        ValueError: an unknown split, no episodes, an array of the wrong shape or dtype,
+            non-finite poses or states, depth on some episodes only, or depth that is NaN,
+            negative or finite beyond ``DEPTH_MAX`` (the message names the episode).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
     if not episodes:
         raise ValueError("a shard needs at least one episode")
     h, w = intrinsics.height, intrinsics.width
+    with_depth = [ep.depth is not None for ep in episodes]
+    if any(with_depth) and not all(with_depth):
+        missing = [ep.info.episode for ep, d in zip(episodes, with_depth, strict=True) if not d]
+        raise ValueError(f"episodes {missing} have no depth while others do; a shard holds depth for all or none")
+    has_depth = all(with_depth)
     columns: dict[str, list[np.ndarray]] = {name: [] for name in TENSORS}
+    depth_parts: list[np.ndarray] = []
     for i, ep in enumerate(episodes):
         t = ep.info.n_frames
         expected = {
@@ -315,10 +362,15 @@ def write_shard(
         columns["collided"].append(np.asarray(ep.collided, dtype=bool).astype(np.uint8))
         columns["episode"].append(np.full(t, ep.info.episode, dtype=np.int32))
         columns["step"].append(np.arange(t, dtype=np.int32))
+        if has_depth:
+            depth_parts.append(_depth_to_float16(ep.depth, (t, h, w), f"episode {i} ({ep.info.episode})"))
     tensors = {name: np.ascontiguousarray(np.concatenate(parts)) for name, parts in columns.items()}
+    if has_depth:
+        tensors["depth"] = np.ascontiguousarray(np.concatenate(depth_parts))
     meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
+        "depth": has_depth,
         "env_id": env_id,
         "split": split,
         "shard_index": int(shard_index),
@@ -341,12 +393,37 @@ def write_shard(
     )
 
 
+def _depth_to_float16(depth: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Check depth in metres (shape, dtype, range) and convert it to float16 for storage.
+
+    Raises:
+        ValueError: naming ``what`` and the problem.
+    """
+    arr = np.asarray(depth)
+    if arr.shape != shape:
+        raise ValueError(f"{what}: depth has shape {arr.shape}, expected {shape} (T, H, W)")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{what}: depth must be floating-point metres, got {arr.dtype}")
+    if np.isnan(arr).any():
+        raise ValueError(f"{what}: depth contains NaN; use inf where nothing was hit")
+    if (arr < 0).any():  # -inf included
+        raise ValueError(f"{what}: depth contains negative values (min {arr.min()}); depth is metres along the "
+                         "optical axis, >= 0")
+    finite = arr[np.isfinite(arr)]
+    if finite.size and finite.max() > DEPTH_MAX:
+        # float16 would turn it into inf, i.e. "nothing hit": refuse rather than change its meaning.
+        raise ValueError(f"{what}: depth {finite.max()} m is beyond the {DEPTH_MAX:g} m a shard stores (float16); "
+                         "is it in metres? Use inf where nothing was hit")
+    return arr.astype(np.float16)
+
+
 def read_shard_header(path: str | os.PathLike) -> ShardHeader:
     """Read and check a shard's header without reading its tensors.
 
-    Checks that the file is a safetensors file of this format and version, that every tensor
-    is present with the right dtype and a shape consistent with the others and with the
-    intrinsics, that the episodes' frame counts add up, and that the file is as long as its
+    Checks that the file is a safetensors file of this format and of a readable version
+    (``READABLE_VERSIONS``), that every tensor is present with the right dtype and a shape
+    consistent with the others and with the intrinsics (``depth`` exactly when the metadata
+    says so), that the episodes' frame counts add up, and that the file is as long as its
     header says (a truncated shard fails here).
 
     Raises:
@@ -387,8 +464,13 @@ def read_shard_header(path: str | os.PathLike) -> ShardHeader:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         fmt = meta.get("format") if isinstance(meta, dict) else None
         raise bad(f"foreign shard: format {fmt!r}, expected {FORMAT_NAME!r}")
-    if meta.get("version") != FORMAT_VERSION:
-        raise bad(f"unsupported shard format version {meta.get('version')!r}; this code reads {FORMAT_VERSION}")
+    version = meta.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise bad(f"unsupported shard format version {version!r}; this code reads versions "
+                  f"{', '.join(map(str, READABLE_VERSIONS))}")
+    has_depth = meta.get("depth", False) if version >= 2 else False
+    if not isinstance(has_depth, bool):
+        raise bad(f"shard metadata 'depth' must be true or false, got {has_depth!r}")
     try:
         intr = Intrinsics.from_dict(meta["intrinsics"])
         episodes = tuple(EpisodeInfo.from_dict(e) for e in meta["episodes"])
@@ -400,13 +482,17 @@ def read_shard_header(path: str | os.PathLike) -> ShardHeader:
     if not episodes or any(e.n_frames < 1 for e in episodes):
         raise bad("shard metadata lists no episodes or an episode with no frames")
     n_frames = sum(e.n_frames for e in episodes)
+    expected = {name: (st_dtype, (n_frames, *((intr.height, intr.width, 3) if tail is None else tail)))
+                for name, (st_dtype, _, tail) in TENSORS.items()}
+    if has_depth:
+        expected["depth"] = (DEPTH_TENSOR[0], (n_frames, intr.height, intr.width))
+    elif "depth" in header:
+        raise bad(f"unexpected tensor 'depth' in a version {version} shard whose metadata says it holds no depth")
     end = 0
-    for name, (st_dtype, _, tail) in TENSORS.items():
+    for name, (st_dtype, shape) in expected.items():
         info = header.get(name)
         if not isinstance(info, dict):
             raise bad(f"missing tensor {name!r}")
-        tail = (intr.height, intr.width, 3) if tail is None else tail
-        shape = (n_frames, *tail)
         if info.get("dtype") != st_dtype or tuple(info.get("shape", ())) != shape:
             raise bad(f"tensor {name!r} is {info.get('dtype')} {info.get('shape')}, expected {st_dtype} {list(shape)}")
         try:
@@ -417,7 +503,7 @@ def read_shard_header(path: str | os.PathLike) -> ShardHeader:
     if size != expected_size:
         what = "truncated" if size < expected_size else "has trailing bytes"
         raise bad(f"{what}: header promises {expected_size} bytes, file has {size}")
-    return ShardHeader(path, env_id, split, shard_index, intr, episodes, n_frames, size, meta)
+    return ShardHeader(path, env_id, split, shard_index, intr, episodes, n_frames, size, meta, version, has_depth)
 
 
 def _check_rows(header: ShardHeader, episode: np.ndarray, step: np.ndarray) -> None:
@@ -431,16 +517,22 @@ def _check_rows(header: ShardHeader, episode: np.ndarray, step: np.ndarray) -> N
 def read_shard(path: str | os.PathLike) -> tuple[ShardHeader, dict[str, np.ndarray]]:
     """Read a whole shard: its checked header and every tensor (see the module docstring).
 
+    ``depth``, when the shard holds it (``header.has_depth``), is returned as (N, H, W)
+    float32 metres (stored as float16); other tensors keep their stored dtype.
+
     Raises:
         ShardFormatError: on a corrupt, truncated or foreign file, or rows inconsistent with
             the header.
     """
     header = read_shard_header(path)
+    names = [*TENSORS, "depth"] if header.has_depth else list(TENSORS)
     try:
         with safe_open(str(header.path), framework="numpy") as f:
-            tensors = {name: f.get_tensor(name) for name in TENSORS}
+            tensors = {name: f.get_tensor(name) for name in names}
     except Exception as e:  # safetensors raises its own error types for malformed files
         raise ShardFormatError(f"{header.path}: cannot read tensors ({e})") from e
+    if header.has_depth:
+        tensors["depth"] = tensors["depth"].astype(np.float32)
     _check_rows(header, tensors["episode"], tensors["step"])
     if not np.all(np.isfinite(tensors["poses"])):
         raise ShardFormatError(f"{header.path}: poses contain NaN or infinite values")
@@ -451,7 +543,7 @@ class ShardReader:
     """Random access to one shard's frames without reading the whole file.
 
     The small per-row tensors (poses, episode, step, states, actions, collided) are read once;
-    frames are read row by row from the memory-mapped file on demand.
+    frames and depth are read row by row from the memory-mapped file on demand.
     """
 
     def __init__(self, path: str | os.PathLike, header: ShardHeader | None = None) -> None:
@@ -460,6 +552,7 @@ class ShardReader:
         try:
             self._file = safe_open(str(self.header.path), framework="numpy")
             self._frames = self._file.get_slice("frames")
+            self._depth = self._file.get_slice("depth") if self.header.has_depth else None
             small = {name: self._file.get_tensor(name) for name in TENSORS if name != "frames"}
         except Exception as e:  # safetensors raises its own error types for malformed files
             raise ShardFormatError(f"{self.header.path}: cannot read tensors ({e})") from e
@@ -474,13 +567,41 @@ class ShardReader:
         self.collided: np.ndarray = small["collided"].astype(bool)
 
     def __len__(self) -> int:
+        """Number of frames (rows) in the shard."""
         return self.header.n_frames
+
+    @property
+    def has_depth(self) -> bool:
+        """True when the shard holds depth (see :meth:`depth`)."""
+        return self.header.has_depth
+
+    def _check_row(self, row: int) -> None:
+        if not 0 <= row < self.header.n_frames:
+            raise IndexError(f"row {row} out of range for {self.header.path} ({self.header.n_frames} frames)")
 
     def frame(self, row: int) -> np.ndarray:
         """Frame ``row`` as (H, W, 3) uint8."""
-        if not 0 <= row < self.header.n_frames:
-            raise IndexError(f"row {row} out of range for {self.header.path} ({self.header.n_frames} frames)")
+        self._check_row(row)
         return np.asarray(self._frames[row])
+
+    def depth(self, row: int) -> np.ndarray:
+        """Depth of frame ``row`` as (H, W) float32 metres along the optical axis, inf where nothing was hit.
+
+        Raises:
+            NoDepthError: the shard holds no depth (the message names it and says to re-record).
+        """
+        if self._depth is None:
+            raise NoDepthError(_no_depth_message(self.header.path, self.header.version))
+        self._check_row(row)
+        return np.asarray(self._depth[row], dtype=np.float32)
+
+    def depths(self, rows: Sequence[int]) -> np.ndarray:
+        """Depth at ``rows`` as (len(rows), H, W) float32 metres (see :meth:`depth`)."""
+        h, w = self.header.intrinsics.height, self.header.intrinsics.width
+        out = np.empty((len(rows), h, w), dtype=np.float32)
+        for i, r in enumerate(rows):
+            out[i] = self.depth(int(r))
+        return out
 
     def frames(self, rows: Sequence[int]) -> np.ndarray:
         """Frames at ``rows`` as (len(rows), H, W, 3) uint8."""
@@ -523,9 +644,11 @@ def read_manifest(root: str | os.PathLike) -> Manifest:
     if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT:
         fmt = d.get("format") if isinstance(d, dict) else None
         raise ShardFormatError(f"{path}: foreign manifest: format {fmt!r}, expected {MANIFEST_FORMAT!r}")
-    if d.get("version") != FORMAT_VERSION:
+    version = d.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise ShardFormatError(
-            f"{path}: unsupported manifest version {d.get('version')!r}; this code reads {FORMAT_VERSION}"
+            f"{path}: unsupported manifest version {version!r}; this code reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     try:
         split = str(d["split"])
@@ -545,7 +668,7 @@ def read_manifest(root: str | os.PathLike) -> Manifest:
             raise ShardFormatError(f"{path}: shard entry {e.file!r} is not a shard file name in the recording root")
     if len({e.file for e in shards}) != len(shards):
         raise ShardFormatError(f"{path}: manifest lists a shard file twice")
-    return Manifest(split=split, config=config, shards=shards, complete=complete)
+    return Manifest(split=split, config=config, shards=shards, complete=complete, version=int(version))
 
 
 def shard_list_hash(shards: Sequence[ShardEntry]) -> str:
