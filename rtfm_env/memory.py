@@ -19,7 +19,18 @@ With a ``capacity`` the memory evicts the most redundant frame when full: one of
 closest frames in the 6-D pose space, a generated one before an observed one, the older of two
 of the same source. Crowded places thin out first and lone views of far-away places survive.
 
-Memories are saved as a safetensors file whose metadata names the format and its version.
+Frames may carry depth (RGB-D): metres along the camera's optical axis, ``inf`` where nothing
+was hit. Depth is stored as float16 metres (finite values up to 65504 m, relative precision
+2^-11, about 5 mm at 10 m; ``inf`` kept) and returned as float32 by :meth:`SpatialMemory.depths`;
+frames added without depth read back as NaN there. Retrieval uses depth where a candidate has
+it: a sampled point hidden behind the candidate's surface does not count for it, and points
+that the stored view nearest to the query sees behind a surface (so the query most likely
+cannot see them either) count for nobody. Observed frames score above generated ones
+(``generated_weight``), so a generated frame never takes the place of an observed one that
+sees the same thing.
+
+Memories are saved as a safetensors file whose metadata names the format and its version
+(version 2 adds depth; version 1 files still load, without depth).
 """
 
 from __future__ import annotations
@@ -55,7 +66,11 @@ __all__ = [
 #: Where a stored frame came from: the scene's renderer or the frame model.
 SOURCES = ("observed", "generated")
 FORMAT_NAME = "rtfm-spatial-memory"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+#: Versions :meth:`SpatialMemory.load` reads: 1 (no depth) and 2 (optional depth per frame).
+READ_VERSIONS = ("1", "2")
+#: Largest finite depth that float16 storage keeps, metres; anything farther is stored as inf.
+MAX_DEPTH = 65504.0
 
 _NO_STEP = -1  # stored in the step array for frames added without a step
 _TENSORS = {  # name -> (dtype, trailing shape; None where it is the frame resolution)
@@ -65,6 +80,10 @@ _TENSORS = {  # name -> (dtype, trailing shape; None where it is the frame resol
     "fov_y": (np.float64, ()),
     "source": (np.uint8, ()),
     "step": (np.int64, ()),
+}
+_DEPTH_TENSORS = {  # version 2: per-frame depth (float16 metres) and whether the frame has depth
+    "depth": (np.float16, None),
+    "has_depth": (np.uint8, ()),
 }
 
 
@@ -87,6 +106,8 @@ class MemoryConfig:
     min_gain: float = 0.0  # retrieval stops when no candidate's weighted gain (fraction of points) exceeds this
     buffer_size: int = 256  # recent adds searched by brute force before being merged into a k-d tree
     redundancy_tolerance: float = 1e-3  # metres; eviction treats distances within the same multiple as equal
+    generated_weight: float = 0.25  # a generated frame's gain is scaled by this, so observed frames win
+    occlusion_tolerance: float = 0.05  # relative; a point farther than (1 + this) * stored depth + 5 cm is hidden
 
     def __post_init__(self) -> None:
         if self.capacity is not None and not (_is_int(self.capacity) and self.capacity >= 1):
@@ -101,6 +122,14 @@ class MemoryConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not (isinstance(self.novelty_angle, (int, float)) and 0.0 < self.novelty_angle <= 180.0):
             raise ValueError(f"novelty_angle must be in (0, 180] degrees, got {self.novelty_angle!r}")
+        if not (isinstance(self.generated_weight, (int, float)) and 0.0 < self.generated_weight <= 1.0):
+            raise ValueError(f"generated_weight must be in (0, 1], got {self.generated_weight!r}")
+        if not (
+            isinstance(self.occlusion_tolerance, (int, float))
+            and math.isfinite(self.occlusion_tolerance)
+            and self.occlusion_tolerance >= 0
+        ):
+            raise ValueError(f"occlusion_tolerance must be a finite number >= 0, got {self.occlusion_tolerance!r}")
         if not (isinstance(self.min_gain, (int, float)) and 0.0 <= self.min_gain < 1.0):
             raise ValueError(f"min_gain must be in [0, 1), got {self.min_gain!r}")
         depths = tuple(float(d) for d in self.depths)
@@ -137,6 +166,7 @@ class MemoryEntry:
     intrinsics: Intrinsics
     source: str  # one of SOURCES
     step: int | None  # episode step at which the frame was taken, if given
+    depth: np.ndarray | None = None  # (H, W) float32 metres along the optical axis, inf = no hit; None if not stored
 
 
 def pose_keys(poses: np.ndarray, direction_scale: float) -> np.ndarray:
@@ -320,6 +350,8 @@ class SpatialMemory:
         self._source = np.empty(0, dtype=np.uint8)
         self._step = np.empty(0, dtype=np.int64)
         self._ids = np.empty(0, dtype=np.int64)
+        self._has_depth = np.empty(0, dtype=bool)
+        self._depth: np.ndarray | None = None  # (slots, H, W) float16 metres; allocated at the first depth
         self._n = 0  # slots used, live or dead; slot order is id order
         self._slot_of: dict[int, int] = {}
         self._next_id = 0
@@ -364,11 +396,13 @@ class SpatialMemory:
         intrinsics: Intrinsics,
         source: str,
         step: int | None = None,
+        depth: np.ndarray | None = None,
     ) -> int:
-        """Store a posed frame and return its id.
+        """Store a posed frame (and optionally its depth) and return its id.
 
         With a capacity, a full memory then evicts its most redundant frame, which may be this
-        one (a generated frame at the pose of an observed one, say).
+        one (a generated frame at the pose of an observed one, say). Everything is checked
+        before anything is stored, so a failed add leaves the memory as it was.
 
         Args:
             frame: (H, W, 3) uint8 RGB; the first add fixes H and W for this memory.
@@ -376,12 +410,16 @@ class SpatialMemory:
             intrinsics: the camera's intrinsics; width and height must match the frame.
             source: ``"observed"`` (the scene's renderer) or ``"generated"`` (the frame model).
             step: the episode step at which the frame was taken (an integer >= 0), if known.
+            depth: (H, W) metres along the optical axis (``-z`` in the camera frame), ``inf``
+                where nothing was hit; stored as float16 (values beyond :data:`MAX_DEPTH` as inf).
 
         Raises:
             ValueError: wrong frame dtype or shape, a pose that is not a finite rigid transform,
-                intrinsics of another size, an unknown source or a negative step.
+                intrinsics of another size, an unknown source, a negative step, or depth of the
+                wrong shape, with NaN or with values <= 0.
         """
         frame = self._check_frame(frame)
+        depth16 = None if depth is None else _check_depth(depth, frame.shape[:2])
         pose = check_pose(pose, "pose")
         if not isinstance(intrinsics, Intrinsics):
             raise TypeError(f"intrinsics must be an Intrinsics, got {type(intrinsics).__name__}")
@@ -399,6 +437,8 @@ class SpatialMemory:
             self._resolution = (frame.shape[0], frame.shape[1])
             self._frames = np.empty((0, *frame.shape), dtype=np.uint8)
         self._reserve(self._n + 1)
+        if depth16 is not None and self._depth is None:
+            self._depth = np.empty((len(self._ids), *self._resolution), dtype=np.float16)
         slot = self._index.append(pose_keys(pose, self.config.direction_scale))
         assert slot == self._n, "index and storage slots diverged"
         frame_id = self._next_id
@@ -407,6 +447,9 @@ class SpatialMemory:
         self._fov[slot] = intrinsics.fov_y
         self._source[slot] = SOURCES.index(source)
         self._step[slot] = _NO_STEP if step is None else int(step)
+        self._has_depth[slot] = depth16 is not None
+        if depth16 is not None:
+            self._depth[slot] = depth16
         self._ids[slot] = frame_id
         self._slot_of[frame_id] = slot
         self._n += 1
@@ -435,6 +478,30 @@ class SpatialMemory:
         """Sources (``"observed"`` or ``"generated"``) of the given ids, in that order."""
         return [SOURCES[s] for s in self._source[self._slots(ids)]]
 
+    def depths(self, ids: Iterable[int]) -> np.ndarray:
+        """Depths (k, H, W) float32 metres of the given ids, in that order.
+
+        ``inf`` where the frame's sensor hit nothing; NaN everywhere for a frame stored
+        without depth (see :meth:`has_depth`).
+        """
+        slots = self._slots(ids)
+        h, w = self._resolution or (0, 0)
+        out = np.full((len(slots), h, w), np.nan, dtype=np.float32)
+        if self._depth is not None and len(slots):
+            have = self._has_depth[slots]
+            out[have] = self._depth[slots[have]]
+        return out
+
+    def has_depth(self, ids: Iterable[int]) -> np.ndarray:
+        """Whether each of the given ids was stored with depth, (k,) bool."""
+        return self._has_depth[self._slots(ids)].copy()
+
+    @property
+    def depth_fraction(self) -> float:
+        """Fraction of the stored frames that carry depth (0 for an empty memory)."""
+        slots = np.flatnonzero(self._index.live[: self._n])
+        return float(self._has_depth[slots].mean()) if len(slots) else 0.0
+
     def steps(self, ids: Iterable[int]) -> list[int | None]:
         """Steps of the given ids (None where none was given), in that order."""
         return [None if s == _NO_STEP else int(s) for s in self._step[self._slots(ids)]]
@@ -449,6 +516,7 @@ class SpatialMemory:
             intrinsics=self.intrinsics_of(ids)[0],
             source=self.sources(ids)[0],
             step=self.steps(ids)[0],
+            depth=self.depths(ids)[0] if self.has_depth(ids)[0] else None,
         )
 
     # ----------------------------------------------------------------------------------
@@ -477,8 +545,10 @@ class SpatialMemory:
         """Ids of up to ``k`` stored frames that together best show what ``pose`` sees.
 
         The ``config.candidates`` poses nearest in the 6-D index are scored by how many points
-        sampled in the query frustum each one sees (depths ``config.depths``, no occlusion
-        known), weighted by ``exp(-distance / config.distance_scale)``. Picks are greedy: a
+        sampled in the query frustum each one sees (depths ``config.depths``; with depth,
+        occlusion-aware: see :meth:`_occluded`), weighted by ``exp(-distance /
+        config.distance_scale)`` and by ``config.generated_weight`` for generated frames, so an
+        observed frame that sees the target is preferred. Picks are greedy: a
         point counts for a candidate only as far as no picked frame already sees it from
         within ``config.novelty_angle``, so near-copies of a picked view score about zero.
 
@@ -526,6 +596,8 @@ class SpatialMemory:
         tan_y = np.tan(np.radians(self._fov[slots]) / 2.0)[:, None]  # (M, 1)
         in_view = (depth > cfg.near) & (np.abs(local[:, 0]) <= depth * (tan_y * (w / h)))
         in_view &= np.abs(local[:, 1]) <= depth * tan_y  # (M, P) inside each candidate's frustum
+        if self._depth is not None and self._has_depth[slots].any():
+            in_view &= ~self._occluded(pose, slots, local, depth, in_view, tan_y)
         rows = np.flatnonzero(in_view.any(axis=1))  # candidates that see something
         if len(rows) == 0:
             return []
@@ -539,6 +611,8 @@ class SpatialMemory:
         seen = in_view * (1.0 - np.arccos(np.clip(cos_q, -1.0, 1.0)) / np.pi)  # (M', P) expected visibility
         offset = centres[rows] - pose[:3, 3]
         weight = np.exp(-np.sqrt(np.einsum("mi,mi->m", offset, offset)) / cfg.distance_scale) / points.shape[1]  # (M',)
+        generated = self._source[slots[rows]] == SOURCES.index("generated")
+        weight = np.where(generated, weight * cfg.generated_weight, weight)  # observed frames outrank generated ones
 
         best_cos = np.full(seen.shape, -1.0)  # (M', P) cosine to the closest picked ray at each point
         inv_cut = 1.0 / (1.0 - math.cos(math.radians(cfg.novelty_angle)))
@@ -555,6 +629,52 @@ class SpatialMemory:
             cos = np.einsum("mip,ip->mp", rays, rays[j])  # (M', P) angle to the picked view's rays
             best_cos = np.where(seen[j] > 0, np.maximum(best_cos, cos), best_cos)
         return [int(rows[j]) for j in picked]
+
+    def _occluded(
+        self,
+        pose: np.ndarray,
+        slots: np.ndarray,
+        local: np.ndarray,
+        depth: np.ndarray,
+        in_view: np.ndarray,
+        tan_y: np.ndarray,
+    ) -> np.ndarray:
+        """(M, P) True where a sampled point does not count for a candidate because of depth.
+
+        A point hides from a candidate with depth when it lies behind the surface that the
+        candidate's depth map shows at the point's pixel. The query camera has no depth, so the
+        candidate nearest to it (by camera centre) among those with depth that frame the point
+        stands in for it: a point hidden from that view is most likely hidden from the query
+        too (behind the wall it faces), and counts for no candidate.
+        """
+        cfg = self.config
+        h, w = self._resolution
+        has = self._has_depth[slots]  # (M,)
+        focal = (h / 2.0) / tan_y  # (M, 1) pixels
+        z = np.where(in_view, depth, 1.0)  # (M, P); out-of-view points are masked below
+        col = np.clip(np.floor(local[:, 0] / z * focal + w / 2.0), 0, w - 1).astype(np.intp)
+        row = np.clip(np.floor(-local[:, 1] / z * focal + h / 2.0), 0, h - 1).astype(np.intp)
+        stored = self._depth[slots[:, None], row, col].astype(np.float64)  # (M, P) metres; rows without depth unused
+        informed = in_view & has[:, None]  # (M, P) candidates whose depth tells about the point
+        hidden = informed & (depth > stored * (1.0 + cfg.occlusion_tolerance) + 0.05)  # (M, P)
+        # A candidate that sees the query camera itself behind a surface is on the other side of
+        # a wall from it and cannot stand in for it.
+        cand = self._poses[slots]  # (M, 4, 4)
+        q_local = np.einsum("mji,mj->mi", cand[:, :3, :3], pose[:3, 3] - cand[:, :3, 3])  # (M, 3)
+        q_depth = -q_local[:, 2]  # (M,)
+        q_in = (q_depth > cfg.near) & (np.abs(q_local[:, 0]) <= q_depth * tan_y[:, 0] * (w / h))
+        q_in &= np.abs(q_local[:, 1]) <= q_depth * tan_y[:, 0]
+        qz = np.where(q_in, q_depth, 1.0)
+        q_col = np.clip(np.floor(q_local[:, 0] / qz * focal[:, 0] + w / 2.0), 0, w - 1).astype(np.intp)
+        q_row = np.clip(np.floor(-q_local[:, 1] / qz * focal[:, 0] + h / 2.0), 0, h - 1).astype(np.intp)
+        q_stored = self._depth[slots, q_row, q_col].astype(np.float64)  # (M,)
+        separated = has & q_in & (q_depth > q_stored * (1.0 + cfg.occlusion_tolerance) + 0.05)  # (M,)
+        dist = np.linalg.norm(cand[:, :3, 3] - pose[:3, 3], axis=1)  # (M,)
+        key = np.where(informed & ~separated[:, None], dist[:, None], np.inf)  # (M, P)
+        proxy = np.argmin(key, axis=0)  # (P,) nearest informed candidate per point
+        cols = np.arange(key.shape[1])
+        behind_for_query = np.isfinite(key[proxy, cols]) & hidden[proxy, cols]  # (P,)
+        return hidden | behind_for_query[None, :]
 
     # ----------------------------------------------------------------------------------
     # Files
@@ -576,7 +696,14 @@ class SpatialMemory:
             "fov_y": np.ascontiguousarray(self._fov[slots]),
             "source": np.ascontiguousarray(self._source[slots]),
             "step": np.ascontiguousarray(self._step[slots]),
+            "has_depth": self._has_depth[slots].astype(np.uint8),
         }
+        with_depth = slots[self._has_depth[slots]]
+        tensors["depth"] = (
+            np.ascontiguousarray(self._depth[with_depth])
+            if self._depth is not None
+            else np.empty((0, h, w), dtype=np.float16)
+        )
         query = self._query_intrinsics.to_dict() if self._query_intrinsics else None
         metadata = {
             "format": FORMAT_NAME,
@@ -618,8 +745,9 @@ class SpatialMemory:
                 meta = f.metadata() or {}
             if meta.get("format") != FORMAT_NAME:
                 raise fail(f"format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
-            if meta.get("version") != FORMAT_VERSION:
-                raise fail(f"format version {meta.get('version')!r}; this code reads version {FORMAT_VERSION!r}")
+            version = meta.get("version")
+            if version not in READ_VERSIONS:
+                raise fail(f"format version {version!r}; this code reads versions {list(READ_VERSIONS)}")
             tensors = load_file(str(path))
         except SafetensorError as e:
             raise fail(f"not a complete safetensors file ({e})") from e
@@ -636,16 +764,33 @@ class SpatialMemory:
         except (KeyError, TypeError, ValueError) as e:
             raise fail(f"bad metadata ({type(e).__name__}: {e})") from e
 
-        missing = sorted(set(_TENSORS) - set(tensors))
+        expected = dict(_TENSORS)
+        if version != "1":
+            expected.update(_DEPTH_TENSORS)
+        missing = sorted(set(expected) - set(tensors))
         if missing:
             raise fail(f"missing tensors {missing}")
         n = len(tensors["ids"])
         h, w = resolution if resolution is not None else (0, 0)
-        for name, (dtype, trailing) in _TENSORS.items():
+        has_depth = np.zeros(n, dtype=bool)
+        if version != "1":
+            flags = tensors["has_depth"]
+            if flags.dtype != np.uint8 or flags.shape != (n,) or np.any(flags > 1):
+                raise fail(f"tensor 'has_depth' must be {n} uint8 flags of 0 or 1, got {flags.dtype} {flags.shape}")
+            has_depth = flags.astype(bool)
+        for name, (dtype, trailing) in expected.items():
             t = tensors[name]
-            shape = (n, *(trailing if trailing is not None else (h, w, 3)))
+            rows = int(has_depth.sum()) if name == "depth" else n
+            shape = (rows, *(trailing if trailing is not None else ((h, w) if name == "depth" else (h, w, 3))))
             if t.dtype != dtype or t.shape != shape:
                 raise fail(f"tensor {name!r} is {t.dtype} {t.shape}, expected {np.dtype(dtype)} {shape}")
+        depth = None
+        if has_depth.any():
+            stored = tensors["depth"]
+            if np.isnan(stored).any() or (stored <= 0).any():
+                raise fail("depth values must be > 0 metres or inf (NaN or <= 0 found)")
+            depth = np.zeros((n, h, w), dtype=np.float16)
+            depth[has_depth] = stored
         ids = tensors["ids"]
         if n and (np.any(np.diff(ids) <= 0) or ids[0] < 0 or ids[-1] >= next_id):
             raise fail(f"ids must be increasing in [0, next_id={next_id})")
@@ -674,6 +819,7 @@ class SpatialMemory:
         mem._query_intrinsics = query
         mem._frames, mem._poses, mem._ids = tensors["frames"], poses, ids
         mem._fov, mem._source, mem._step = fov, tensors["source"], tensors["step"]
+        mem._has_depth, mem._depth = has_depth, depth
         mem._n = n
         mem._next_id = next_id
         mem._slot_of = {int(i): s for s, i in enumerate(ids)}
@@ -727,6 +873,9 @@ class SpatialMemory:
 
         self._frames, self._poses, self._fov = grow(self._frames), grow(self._poses), grow(self._fov)
         self._source, self._step, self._ids = grow(self._source), grow(self._step), grow(self._ids)
+        self._has_depth = grow(self._has_depth)
+        if self._depth is not None:
+            self._depth = grow(self._depth)
 
     def _sample_points(self, intrinsics: Intrinsics) -> np.ndarray:
         """(3, P) points in the camera frame: a pixel grid times ``config.depths``."""
@@ -803,9 +952,32 @@ class SpatialMemory:
         keep = np.flatnonzero(self._index.live[: self._n])
         self._frames, self._poses, self._fov = self._frames[keep], self._poses[keep], self._fov[keep]
         self._source, self._step, self._ids = self._source[keep], self._step[keep], self._ids[keep]
+        self._has_depth = self._has_depth[keep]
+        if self._depth is not None:
+            self._depth = self._depth[keep]
         self._n = len(keep)
         self._slot_of = {int(i): s for s, i in enumerate(self._ids)}
         self._index.reset(pose_keys(self._poses, self.config.direction_scale))
+
+
+def _check_depth(depth: object, shape: tuple[int, int]) -> np.ndarray:
+    """A depth map checked against the frame's (H, W), as float16 metres (far values as inf)."""
+    if not isinstance(depth, np.ndarray):
+        raise ValueError(f"depth must be a numpy array (H, W) of metres, got {type(depth).__name__}")
+    if depth.dtype.kind != "f":
+        raise ValueError(f"depth must be floating-point metres, got dtype {depth.dtype}")
+    if depth.shape != tuple(shape):
+        raise ValueError(f"depth has shape {depth.shape} but the frame is {tuple(shape)} (H, W)")
+    if np.isnan(depth).any():
+        raise ValueError(f"depth has {int(np.isnan(depth).sum())} NaN values; use inf where nothing was hit")
+    if (depth <= 0).any():
+        raise ValueError(f"depth must be > 0 metres (inf where nothing was hit), got minimum {float(depth.min())}")
+    far = depth > MAX_DEPTH
+    out = depth.astype(np.float16)
+    out[far] = np.inf
+    # Values that round to 0 in float16 (below 6e-8 m) would read back as a surface at the lens.
+    out[out == 0] = np.float16(np.finfo(np.float16).tiny)
+    return out
 
 
 def _check_count(value: object, name: str) -> int:

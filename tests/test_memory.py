@@ -469,7 +469,7 @@ def test_load_rejects_bad_files(tmp_path, case):
     elif case == "no_metadata":
         save_file({"weight": np.zeros((3, 3), np.float32)}, str(bad))
     elif case == "future_version":
-        _rewrite(good, bad, metadata={"version": "2"})
+        _rewrite(good, bad, metadata={"version": "3"})
     elif case == "bad_config":
         _rewrite(good, bad, metadata={"config": "{not json"})
     elif case == "wrong_dtype":
@@ -531,3 +531,118 @@ def test_pose_keys():
     pose = make_pose(np.eye(3), [1.0, 2.0, 3.0])  # identity rotation looks down -z
     np.testing.assert_allclose(pose_keys(pose, 2.0), [1.0, 2.0, 3.0, 0.0, 0.0, -2.0])
     np.testing.assert_allclose(pose_keys(camera_pose(0, 0, 0), 1.0)[3:], [1.0, 0.0, 0.0], atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Depth (RGB-D frames)
+# --------------------------------------------------------------------------------------
+
+
+def depth_map(value: float, shape: tuple[int, int] = (12, 16)) -> np.ndarray:
+    return np.full(shape, value, dtype=np.float32)
+
+
+def test_depth_round_trips_as_float16_metres(tmp_path):
+    """Depth comes back as float32 metres within float16 precision, inf kept, NaN for frames without depth."""
+    mem = SpatialMemory()
+    d = np.linspace(0.1, 30.0, 12 * 16, dtype=np.float32).reshape(12, 16)
+    d[0, 0] = np.inf
+    d[0, 1] = 1e6  # beyond float16: stored as inf
+    a = mem.add(frame(1), camera_pose(0, 0, 0), INTR, "observed", depth=d)
+    b = mem.add(frame(2), camera_pose(1, 0, 0), INTR, "observed")
+    got = mem.depths([a, b])
+    assert got.dtype == np.float32 and got.shape == (2, 12, 16)
+    finite = np.isfinite(d) & (d < 1e5)
+    assert np.allclose(got[0][finite], d[finite], rtol=2**-10)
+    assert np.isinf(got[0, 0, 0]) and np.isinf(got[0, 0, 1])
+    assert np.isnan(got[1]).all()
+    assert mem.has_depth([a, b]).tolist() == [True, False]
+    assert mem.get(b).depth is None and np.allclose(mem.get(a).depth[finite], d[finite], rtol=2**-10)
+    path = tmp_path / "rgbd.rtfm"
+    mem.save(path)
+    back = SpatialMemory.load(path)
+    assert np.array_equal(back.depths([a, b]), got, equal_nan=True)
+    assert back.has_depth([a, b]).tolist() == [True, False]
+
+
+def test_version_1_files_load_without_depth(tmp_path):
+    """A file in the previous format (no depth tensors, version 1) still loads, every frame without depth."""
+    mem = filled_memory(6)
+    good, old = tmp_path / "good.rtfm", tmp_path / "old.rtfm"
+    mem.save(good)
+    t = load_file(str(good))
+    del t["depth"], t["has_depth"]
+    save_file(t, str(old), metadata={**_meta(good), "version": "1"})
+    back = SpatialMemory.load(old)
+    assert len(back) == 6 and not back.has_depth(back.ids).any()
+    assert np.isnan(back.depths(back.ids)).all()
+    assert np.array_equal(back.frames(back.ids), mem.frames(mem.ids))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.ones((12, 15), np.float32), "shape"),
+        (np.full((12, 16), np.nan, np.float32), "NaN"),
+        (np.full((12, 16), -1.0, np.float32), "> 0"),
+        (np.zeros((12, 16), np.float32), "> 0"),
+        (np.ones((12, 16), np.uint16), "floating"),
+        ([[1.0] * 16] * 12, "numpy array"),
+    ],
+)
+def test_bad_depth_is_refused_and_changes_nothing(bad, match):
+    """Depth of the wrong shape or type, NaN, negative or zero: a ValueError naming it, the memory untouched."""
+    mem = SpatialMemory(capacity=3)
+    mem.add(frame(0), camera_pose(0, 0, 0), INTR, "observed", depth=depth_map(2.0))
+    with pytest.raises(ValueError, match=match):
+        mem.add(frame(1), camera_pose(1, 0, 0), INTR, "observed", depth=bad)
+    assert len(mem) == 1 and mem.next_id == 1 and mem.ids.tolist() == [0]
+
+
+def test_corrupt_depth_in_a_file_is_refused(tmp_path):
+    """A file whose depth holds NaN, or whose has_depth flags disagree with the depth rows, is refused."""
+    mem = SpatialMemory()
+    mem.add(frame(0), camera_pose(0, 0, 0), INTR, "observed", depth=depth_map(2.0))
+    good, bad = tmp_path / "good.rtfm", tmp_path / "bad.rtfm"
+    mem.save(good)
+    _rewrite(good, bad, tensors={"depth": np.full((1, 12, 16), np.nan, np.float16)})
+    with pytest.raises(MemoryFormatError, match="depth"):
+        SpatialMemory.load(bad)
+    _rewrite(good, bad, tensors={"has_depth": np.zeros(1, np.uint8)})
+    with pytest.raises(MemoryFormatError, match="depth"):
+        SpatialMemory.load(bad)
+
+
+def test_retrieval_skips_a_view_whose_sight_of_the_target_is_blocked():
+    """A nearer frame that sees a wall in front of the query's view loses to a farther one with a clear view."""
+    query = camera_pose(0.0, 0.0, 0.0)
+    mem = SpatialMemory()
+    blocked = mem.add(frame(1), camera_pose(-1.0, 0.0, 0.0), INTR, "observed", depth=depth_map(0.5))
+    clear = mem.add(frame(2), camera_pose(-1.6, 0.0, 0.0), INTR, "observed", depth=depth_map(np.inf))
+    assert mem.retrieve(query, 1) == [clear]
+    # Without depth the nearer view wins: the blocking is known only from depth.
+    plain = SpatialMemory()
+    plain.add(frame(1), camera_pose(-1.0, 0.0, 0.0), INTR, "observed")
+    plain.add(frame(2), camera_pose(-1.6, 0.0, 0.0), INTR, "observed")
+    assert plain.retrieve(query, 1) == [blocked]
+
+
+def test_retrieval_ignores_points_behind_the_wall_the_query_faces():
+    """Points past the surface that the nearest view sees do not count, so a view of the far side does not win."""
+    query = camera_pose(0.0, 0.0, 0.0)  # faces +x; a wall 1.5 m ahead
+    mem = SpatialMemory(depths=(1.0, 4.0))
+    near = mem.add(frame(1), camera_pose(-0.1, 0.0, 0.0), INTR, "observed", depth=depth_map(1.6))
+    # A view from the other side of the wall, looking on: it sees the 4 m points only.
+    far = mem.add(frame(2), camera_pose(2.0, 0.0, 0.0), INTR, "observed", depth=depth_map(np.inf))
+    assert mem.retrieve(query, 2) == [near]
+    assert far not in mem.retrieve(query, 2)
+
+
+def test_retrieval_prefers_observed_frames_over_generated_ones():
+    """A generated frame at the query pose ranks below an observed frame that sees the same view."""
+    query = camera_pose(0.0, 0.0, 0.0)
+    mem = SpatialMemory()
+    observed = mem.add(frame(1), camera_pose(-0.3, 0.0, 0.0), INTR, "observed")
+    generated = mem.add(frame(2), query, INTR, "generated")
+    assert mem.retrieve(query, 1) == [observed]
+    assert mem.retrieve(query, 2)[0] == observed and generated in mem.retrieve(query, 2, fill=True)
