@@ -1,12 +1,14 @@
 """Tests for rtfm_env.eval.report (summary numbers and the report page)."""
 
+import json
 import math
 
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from rtfm_env.eval.report import TARGETS, summarize, write_report
-from rtfm_env.eval.revisit import RevisitConfig
+from rtfm_env.eval.report import TARGETS, strip_entries, summarize, write_report
+from rtfm_env.eval.results import RevisitConfig, dumps
 
 STRATEGIES = ["spatial", "last_k", "all"]
 TOUR = 200
@@ -91,15 +93,21 @@ def test_revisit_curve_bins_by_time_since_first_visit(summary):
     assert all(math.isnan(m) for m, n in zip(d["mean"], d["n"], strict=True) if n == 0)
 
 
+def _compact(cfg, summ, episodes, strips=()):
+    """A compact results.json as the evaluator writes it: the summary, no episode records."""
+    return {"config": {**cfg.__dict__}, "strategies": STRATEGIES, "envs": ["MiniWorld-YMaze-v0"],
+            "n_episodes": len(episodes), "strips": list(strips),
+            "checkpoint": {"path": "ckpt", "sha256": "ab" * 32, "step": 1},
+            "machine": {"platform": "test", "cpu_count": 2, "torch": "x", "torch_threads": 1, "cuda": None,
+                        "load_average_1min": 0.5},
+            "ground_truth_available": True, "context_cost": {"views": [1, 2, 4, 8], "ms": [5.0, 7.0, 11.0, 19.0]},
+            "summary": summ}
+
+
 def test_report_puts_the_headline_table_first(summary, tmp_path):
     """report.md and report.html open with the headline table, then embed the plots they wrote."""
     episodes, cfg, summ = summary
-    results = {"config": {**cfg.__dict__}, "strategies": STRATEGIES, "envs": ["MiniWorld-YMaze-v0"],
-               "episodes": episodes, "checkpoint": {"path": "ckpt", "sha256": "ab" * 32, "step": 1},
-               "machine": {"platform": "test", "cpu_count": 2, "torch": "x", "torch_threads": 1, "cuda": None,
-                           "load_average_1min": 0.5},
-               "ground_truth_available": True, "context_cost": {"views": [1, 2, 4, 8], "ms": [5.0, 7.0, 11.0, 19.0]},
-               "summary": summ}
+    results = _compact(cfg, summ, episodes)
     write_report(results, tmp_path)
     md = (tmp_path / "report.md").read_text()
     first_table = md.index("|")
@@ -120,3 +128,44 @@ def test_all_target_needs_a_cap_above_the_early_window(summary):
     row = next(t for t in wide["targets"] if t["name"].startswith("cost per frame, all"))
     assert row["name"] == "cost per frame, all (capped at 150 frames), same ratio: must grow"
     assert row["met"] and row["value"] > 1.5
+
+
+def test_report_is_drawn_from_the_compact_summary_alone(summary, tmp_path):
+    """Without any episode record the page shows the summary's numbers; the strips plot needs their PNGs."""
+    episodes, cfg, summ = summary
+    for ep in episodes:
+        ep["strip"] = {"strategies": STRATEGIES, "first": 8, "revisit": 108,
+                       "file": f"episodes/MiniWorld-YMaze-v0/{ep['episode']:04d}.png"}
+    strips = strip_entries(episodes, ["MiniWorld-YMaze-v0", "MiniWorld-Sign-v0"])
+    assert strips == [{"env": "MiniWorld-YMaze-v0", "episode": 0, **episodes[0]["strip"]}]
+    results = json.loads(dumps(_compact(cfg, summ, episodes, strips)))  # as read back from results.json
+    assert "episodes" not in results
+    write_report(results, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "(2 in all)" in md and "33.00 ± 2.00" in md  # the excursion's mean ± SE over the 2 episodes
+    assert "strips.png" not in md and not (tmp_path / "plots" / "strips.png").exists()  # no PNG, no plot
+
+    png = tmp_path / strips[0]["file"]
+    png.parent.mkdir(parents=True)
+    imageio.imwrite(png, np.full((3 * 66 - 2, 3 * 66 - 2, 3), 128, dtype=np.uint8))
+    write_report(results, tmp_path)
+    plot = tmp_path / "plots" / "strips.png"
+    assert "plots/strips.png" in (tmp_path / "report.md").read_text() and plot.is_file()
+    # The per-episode PNGs gone (a folder committed without episodes/): the plot drawn before stays.
+    png.unlink()
+    before = plot.read_bytes()
+    write_report(results, tmp_path)
+    assert plot.read_bytes() == before and "plots/strips.png" in (tmp_path / "report.md").read_text()
+
+
+def test_results_json_keeps_curves_on_one_line():
+    """Lists of numbers take one line each (the per-step curves), and the JSON reads back, NaN included."""
+    obj = {"summary": {"along": {"spatial": [1.5, None, 2.0]}, "se": [float("nan"), 1.0]},
+           "strips": [{"env": "a", "first": 1}], "empty": [], "nested": {}}
+    text = dumps(obj)
+    assert '"spatial": [1.5, null, 2.0]' in text and '"se": [NaN, 1.0]' in text
+    assert '"strips": [\n' in text  # lists of objects are laid out like json.dumps(indent=1)
+    back = json.loads(text)
+    assert math.isnan(back["summary"]["se"][0])
+    back["summary"]["se"][0] = obj["summary"]["se"][0] = None
+    assert back == obj

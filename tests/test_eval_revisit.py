@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from rtfm_env import cli
 from rtfm_env.cameras import turn_in_place
 from rtfm_env.eval import revisit
 from rtfm_env.eval.metrics import PSNR_CAP
+from rtfm_env.eval.results import RESULTS_VERSION
 from rtfm_env.eval.revisit import ConfigMismatchError, RevisitConfig, evaluate
 from rtfm_env.memory import SpatialMemory
 from rtfm_env.model.checkpoint import CheckpointError
@@ -17,6 +19,11 @@ from rtfm_env.scenes import MiniWorldScene
 
 #: Tiny lengths: the whole suite in well under a hundred frames per episode.
 TINY = dict(excursion=30, lead_in=2, loop_steps=30, turn_rotations=1, tour_steps=120, tour_landmarks=2)
+
+
+def _json(obj):
+    """``obj`` as read back from JSON (its NaNs then compare equal: json reads each as one object)."""
+    return json.loads(json.dumps(obj))
 
 
 def _gt_config(out, **kw):
@@ -54,11 +61,17 @@ def test_ground_truth_camera_revisits_at_the_cap(gt_run):
 
 
 def test_outputs_are_written(gt_run):
-    """results.json holds config, machine and episodes; the report pages and plots exist."""
+    """results.json is a compact summary; every episode's numbers are in its own file; the report exists."""
     out, results = gt_run
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["envs"] == ["YMaze"] and saved["machine"]["cpu_count"] >= 1
-    assert saved["episodes"][0]["config_hash"] == results["episodes"][0]["config_hash"]
+    assert saved["version"] == RESULTS_VERSION and saved["n_episodes"] == 1
+    assert "episodes" not in saved and saved == _json({k: v for k, v in results.items() if k != "episodes"})
+    episode = json.loads((out / "episodes/MiniWorld-YMaze-v0/0000.json").read_text())
+    assert episode == _json(results["episodes"][0]) and episode["config_hash"] == saved["config_hash"]
+    assert saved["strips"] == [{"env": "MiniWorld-YMaze-v0", "episode": 0, **episode["strip"]}]
+    # The summary does not repeat the episode: a fraction of its size (the tour's per-step curves remain).
+    assert (out / "results.json").stat().st_size < 0.5 * (out / "episodes/MiniWorld-YMaze-v0/0000.json").stat().st_size
     for name in ("report.md", "report.html", "plots/revisit_vs_time.png", "plots/cost_vs_length.png",
                  "plots/strips.png", "episodes/MiniWorld-YMaze-v0/0000.json"):
         assert (out / name).is_file(), name
@@ -78,6 +91,64 @@ def test_report_can_be_rebuilt_from_results(gt_run, capsys):
     assert rebuilt["summary"]["headline"]["excursion"] == before
     assert cli.main(["eval", "report", "--out", str(out / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _without_episodes(out, dest):
+    """A copy of the evaluation ``out`` as it is committed: no episodes/ folder."""
+    shutil.copytree(out, dest)
+    shutil.rmtree(dest / "episodes")
+    return dest
+
+
+def test_report_is_rebuilt_from_the_summary_without_episodes(gt_run, tmp_path):
+    """Without episodes/, `eval report` keeps the saved summary and the strips plot and writes the same page."""
+    out, _ = gt_run
+    assert cli.main(["eval", "report", "--out", str(out)]) == 0
+    bare = _without_episodes(out, tmp_path / "bare")
+    (bare / "report.md").unlink()
+    assert cli.main(["eval", "report", "--out", str(bare)]) == 0
+    assert (bare / "results.json").read_text() == (out / "results.json").read_text()
+    assert (bare / "report.md").read_text() == (out / "report.md").read_text()
+    assert (bare / "plots/strips.png").read_bytes() == (out / "plots/strips.png").read_bytes()
+    # A compact results.json without its summary cannot be rebuilt from nothing.
+    saved = json.loads((bare / "results.json").read_text())
+    del saved["summary"]
+    (bare / "results.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="no summary"):
+        revisit.rebuild_report(bare)
+
+
+def test_packed_episodes_recompute_the_summary(gt_run, tmp_path):
+    """`eval report --pack` keeps the per-episode JSON compressed; without episodes/ the summary is recomputed."""
+    out, _ = gt_run
+    work = tmp_path / "work"
+    shutil.copytree(out, work)
+    assert cli.main(["eval", "report", "--out", str(work), "--pack"]) == 0
+    first = (work / "episodes.tar.xz").read_bytes()
+    assert cli.main(["eval", "report", "--out", str(work), "--pack"]) == 0
+    assert (work / "episodes.tar.xz").read_bytes() == first  # reproducible: same episodes, same bytes
+    bare = _without_episodes(work, tmp_path / "bare")
+    saved = json.loads((bare / "results.json").read_text())
+    saved["summary"] = {"headline": "stale"}  # must not be what the report shows
+    (bare / "results.json").write_text(json.dumps(saved))
+    rebuilt = revisit.rebuild_report(bare)
+    assert len(rebuilt["episodes"]) == 1
+    assert _json(rebuilt["summary"]) == json.loads((work / "results.json").read_text())["summary"]
+
+
+def test_version_1_results_are_rewritten_compact(gt_run, tmp_path):
+    """A results.json that embeds every episode (version 1) is rewritten as the compact summary, same numbers."""
+    out, results = gt_run
+    old = _without_episodes(out, tmp_path / "old")
+    compact = json.loads((out / "results.json").read_text())
+    v1 = {k: v for k, v in compact.items() if k not in ("n_episodes", "strips", "config_hash", "summary")}
+    v1.update(version=1, summary={"headline": "stale"}, episodes=_json(results["episodes"]))
+    (old / "results.json").write_text(json.dumps(v1))
+    revisit.rebuild_report(old)
+    rewritten = json.loads((old / "results.json").read_text())
+    assert "episodes" not in rewritten and rewritten["version"] == RESULTS_VERSION
+    assert rewritten["summary"] == compact["summary"] and rewritten["config_hash"] == compact["config_hash"]
+    assert rewritten["n_episodes"] == 1 and rewritten["strips"] == compact["strips"]
 
 
 def test_resume_skips_finished_episodes(gt_run, monkeypatch):

@@ -17,6 +17,11 @@ __all__ = [
     "per_step",
     "revisit_consistency",
     "mean_se",
+    "grey",
+    "sharpness",
+    "contrast",
+    "ms_ssim",
+    "MS_SSIM_WIN",
 ]
 
 #: dB reported for identical images (whose PSNR is infinite).
@@ -125,3 +130,92 @@ def mean_se(values: np.ndarray) -> tuple[float, float, int]:
         return float("nan"), float("nan"), 0
     se = float(np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
     return float(np.mean(values)), se, n
+
+
+# --------------------------------------------------------------------------------------
+# Blur and contrast (a grey or blurred frame scores PSNR well but fails these), MS-SSIM
+# --------------------------------------------------------------------------------------
+
+
+def grey(frames: np.ndarray) -> np.ndarray:
+    """Luma (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B) of uint8 RGB, float64 in [0, 255], shape (..., H, W)."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim < 3 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (..., H, W, 3) RGB, got {frames.dtype} {frames.shape}")
+    return frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def sharpness(frames: np.ndarray) -> np.ndarray | float:
+    """Mean absolute image gradient of the grey image: mean |dx| + mean |dy| (grey levels per pixel).
+
+    ``dx`` and ``dy`` are differences of horizontally and vertically adjacent pixels of
+    :func:`grey`. A flat frame scores 0; blurring lowers it. Compare a frame against the ground
+    truth seen from the same pose as a ratio (1.0 is right, below about 0.7 is visibly blurred).
+
+    Args:
+        frames: one uint8 (H, W, 3) frame or a stack (..., H, W, 3).
+
+    Returns:
+        A float for one frame, else an array of the leading shape.
+    """
+    g = grey(frames)
+    value = np.abs(np.diff(g, axis=-1)).mean(axis=(-2, -1)) + np.abs(np.diff(g, axis=-2)).mean(axis=(-2, -1))
+    return float(value) if np.ndim(value) == 0 else value
+
+
+def contrast(frames: np.ndarray) -> np.ndarray | float:
+    """RMS contrast: standard deviation of the grey image's pixels (grey levels); 0 for a flat frame.
+
+    Args:
+        frames: one uint8 (H, W, 3) frame or a stack (..., H, W, 3).
+
+    Returns:
+        A float for one frame, else an array of the leading shape.
+    """
+    value = grey(frames).std(axis=(-2, -1))
+    return float(value) if np.ndim(value) == 0 else value
+
+
+#: Gaussian window of :func:`ms_ssim`: the largest odd size that its 4 halvings allow at 64x64.
+MS_SSIM_WIN = 3
+
+
+def ms_ssim(frames: np.ndarray, truth: np.ndarray, win_size: int = MS_SSIM_WIN) -> np.ndarray:
+    """Multi-scale SSIM (Wang, Simoncelli and Bovik, 2003) of each frame against its ground truth.
+
+    A weight-free perceptual metric: no network, so nothing to download. Computed by the
+    ``pytorch-msssim`` package with its 5 scales and their standard weights and a Gaussian
+    window of ``win_size`` pixels (sigma 1.5): the package requires the smaller image side to
+    exceed ``(win_size - 1) * 16``, so 3 is the largest window valid at 64x64 (the standard 11
+    needs more than 160 pixels).
+
+    Args:
+        frames: (n, H, W, 3) uint8.
+        truth: (n, H, W, 3) uint8, the ground truth at the same poses.
+        win_size: odd Gaussian window size.
+
+    Returns:
+        (n,) float64 in [0, 1]; 1 for identical frames.
+
+    Raises:
+        ImportError: ``pytorch-msssim`` is not installed (``pip install pytorch-msssim``).
+        ValueError: mismatched shapes, or frames too small for 5 scales at this window.
+    """
+    try:
+        from pytorch_msssim import ms_ssim as _ms_ssim
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("ms_ssim needs the pytorch-msssim package: pip install pytorch-msssim") from e
+    import torch
+
+    frames, truth = _check_frames(frames, "frames"), _check_frames(truth, "truth")
+    if frames.shape != truth.shape:
+        raise ValueError(f"frames and truth must have the same shape, got {frames.shape} and {truth.shape}")
+    if min(frames.shape[1:3]) <= (win_size - 1) * 16:
+        raise ValueError(f"MS-SSIM with window {win_size} needs frames larger than {(win_size - 1) * 16} pixels")
+
+    def to_tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).to(torch.float64)  # (n, 3, H, W)
+
+    with torch.no_grad():
+        value = _ms_ssim(to_tensor(frames), to_tensor(truth), data_range=255, size_average=False, win_size=win_size)
+    return value.numpy().astype(np.float64)

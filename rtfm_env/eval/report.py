@@ -4,11 +4,18 @@
 numbers the report shows (means with standard errors over episodes, binned curves, cost
 ratios, the headline targets); :func:`write_report` draws the plots with matplotlib and writes
 ``report.md`` and ``report.html`` from one list of blocks, headline table first.
+
+The page is drawn from the compact ``results.json`` alone (the summary holds the curves already
+aggregated over episodes), so a folder kept without its ``episodes/`` still rebuilds its report;
+only the image strips need the per-episode PNGs, and their plot is kept as it is without them.
+This module imports nothing from :mod:`rtfm_env.eval.revisit` (which imports it): what both need
+is in :mod:`rtfm_env.eval.results`.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 from pathlib import Path
@@ -18,8 +25,9 @@ import numpy as np
 
 from rtfm_env.data.shards import atomic_write_bytes
 from rtfm_env.eval.metrics import PERCEPTUAL_METRIC_NOTE, PSNR_CAP, mean_se
+from rtfm_env.eval.results import RevisitConfig, n_episodes
 
-__all__ = ["TARGETS", "DT_EDGES", "summarize", "write_report"]
+__all__ = ["TARGETS", "DT_EDGES", "all_cap", "strip_entries", "summarize", "write_report"]
 
 #: Headline targets for the shipped checkpoint (issue 6).
 TARGETS = {
@@ -90,6 +98,21 @@ def _fit_context_cost(results: dict) -> tuple[float, float] | None:
     return float(intercept), float(max(slope, 0.0))
 
 
+def strip_entries(episodes: list[dict], envs: list[str]) -> list[dict[str, Any]]:
+    """Which image strips the report shows: the first episode of each env id that has one.
+
+    Returns:
+        Per env id, ``{"env", "episode", "file", "strategies", "first", "revisit"}`` (the strip's
+        PNG relative to the evaluation folder, its rows, and the frames it compares).
+    """
+    shown = []
+    for env in envs:
+        ep = next((ep for ep in episodes if ep["env"] == env and ep.get("strip", {}).get("file")), None)
+        if ep is not None:
+            shown.append({"env": env, "episode": ep["episode"], **ep["strip"]})
+    return shown
+
+
 def summarize(
     episodes: list[dict], strategies: list[str], cfg: Any, timer: str = "wall", cap: int | None = None
 ) -> dict[str, Any]:
@@ -102,7 +125,7 @@ def summarize(
     Args:
         episodes: records written by :func:`rtfm_env.eval.revisit.run_episode`.
         strategies: the strategies evaluated.
-        cfg: the :class:`~rtfm_env.eval.revisit.RevisitConfig` (its kinds and lengths).
+        cfg: the :class:`~rtfm_env.eval.results.RevisitConfig` (its kinds and lengths).
         timer: ``"cpu"`` to measure cost by the evaluating thread's CPU time (valid for a CPU
             model on one torch thread; immune to other jobs' load), ``"wall"`` for wall time.
             Episodes recorded without CPU times fall back to wall time.
@@ -282,12 +305,23 @@ _COLOURS = {"spatial": "C0", "last_k": "C1", "first_only": "C2", "all": "C3", "g
 
 
 def _save(fig: Any, path: Path) -> None:
+    """Save ``fig`` as a PNG with a 256-colour palette.
+
+    Plots and 64-pixel frames need few colours; the palette makes the committed plots about a
+    third of their RGBA size. No dithering: it would add noise to the frames in the strips.
+    """
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    buf.seek(0)
+    image = Image.open(buf).convert("RGB").quantize(256, dither=Image.Dither.NONE)
+    small = io.BytesIO()
+    image.save(small, format="PNG", optimize=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, small.getvalue())
 
 
 def _plot_revisit(summary: dict, strategies: list[str], path: Path) -> None:
@@ -376,31 +410,34 @@ def _plot_cost(summary: dict, strategies: list[str], fit: tuple[float, float] | 
 
 
 def _plot_strips(results: dict, out: Path, path: Path) -> bool:
+    """Draw the strips of ``results["strips"]`` whose PNGs are at hand; True when ``path`` shows strips.
+
+    Without every per-episode PNG (a folder kept without ``episodes/``) an existing plot is kept
+    rather than redrawn with fewer env ids.
+    """
     import imageio.v2 as imageio
     import matplotlib.pyplot as plt
 
-    shown = []
-    for env in results["envs"]:
-        for ep in results["episodes"]:
-            if ep["env"] == env and ep.get("strip", {}).get("file") and (out / ep["strip"]["file"]).is_file():
-                shown.append(ep)
-                break
+    entries = results.get("strips") or []
+    shown = [s for s in entries if (out / s["file"]).is_file()]
+    if len(shown) < len(entries) and path.is_file():
+        return True
     if not shown:
         return False
     gt = results["ground_truth_available"]
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 0.9 * len(results["strategies"]) + 1),
                              squeeze=False)
     for ax, ep in zip(axes[0], shown, strict=True):
-        img = imageio.imread(out / ep["strip"]["file"])
+        img = imageio.imread(out / ep["file"])
         ax.imshow(img, interpolation="nearest")
-        h = (img.shape[0] + 2) / len(ep["strip"]["strategies"])
-        ax.set_yticks([h * (i + 0.5) - 1 for i in range(len(ep["strip"]["strategies"]))])
-        ax.set_yticklabels(ep["strip"]["strategies"], fontsize=8)
+        h = (img.shape[0] + 2) / len(ep["strategies"])
+        ax.set_yticks([h * (i + 0.5) - 1 for i in range(len(ep["strategies"]))])
+        ax.set_yticklabels(ep["strategies"], fontsize=8)
         cols = ["first visit", "revisit"] + (["ground truth"] if gt else [])
         wcol = (img.shape[1] + 2) / len(cols)
         ax.set_xticks([wcol * (i + 0.5) - 1 for i in range(len(cols))])
         ax.set_xticklabels(cols, fontsize=8)
-        ax.set_title(f"{ep['env']} #{ep['episode']}\nframe {ep['strip']['first']} vs {ep['strip']['revisit']}",
+        ax.set_title(f"{ep['env']} #{ep['episode']}\nframe {ep['first']} vs {ep['revisit']}",
                      fontsize=8)
     _save(fig, path)
     plt.close(fig)
@@ -419,8 +456,6 @@ def _companions(results: dict, out: Path) -> list[tuple[str, dict]]:
         path = out / rel / "results.json"
         if not path.is_file():
             raise FileNotFoundError(f"companion evaluation {out / rel} has no results.json")
-        import json
-
         found.append((rel, json.loads(path.read_text())))
     return found
 
@@ -439,7 +474,7 @@ def _blocks(results: dict, plots: dict[str, bool], companions: list[tuple[str, d
     head = summ["headline"]
     strategies = results["strategies"]
     gt = results["ground_truth_available"]
-    n_eps = len(results["episodes"])
+    n_eps = n_episodes(results)
     where = cfg["world"] or ", ".join(results["envs"])
     ck = results["checkpoint"]
     b: list[tuple] = [("h", 1, "Revisit consistency and cost per frame")]
@@ -464,7 +499,7 @@ def _blocks(results: dict, plots: dict[str, bool], companions: list[tuple[str, d
         oc = other["config"]
         b.append(("p", f"[{rel}]({rel}/report.md): the same checkpoint (weights SHA-256 "
                        f"`{(other['checkpoint'] or {}).get('sha256', '-')[:12]}…`), families {', '.join(oc['kinds'])}, "
-                       f"strategies {', '.join(other['strategies'])}, {len(other['episodes'])} episodes"
+                       f"strategies {', '.join(other['strategies'])}, {n_episodes(other)} episodes"
                        + (f", cost timed by {other.get('cost_timer', 'wall')} time" if "tour" in oc["kinds"] else "")
                        + "."))
     ex = head["excursion"]
@@ -546,14 +581,14 @@ def _blocks(results: dict, plots: dict[str, bool], companions: list[tuple[str, d
                    f"CUDA: {m['cuda'] or 'none'}, 1-min load average at the end: {m['load_average_1min']:.1f}."))
     b.append(("p", "Reproduce:"))
     b.append(("code", _command(cfg)))
-    b.append(("p", "Every number, the config, the checkpoint hash and the machine are in `results.json`."))
+    b.append(("p", "The config, the checkpoint hash, the machine and every number on this page are in "
+                   "`results.json`; each episode's numbers are in `episodes/<env>/<n>.json` where the folder keeps "
+                   "them (or `episodes.tar.xz`), and the command above regenerates them."))
     return b
 
 
 def _command(cfg: dict) -> str:
     """The command line that reproduces an evaluation: every option that differs from the defaults."""
-    from rtfm_env.eval.revisit import RevisitConfig
-
     defaults = RevisitConfig().__dict__
     parts = ["rtfm-env eval revisit"]
     for key, value in cfg.items():
@@ -707,7 +742,8 @@ def write_report(results: dict, out: str | os.PathLike) -> None:
     """Draw the plots under ``out/plots`` and write ``out/report.md`` and ``out/report.html``.
 
     Args:
-        results: what :func:`rtfm_env.eval.revisit.evaluate` returns (and saves in results.json).
+        results: the content of results.json (what :func:`rtfm_env.eval.revisit.evaluate` saves);
+            episode records are not needed.
         out: the evaluation directory.
     """
     import matplotlib

@@ -16,9 +16,10 @@ Per step it records PSNR and SSIM against the ground truth, the wall time of the
 the memory size; per revisit (:func:`~rtfm_env.eval.trajectories.find_revisits`), PSNR and SSIM
 between the frame shown at the first visit and the one shown at the revisit, with the steps
 between them. Each finished episode is saved atomically as ``episodes/<env>/<episode>.json`` (and
-an image strip), so an interrupted run resumes where it stopped; ``results.json`` (every number,
-the config, the checkpoint's SHA-256, the machine) and the report (:mod:`rtfm_env.eval.report`)
-are written at the end.
+an image strip), so an interrupted run resumes where it stopped; ``results.json`` (a compact
+summary: the config, the checkpoint's SHA-256, the machine, the aggregated numbers and curves the
+report needs; the layout is described in :mod:`rtfm_env.eval.results`) and the report
+(:mod:`rtfm_env.eval.report`) are written at the end.
 
 With ``--world PATH`` (a memory saved by ``ModelCamera.save_world``) there is no scene and no
 ground truth: trajectories start at stored poses and stay within ``world_radius`` of the stored
@@ -31,7 +32,6 @@ cameras, and only revisit consistency and cost are reported.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -39,7 +39,7 @@ import shutil
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +50,28 @@ from tqdm import tqdm
 
 from rtfm_env.data.shards import atomic_write_bytes, sha256_file
 from rtfm_env.eval.metrics import PSNR_CAP, per_step, revisit_consistency
-from rtfm_env.eval.trajectories import (
-    HEADING_TOL,
-    POSITION_TOL,
-    SUITE_KINDS,
-    SuiteConfig,
-    find_revisits,
-    make_suite_trajectory,
+from rtfm_env.eval.report import all_cap, strip_entries, summarize, write_report
+from rtfm_env.eval.results import (
+    CONFIG_FILE,
+    EPISODE_FORMAT,
+    EPISODES_DIR,
+    FORMAT_VERSION,
+    MODEL_STRATEGIES,
+    OUTPUT_NAMES,
+    RESULTS_FILE,
+    RESULTS_FORMAT,
+    RESULTS_VERSION,
+    STRATEGIES,
+    RevisitConfig,
+    config_hash,
+    episode_path,
+    n_episodes,
+    pack_episodes,
+    parse_episode,
+    read_episode_archive,
+    write_json,
 )
+from rtfm_env.eval.trajectories import SUITE_KINDS, find_revisits, make_suite_trajectory
 from rtfm_env.geometry import DiscreteAction, KinematicsConfig, RobotState, apply_discrete, pose_to_state
 from rtfm_env.provenance import machine_info
 
@@ -74,88 +88,9 @@ __all__ = [
     "run",
 ]
 
-#: Model-camera context strategies compared (see :func:`rtfm_env.cameras.select_context`).
-MODEL_STRATEGIES: tuple[str, ...] = ("spatial", "last_k", "first_only", "all")
-#: Every strategy the evaluator knows: the model's, and the scene's renderer as the ceiling.
-STRATEGIES: tuple[str, ...] = (*MODEL_STRATEGIES, "ground_truth")
-
-EPISODE_FORMAT = "rtfm-revisit-episode"
-RESULTS_FORMAT = "rtfm-revisit-results"
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.json"
-EPISODES_DIR = "episodes"
-#: What an evaluation directory may hold; --overwrite refuses to delete anything else.
-OUTPUT_NAMES = frozenset({CONFIG_FILE, RESULTS_FILE, EPISODES_DIR, "report.md", "report.html", "plots"})
-
 
 class ConfigMismatchError(ValueError):
     """``--resume`` of a directory written with other settings or another checkpoint."""
-
-
-@dataclass
-class RevisitConfig:
-    """What one evaluation runs. Every field is saved in ``config.json`` and ``results.json``."""
-
-    out: str = "eval_revisit"  # output directory
-    checkpoint: str | None = None  # frame-model checkpoint directory; None: the shipped default
-    envs: list[str] = field(default_factory=lambda: ["MiniWorld-YMaze-v0", "MiniWorld-WallGap-v0", "MiniWorld-Sign-v0"])
-    world: str | None = None  # a saved memory file to evaluate instead of envs (no ground truth)
-    episodes: int = 4  # episodes (layouts) per env id, or start poses in a world
-    strategies: list[str] | None = None  # subset of STRATEGIES; None: all that apply
-    kinds: list[str] = field(default_factory=lambda: list(SUITE_KINDS))  # trajectory families
-    k: int = 2  # context views per generated frame (spatial, last_k, first_only)
-    steps: int | None = None  # sampling steps; None: the checkpoint's default
-    memory_capacity: int | None = None  # frames each model camera keeps; None: every frame
-    resolution: int = 64  # pixels, square frames (must match the checkpoint)
-    seed: int = 0  # base seed of layouts, trajectories and flow noise
-    position_tol: float = POSITION_TOL  # metres, revisit tolerance on the camera centre
-    heading_tol: float = HEADING_TOL  # degrees, revisit tolerance on the viewing direction
-    excursion: int = 100  # out_and_back: steps from the anchor to its revisit
-    lead_in: int = 8  # out_and_back: steps before the anchor
-    loop_steps: int = 150  # loop: steps
-    turn_rotations: int = 3  # turn360: full turns in place
-    tour_steps: int = 1000  # tour: steps
-    tour_landmarks: int = 4  # tour: landmarks on the chain
-    tour_every: int = 1  # the tour runs in every n-th episode, counted across env ids (it is the longest)
-    world_radius: float = 0.5  # metres; in a world, the camera stays this close to stored cameras
-    device: str | None = None  # torch device; None: CUDA when available, else CPU
-    threads: int = 1  # torch CPU threads (0: torch's default); one avoids oversubscribing shared cores
-    # Most stored frames the `all` strategy attends to; None: the model's max_context. A larger
-    # cap lets `all` show how attending to the whole memory grows in cost.
-    all_cap: int | None = None
-    # The network's GELU form (FrameModel.from_pretrained): "tanh" as trained, "none" (erf, the
-    # bf16 default, within bf16 rounding of tanh and faster); None: the default.
-    gelu: str | None = None
-
-    @property
-    def suite(self) -> SuiteConfig:
-        """The trajectory lengths as a :class:`SuiteConfig`."""
-        return SuiteConfig(
-            excursion=self.excursion,
-            lead_in=self.lead_in,
-            loop_steps=self.loop_steps,
-            turn_rotations=self.turn_rotations,
-            tour_steps=self.tour_steps,
-            tour_landmarks=self.tour_landmarks,
-        )
-
-    def identity(self) -> dict[str, Any]:
-        """The settings every episode's numbers depend on: a resume must not change them.
-
-        ``out``, ``episodes``, ``envs`` and ``threads`` may change (more episodes or env ids
-        can be added to a finished evaluation).
-        """
-        d = asdict(self)
-        for key in ("out", "episodes", "envs", "threads"):
-            d.pop(key)
-        if d["all_cap"] is None:
-            d.pop("all_cap")  # absent as before the option existed: earlier evaluations still resume
-        # Evaluations made before the option ran the trained tanh form: the key is absent for it,
-        # so those resume with --gelu tanh, and not with the erf default.
-        if (d.pop("gelu") or "none") != "tanh":
-            d["gelu"] = "none"
-        return d
 
 
 # --------------------------------------------------------------------------------------
@@ -245,20 +180,8 @@ def prepare_out_dir(out: str | os.PathLike, resume: bool, overwrite: bool) -> Pa
     return out
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, allow_nan=True) + "\n").encode())
-
-
 def _config_record(cfg: RevisitConfig, checkpoint: dict | None) -> dict:
     return {"format": RESULTS_FORMAT, "version": FORMAT_VERSION, "identity": cfg.identity(), "checkpoint": checkpoint}
-
-
-def _config_hash(record: dict) -> str:
-    """Hash of what an episode's numbers depend on: the settings and the weights (not their path)."""
-    weights = (record["checkpoint"] or {}).get("sha256")
-    key = {"format": record["format"], "version": record["version"], "identity": record["identity"], "weights": weights}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check_resume(out: Path, record: dict) -> None:
@@ -517,24 +440,6 @@ def _context_cost(model: Any, resolution: int, repeats: int = 5) -> dict[str, li
     return out
 
 
-def _episode_path(out: Path, env: str, episode: int) -> Path:
-    safe = env.replace("/", "_").replace(":", "_")
-    return out / EPISODES_DIR / safe / f"{episode:04d}.json"
-
-
-def _load_episode(path: Path, config_hash: str) -> dict | None:
-    """A finished episode's record, or None when missing, unreadable or from other settings."""
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if record.get("format") != EPISODE_FORMAT or record.get("config_hash") != config_hash:
-        return None
-    return record
-
-
 def evaluate(
     cfg: RevisitConfig, resume: bool = False, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -547,7 +452,8 @@ def evaluate(
         progress: show a progress bar (one tick per episode).
 
     Returns:
-        The results (also in ``results.json``).
+        The results as saved in ``results.json``, plus ``episodes``: every episode record (those
+        are saved under ``episodes/``, not in results.json).
 
     Raises:
         ValueError: an unknown env id, strategy or trajectory kind (the message lists the valid
@@ -556,8 +462,6 @@ def evaluate(
         FileExistsError: ``cfg.out`` exists and neither ``resume`` nor ``overwrite`` is given.
         CheckpointError: a checkpoint directory that is missing, corrupt or inconsistent.
     """
-    from rtfm_env.eval.report import summarize, write_report
-
     envs, strategies = _validate(cfg)
     model_strategies = [s for s in strategies if s in MODEL_STRATEGIES]
     checkpoint = None
@@ -581,7 +485,9 @@ def evaluate(
         model = FrameModel.from_pretrained(ckpt_path, device=device, gelu=cfg.gelu)
         for s in model_strategies:
             # Every strategy shares one network; the resolution check fails here for a mismatch.
-            # `all` with its own cap gets the same weights with that context limit.
+            # `all` with its own cap gets the same weights with that context limit. The memory starts
+            # from the start's single frame ("image"): the regime the committed numbers measure, in
+            # which every later view is generated, so revisits test the model's own consistency.
             own = s == "all" and cfg.all_cap is not None and cfg.all_cap != model.config.max_context
             cameras[s] = ModelCamera(
                 FrameModel.from_pretrained(ckpt_path, device=device, gelu=cfg.gelu, max_context=cfg.all_cap)
@@ -589,7 +495,7 @@ def evaluate(
                 else model,
                 k=min(cfg.k, cfg.all_cap) if s == "all" and cfg.all_cap is not None else cfg.k,
                 steps=cfg.steps, context_strategy=s, memory_capacity=cfg.memory_capacity,
-                seed=cfg.seed, resolution=cfg.resolution,
+                seed=cfg.seed, resolution=cfg.resolution, world="image",
             )
     if "ground_truth" in strategies:
         cameras["ground_truth"] = GroundTruthCamera()
@@ -603,16 +509,16 @@ def evaluate(
             cameras[s].load_world(cfg.world)
 
     out = prepare_out_dir(out, resume, overwrite)
-    config_hash = _config_hash(record)
-    _write_json(out / CONFIG_FILE, record)
+    run_hash = config_hash(record)
+    write_json(out / CONFIG_FILE, record)
     cost_path = out / EPISODES_DIR / "context_cost.json"
     if model is not None and not cost_path.is_file():
         cost_model = cameras["all"].model if "all" in cameras else model
-        _write_json(cost_path, _context_cost(cost_model, cfg.resolution))
+        write_json(cost_path, _context_cost(cost_model, cfg.resolution))
 
     tasks = [(env, e) for env in envs for e in range(cfg.episodes)]
     with_tour = {t for i, t in enumerate(tasks) if i % cfg.tour_every == 0}
-    done = {t: _load_episode(_episode_path(out, *t), config_hash) for t in tasks}
+    done = {t: _load_episode(episode_path(out, *t), run_hash) for t in tasks}
     bar = tqdm(total=len(tasks), initial=sum(r is not None for r in done.values()), unit="episode",
                desc="eval revisit", disable=not progress)
     try:
@@ -630,14 +536,14 @@ def evaluate(
                     bar.set_postfix_str(f"{env} #{e}")
                     kinds = [k for k in cfg.kinds if k != "tour" or (env, e) in with_tour]
                     rec, strip = run_episode(cfg, env, e, strategies, cameras, scene, world_poses, kinds)
-                    rec["config_hash"] = config_hash
-                    path = _episode_path(out, env, e)
+                    rec["config_hash"] = run_hash
+                    path = episode_path(out, env, e)
                     if strip is not None:
                         png = path.with_suffix(".png")
                         png.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write_bytes(png, imageio.imwrite("<bytes>", strip, format="PNG"))
                         rec["strip"]["file"] = png.relative_to(out).as_posix()
-                    _write_json(path, rec)  # last: the episode counts as finished only once this exists
+                    write_json(path, rec)  # last: the episode counts as finished only once this exists
                     done[(env, e)] = rec
                     bar.update(1)
             finally:
@@ -653,10 +559,12 @@ def evaluate(
     episodes = [done[t] for t in tasks]
     results = {
         "format": RESULTS_FORMAT,
-        "version": FORMAT_VERSION,
+        "version": RESULTS_VERSION,
         "config": asdict(cfg),
         "strategies": strategies,
         "envs": envs,
+        "n_episodes": len(episodes),
+        "config_hash": run_hash,
         "checkpoint": checkpoint,
         "camera": None if not model_strategies else {**cameras[model_strategies[0]].options, "context_strategy": None},
         "machine": machine_info(),
@@ -664,32 +572,86 @@ def evaluate(
         "ground_truth_available": not cfg.world,
         "context_cost": context_cost,
         "cost_timer": timer,
-        "summary": summarize(episodes, strategies, cfg, timer,
-                             cameras["all"].model.config.max_context if "all" in cameras else None),
-        "episodes": episodes,
     }
-    _write_json(out / RESULTS_FILE, results)
+    _summarize_into(results, episodes)
+    write_json(out / RESULTS_FILE, results)
     write_report(results, out)
-    return results
+    return {**results, "episodes": episodes}
 
 
-def rebuild_report(out: str | os.PathLike, companions: list[str] | None = None) -> dict[str, Any]:
-    """Recompute the summary of a finished evaluation and rewrite results.json and the report.
+def _summarize_into(results: dict, episodes: list[dict]) -> None:
+    """Set the parts of ``results`` computed from the episode records: summary, strips, episode count."""
+    cfg = RevisitConfig(**results["config"])
+    cap = all_cap(results) if "all" in results["strategies"] else None
+    results["n_episodes"] = len(episodes)
+    results["strips"] = strip_entries(episodes, results["envs"])
+    results["summary"] = summarize(episodes, results["strategies"], cfg, results.get("cost_timer", "wall"), cap)
 
-    Nothing is re-run: the numbers come from the episodes saved in ``out/results.json``.
+
+def _load_episode(path: Path, run_hash: str) -> dict | None:
+    """A finished episode's record, or None when missing, unreadable or from other settings."""
+    if not path.is_file():
+        return None
+    try:
+        return parse_episode(path.read_bytes(), run_hash)
+    except OSError:
+        return None
+
+
+def _saved_episodes(out: Path, results: dict) -> list[dict] | None:
+    """Every episode record of a finished evaluation, from ``episodes/`` or ``episodes.tar.xz``.
+
+    None when any is missing (a folder committed without its episodes, say): the summary saved in
+    results.json then stands, since recomputing it from a subset would change its numbers.
+    """
+    run_hash = results.get("config_hash")
+    if run_hash is None and (out / CONFIG_FILE).is_file():
+        run_hash = config_hash(json.loads((out / CONFIG_FILE).read_text()))
+    if run_hash is None:
+        return None
+    archive: dict[str, bytes] | None = None
+    episodes = []
+    for env in results["envs"]:
+        for e in range(results["config"]["episodes"]):
+            path = episode_path(out, env, e)
+            record = _load_episode(path, run_hash)
+            if record is None:
+                if archive is None:
+                    archive = read_episode_archive(out)  # read once, only when episodes/ falls short
+                data = archive.get(path.relative_to(out).as_posix())
+                record = parse_episode(data, run_hash) if data is not None else None
+            if record is None:
+                return None
+            episodes.append(record)
+    return episodes
+
+
+def rebuild_report(out: str | os.PathLike, companions: list[str] | None = None, pack: bool = False) -> dict[str, Any]:
+    """Rewrite results.json and the report of a finished evaluation. Nothing is re-run.
+
+    The summary is recomputed from the episode records when every one is at hand: in
+    ``episodes/``, in ``episodes.tar.xz``, or (results.json version 1) inside results.json itself,
+    which is then rewritten in the compact form. Otherwise the summary saved in results.json is
+    kept and the report is drawn from it alone (the strips plot is kept as it is when the
+    per-episode image strips are gone).
 
     Args:
         out: the evaluation directory.
         companions: other evaluation directories (e.g. more episodes of one family, or a tour
             timed by CPU time) whose headline rows join this report's headline table; saved in
             results.json, so later rebuilds keep them. None keeps the saved list.
+        pack: also write ``episodes.tar.xz`` from ``episodes/`` (the per-episode JSON, compressed),
+            so the folder can be kept without ``episodes/`` and its summary still recomputed.
+
+    Returns:
+        The results as saved in results.json, with ``episodes`` (every record) when they were read.
 
     Raises:
-        FileNotFoundError: ``out`` holds no results.json.
-        ValueError: results.json is not an evaluation's results.
+        FileNotFoundError: ``out`` holds no results.json, a companion has none, or ``pack`` is
+            given and ``out/episodes`` holds no episode.
+        ValueError: results.json is not an evaluation's results, or it is compact and no
+            summary is saved in it.
     """
-    from rtfm_env.eval.report import all_cap, summarize, write_report
-
     out = Path(out)
     path = out / RESULTS_FILE
     if not path.is_file():
@@ -705,12 +667,20 @@ def rebuild_report(out: str | os.PathLike, companions: list[str] | None = None) 
             if not (Path(c) / RESULTS_FILE).is_file():
                 raise FileNotFoundError(f"companion evaluation {c} has no {RESULTS_FILE}")
         results["companions"] = [os.path.relpath(c, out) for c in companions]
-    cfg = RevisitConfig(**results["config"])
-    results["summary"] = summarize(results["episodes"], results["strategies"], cfg, results.get("cost_timer", "wall"),
-                                   all_cap(results) if "all" in results["strategies"] else None)
-    _write_json(path, results)
+    # Version 1 embedded every record; from version 2 they live under episodes/ only.
+    episodes = results.pop("episodes", None) or _saved_episodes(out, results)
+    if episodes is not None:
+        if "config_hash" not in results and episodes[0].get("config_hash"):
+            results["config_hash"] = episodes[0]["config_hash"]
+        _summarize_into(results, episodes)
+    elif "summary" not in results:
+        raise ValueError(f"{path} holds no summary and {out} not every episode record: rerun the evaluation")
+    results["version"] = RESULTS_VERSION
+    if pack:
+        pack_episodes(out)
+    write_json(path, results)
     write_report(results, out)
-    return results
+    return results if episodes is None else {**results, "episodes": episodes}
 
 
 # --------------------------------------------------------------------------------------
@@ -788,9 +758,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description=(
             "Drive the model camera with each context strategy (spatial, last_k, first_only, all) and the "
             "ground-truth camera along the same trajectories that come back to places (out-and-back, loop, "
-            "turn360, a 1000-step landmark tour), and write results.json (every number, the config, the "
-            "checkpoint's SHA-256, the machine) and report.md/report.html with plots. Each finished episode "
-            "is saved at once, so --resume continues an interrupted run. --world evaluates a saved world "
+            "turn360, a 1000-step landmark tour), and write every episode's numbers under episodes/, a compact "
+            "results.json (the config, the checkpoint's SHA-256, the machine, the aggregated numbers) and "
+            "report.md/report.html with plots. Each finished episode is saved at once, so --resume continues an "
+            "interrupted run. --world evaluates a saved world "
             "(no ground truth: revisit consistency and cost only)."
         ),
     )
@@ -798,12 +769,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "report",
         help="recompute the summary and rewrite the report of a finished revisit evaluation",
-        description="Read the episodes saved in DIR/results.json, recompute the summary and rewrite "
-        "results.json, report.md, report.html and the plots. Nothing is re-run.",
+        description="Recompute the summary from the episodes saved in DIR (episodes/ or episodes.tar.xz; a "
+        "results.json of version 1 holds them itself and is rewritten compact), or keep the summary saved in "
+        "DIR/results.json when they are gone, and rewrite results.json, report.md, report.html and the plots. "
+        "Nothing is re-run.",
     )
     p.add_argument("--out", required=True, help="the evaluation directory")
     p.add_argument("--with", dest="companions", nargs="+", default=None, metavar="DIR",
                    help="other evaluation directories whose headline rows join this report's headline table")
+    p.add_argument("--pack", action="store_true",
+                   help=f"also write DIR/episodes.tar.xz (every per-episode JSON, compressed) from DIR/{EPISODES_DIR}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -813,7 +788,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.eval_command == "report":
-            results = rebuild_report(args.out, args.companions)
+            results = rebuild_report(args.out, args.companions, pack=args.pack)
         else:
             cfg = RevisitConfig(**{f.name: getattr(args, f.name) for f in fields(RevisitConfig)})
             results = evaluate(cfg, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
@@ -822,7 +797,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"rtfm-env eval {args.eval_command}: error: {msg}", file=sys.stderr)
         return 2
     head = results["summary"]["headline"]
-    print(f"{args.out}: {len(results['episodes'])} episodes; report {Path(args.out) / 'report.md'}")
+    print(f"{args.out}: {n_episodes(results)} episodes; report {Path(args.out) / 'report.md'}")
     for line in head.get("lines", []):
         print("  " + line)
     return 0
