@@ -1,15 +1,21 @@
 """Cameras: what the agent sees from a pose.
 
 A camera is reset onto a scene at a start pose and then asked for frames at batches of
-camera-to-world poses. :class:`GroundTruthCamera` renders the scene itself; :class:`ModelCamera`
-(``camera="model"``) generates frames with the frame model from posed frames kept in a
-:class:`~rtfm_env.memory.SpatialMemory`, and has the same interface so envs and the ROS node
-never care which one they hold.
+camera-to-world poses. :class:`GroundTruthCamera` renders the scene itself. The memory cameras
+read a :class:`~rtfm_env.memory.SpatialMemory` of posed frames whose contents at reset are set by
+their ``world`` (a regime of :mod:`rtfm_env.worlds` or a world file):
+:class:`ModelCamera` (``camera="model"``) generates frames with the frame model,
+:class:`ReprojectionCamera` (``camera="reprojection"``) forward-warps the stored RGB-D frames
+with no learning, and :class:`NearestViewCamera` (``camera="nearest"``) copies the best stored
+observed frame. All share one interface, so envs and the ROS node never care which they hold.
+
+Cameras with depth (``has_depth``: ground truth and reprojection) also answer
+:meth:`Camera.reset_rgbd` and :meth:`Camera.observe_rgbd` with (H, W) float32 depth in metres
+along the optical axis, ``inf`` where nothing was hit.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -18,18 +24,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import transforms3d
 
+from rtfm_env import worlds
 from rtfm_env.geometry import Intrinsics, check_pose
 from rtfm_env.memory import SpatialMemory
 from rtfm_env.model.checkpoint import CONFIG_FILE
 from rtfm_env.model.sampler import FrameModel
 from rtfm_env.scenes.base import Scene
+from rtfm_env.worlds import DEFAULT_WORLD, turn_in_place
 
 __all__ = [
     "Camera",
     "GroundTruthCamera",
+    "MemoryCamera",
     "ModelCamera",
+    "ReprojectionCamera",
+    "NearestViewCamera",
     "CAMERAS",
     "make_camera",
     "observe_many",
@@ -58,9 +68,11 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
 
 
 class Camera(ABC):
-    """Produces uint8 (H, W, 3) RGB frames for camera-to-world poses."""
+    """Produces uint8 (H, W, 3) RGB frames (and, where ``has_depth``, depth) for camera-to-world poses."""
 
     intrinsics: Intrinsics
+    #: Whether :meth:`reset_rgbd` and :meth:`observe_rgbd` give depth.
+    has_depth: bool = False
 
     @abstractmethod
     def reset(self, scene: Scene, pose: np.ndarray, seed: int | None = None) -> np.ndarray:
@@ -73,6 +85,18 @@ class Camera(ABC):
     @abstractmethod
     def observe(self, poses: np.ndarray) -> np.ndarray:
         """Frames (B, H, W, 3) uint8 seen from camera-to-world poses (B, 4, 4)."""
+
+    def reset_rgbd(self, scene: Scene, pose: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`reset`, with the first frame's depth: ((H, W, 3) uint8, (H, W) float32 metres)."""
+        raise self._no_depth()
+
+    def observe_rgbd(self, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`observe`, with depth: ((B, H, W, 3) uint8, (B, H, W) float32 metres, inf = no hit)."""
+        raise self._no_depth()
+
+    def _no_depth(self) -> ValueError:
+        with_depth = sorted(name for name, cls in CAMERAS.items() if cls.has_depth)
+        return ValueError(f"camera {type(self).__name__} gives no depth; cameras with depth: {with_depth}")
 
     def close(self) -> None:  # noqa: B027 (optional hook: most cameras hold nothing to release)
         """Release resources."""
@@ -98,8 +122,26 @@ def _is_int(value: object) -> bool:
 class GroundTruthCamera(Camera):
     """The scene's own renderer: the ceiling any learned camera is measured against."""
 
+    has_depth = True
+
     def __init__(self) -> None:
         self.scene: Scene | None = None
+
+    def reset_rgbd(self, scene: Scene, pose: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`reset` and the scene's ground-truth depth at ``pose``."""
+        frame = self.reset(scene, pose, seed)
+        return frame, self._depths(_check_poses(pose))[0]
+
+    def observe_rgbd(self, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Render RGB and depth at each pose."""
+        frames = self.observe(poses)
+        return frames, self._depths(_check_poses(poses))
+
+    def _depths(self, poses: np.ndarray) -> np.ndarray:
+        depths = [self.scene.render_depth(p) for p in poses]
+        if any(d is None for d in depths):
+            raise RuntimeError(f"scene {self.scene.env_id!r} has no ground-truth depth renderer")
+        return np.stack(depths).astype(np.float32)
 
     def reset(self, scene: Scene, pose: np.ndarray, seed: int | None = None) -> np.ndarray:
         """Attach to ``scene`` and return the ground-truth frame at ``pose`` (``seed`` is unused)."""
@@ -121,25 +163,6 @@ class GroundTruthCamera(Camera):
 # --------------------------------------------------------------------------------------
 # The model camera
 # --------------------------------------------------------------------------------------
-
-
-def turn_in_place(pose: np.ndarray, n: int) -> np.ndarray:
-    """``n`` poses at the camera centre of ``pose``, turned by evenly spaced yaws.
-
-    The first is ``pose`` itself; the i-th is turned left by ``360 * i / n`` degrees about the
-    world's vertical axis, so a robot's level camera stays level (and renderable).
-
-    Returns:
-        (n, 4, 4) camera-to-world poses.
-    """
-    pose = check_pose(pose, "pose")
-    if not (_is_int(n) and n >= 1):
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    out = np.repeat(pose[None], n, axis=0)
-    for i in range(1, n):
-        turn = transforms3d.axangles.axangle2mat([0.0, 1.0, 0.0], 2.0 * math.pi * i / n)
-        out[i, :3, :3] = turn @ pose[:3, :3]
-    return out
 
 
 def select_context(
@@ -191,12 +214,152 @@ def select_context(
     return ids[np.unique(np.rint(np.linspace(0, len(ids) - 1, cap)).astype(np.int64))].tolist()
 
 
-class ModelCamera(Camera):
+class MemoryCamera(Camera):
+    """A camera that sees a world only through a :class:`SpatialMemory` of posed frames.
+
+    What the memory holds at :meth:`reset` is the camera's ``world``: a regime of
+    :mod:`rtfm_env.worlds` (``"image"``: the start's ground-truth frame, or ``seed_views`` of
+    them turned in place; ``"walk"``: an exploration walk of the layout; ``"scan"``: a dense
+    coverage scan; all observed RGB-D frames rendered by the scene) or the path of a world file
+    (a saved memory, reloaded at every reset; the scene then gives physics only).
+
+    Subclasses produce frames from the memory (:meth:`_produce`).
+
+    Args:
+        world: a regime from :data:`rtfm_env.worlds.WORLD_KINDS` or a world file's path;
+            default :data:`rtfm_env.worlds.DEFAULT_WORLD`.
+        seed_views: ground-truth frames stored at the start (the start and turns in place).
+        memory_capacity: frames the memory keeps at most; None keeps every frame.
+
+    Attributes:
+        memory: the :class:`SpatialMemory` (None before the first reset or :meth:`load_world`).
+        last_context: for each pose of the last :meth:`observe`, the ids of the frames it used.
+    """
+
+    def __init__(
+        self,
+        world: str | os.PathLike = DEFAULT_WORLD,
+        seed_views: int = 1,
+        memory_capacity: int | None = None,
+    ) -> None:
+        self.world = worlds.check_world(world)
+        if not (_is_int(seed_views) and 1 <= seed_views <= 360):
+            raise ValueError(f"seed_views must be an integer in [1, 360], got {seed_views!r}")
+        if memory_capacity is not None and not (_is_int(memory_capacity) and memory_capacity >= seed_views):
+            raise ValueError(
+                f"memory_capacity must be None or an integer >= seed_views ({seed_views}), got {memory_capacity!r}"
+            )
+        self.seed_views = int(seed_views)
+        self.memory_capacity = None if memory_capacity is None else int(memory_capacity)
+        self.memory: SpatialMemory | None = None
+        self.last_context: list[list[int]] = []
+        self._step = 0  # observe calls since the reset; stored as each generated frame's step
+
+    # -- Camera interface ------------------------------------------------------------------
+
+    def reset(self, scene: Scene, pose: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Fill the memory for a new episode (see the class doc) and return the start's frame.
+
+        Args:
+            scene: the scene, reset to the episode's layout; with a regime, its renderer gives
+                the observed frames.
+            pose: (4, 4) camera-to-world start pose.
+            seed: re-seeds whatever is random in the camera (None continues its stream).
+
+        Raises:
+            ValueError: a bad pose or seed, a scene whose frames are not the camera's size, or
+                a world the scene cannot give (a scan of a layout without free space).
+            RuntimeError: a regime on a scene without a ground-truth renderer.
+        """
+        return self.reset_rgbd(scene, pose, seed)[0] if self.has_depth else self._reset(scene, pose, seed)[0]
+
+    def _reset(self, scene: Scene, pose: np.ndarray, seed: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        pose = check_pose(pose, "start pose")
+        if seed is not None and not (_is_int(seed) and 0 <= seed < 2**64):
+            raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
+        self._reseed(seed)
+        if isinstance(self.world, Path):
+            self.load_world(self.world)
+            self._check_size(self.intrinsics.height, self.intrinsics.width, f"the world in {self.world} holds")
+            frames, depths = self._produce(pose[None])
+            self._step = 0
+            return frames[0], None if depths is None else depths[0]
+        intrinsics = scene.intrinsics
+        self._check_size(intrinsics.height, intrinsics.width, f"scene {scene.env_id!r} renders")
+        self.memory = worlds.build_memory(
+            scene, self.world, pose, seed_views=self.seed_views, capacity=self.memory_capacity, depth=True
+        )
+        self.intrinsics = intrinsics
+        self.last_context = []
+        self._step = 0
+        first = self.memory.ids[:1]
+        return self.memory.frames(first)[0].copy(), self.memory.depths(first)[0]
+
+    def observe(self, poses: np.ndarray) -> np.ndarray:
+        """Frames (B, H, W, 3) uint8 seen from camera-to-world poses (B, 4, 4)."""
+        return self._observe(poses)[0]
+
+    def _observe(self, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.memory is None:
+            raise RuntimeError(f"{type(self).__name__}.observe called before reset(scene, pose) or load_world(path)")
+        out = self._produce(_check_poses(poses))
+        self._step += 1
+        return out
+
+    @abstractmethod
+    def _produce(self, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frames (B, H, W, 3) uint8 and depths (B, H, W) or None for checked poses (B, 4, 4)."""
+
+    def _reseed(self, seed: int | None) -> None:  # noqa: B027 (deterministic cameras have nothing to seed)
+        """Re-seed the camera's randomness (no-op for deterministic cameras)."""
+
+    def _check_size(self, height: int, width: int, what: str) -> None:  # noqa: B027 (any size by default)
+        """Raise ``ValueError`` when frames of this size cannot be produced."""
+
+    # -- Worlds ----------------------------------------------------------------------------
+
+    def save_world(self, path: str | os.PathLike) -> None:
+        """Write the memory (the world as this camera knows it) to a safetensors file, atomically."""
+        if self.memory is None:
+            raise RuntimeError("nothing to save: the camera has no memory before reset() or load_world()")
+        self.memory.save(path)
+
+    def load_world(self, path: str | os.PathLike) -> None:
+        """Replace the memory with one saved by :meth:`save_world` (or ``SpatialMemory.save``).
+
+        No scene is needed afterwards: :meth:`observe` produces frames from the loaded ones.
+        The memory keeps the capacity it was saved with.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            MemoryFormatError: the file is not a readable spatial memory.
+            ValueError: the memory is empty, its frames are not the camera's size, they were
+                taken with different intrinsics, or the camera needs depth that the file lacks.
+        """
+        memory = SpatialMemory.load(path)
+        if len(memory) == 0:
+            raise ValueError(f"{path} holds an empty memory: nothing to generate from")
+        height, width = memory.resolution
+        self._check_size(height, width, f"the memory in {path} holds")
+        intrinsics = set(memory.intrinsics_of(memory.ids))
+        if len(intrinsics) != 1:
+            raise ValueError(f"the frames in {path} have different intrinsics {sorted(map(str, intrinsics))}")
+        self._check_world_memory(memory, path)
+        self.intrinsics = intrinsics.pop()
+        self.memory = memory
+        self.last_context = []
+        self._step = max((s for s in memory.steps(memory.ids) if s is not None), default=0)
+
+    def _check_world_memory(self, memory: SpatialMemory, path: str | os.PathLike) -> None:  # noqa: B027
+        """Raise ``ValueError`` when a loaded memory lacks what this camera needs."""
+
+
+class ModelCamera(MemoryCamera):
     """The frame model as a camera: each frame is generated from posed frames in a spatial memory.
 
-    At :meth:`reset` the memory is seeded with the scene's ground truth at the start: one frame
-    by default (RTFM starts from a single image), or ``seed_views`` frames turned in place
-    (evenly spaced yaws, see :func:`turn_in_place`). Each :meth:`observe` then, for every
+    At :meth:`reset` the memory is filled as its ``world`` says (see :class:`MemoryCamera`:
+    the default dense scan, an exploration walk, the start's single image as RTFM starts from,
+    or a world file). Each :meth:`observe` then, for every
     requested pose, picks context frames from the memory (``context_strategy``, see
     :func:`select_context`), generates all the frames in ONE batched
     :meth:`FrameModel.generate` call, and adds each generated frame to the memory as
@@ -229,6 +392,7 @@ class ModelCamera(Camera):
             :meth:`FrameModel.from_pretrained`).
         compile: run the network through torch.compile (:meth:`FrameModel.compile`): about
             1.2x the frames/s on the CPU, after seconds of compiling per new batch shape.
+        world: what the memory holds at reset (see :class:`MemoryCamera`).
 
     Attributes:
         model: the :class:`FrameModel`.
@@ -257,19 +421,15 @@ class ModelCamera(Camera):
         resolution: int | tuple[int, int] | None = None,
         gelu: str | None = None,
         compile: bool = False,  # noqa: A002 (torch's own name for it)
+        world: str | os.PathLike = DEFAULT_WORLD,
     ) -> None:
+        super().__init__(world=world, seed_views=seed_views, memory_capacity=memory_capacity)
         if context_strategy not in CONTEXT_STRATEGIES:
             raise ValueError(
                 f"unknown context strategy {context_strategy!r}; valid strategies: {list(CONTEXT_STRATEGIES)}"
             )
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"unknown autocast {autocast!r}; valid: {list(AUTOCAST_DTYPES)}")
-        if not (_is_int(seed_views) and seed_views >= 1):
-            raise ValueError(f"seed_views must be an integer >= 1, got {seed_views!r}")
-        if memory_capacity is not None and not (_is_int(memory_capacity) and memory_capacity >= seed_views):
-            raise ValueError(
-                f"memory_capacity must be None or an integer >= seed_views ({seed_views}), got {memory_capacity!r}"
-            )
         if steps is not None and not (_is_int(steps) and steps >= 1):
             raise ValueError(f"steps must be None (the model's default) or an integer >= 1, got {steps!r}")
         if not (_is_int(seed) and seed >= 0):
@@ -307,14 +467,9 @@ class ModelCamera(Camera):
         self.k = int(k)
         self.steps = None if steps is None else int(steps)
         self.context_strategy = context_strategy
-        self.seed_views = int(seed_views)
-        self.memory_capacity = None if memory_capacity is None else int(memory_capacity)
         self.seed = int(seed)
         # The noise is drawn on the CPU and moved, so a seed gives the same noise on any device.
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.memory: SpatialMemory | None = None
-        self.last_context: list[list[int]] = []
-        self._step = 0  # observe calls since the reset; stored as each generated frame's step
         if resolution is not None:
             size = (resolution, resolution) if _is_int(resolution) else tuple(resolution)
             if len(size) != 2 or not all(_is_int(v) and v >= 1 for v in size):
@@ -323,41 +478,13 @@ class ModelCamera(Camera):
 
     # -- Camera interface ------------------------------------------------------------------
 
-    def reset(self, scene: Scene, pose: np.ndarray, seed: int | None = None) -> np.ndarray:
-        """Empty the memory, store the ground truth at the start, return the start's frame.
-
-        Args:
-            scene: the scene; its renderer gives the ``seed_views`` ground-truth frames.
-            pose: (4, 4) camera-to-world start pose.
-            seed: re-seeds the flow-noise generator (None continues its stream).
-
-        Raises:
-            ValueError: a bad pose or seed, or a scene whose frames are not the model's size.
-            RuntimeError: the scene has no ground-truth renderer.
-        """
-        pose = check_pose(pose, "start pose")
+    def _reseed(self, seed: int | None) -> None:
         if seed is not None:
-            if not (_is_int(seed) and 0 <= seed < 2**64):
-                raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
             self.generator.manual_seed(int(seed))
-        intrinsics = scene.intrinsics
-        self._check_size(intrinsics.height, intrinsics.width, f"scene {scene.env_id!r} renders")
-        memory = SpatialMemory(capacity=self.memory_capacity)
-        first = None
-        for view in turn_in_place(pose, self.seed_views):
-            frame = scene.render(view)
-            if frame is None:
-                raise RuntimeError(
-                    f"scene {scene.env_id!r} has no ground-truth renderer; the model camera needs the start's "
-                    "frame to seed its memory"
-                )
-            memory.add(frame, view, intrinsics, "observed", step=0)
-            first = frame if first is None else first
-        self.intrinsics = intrinsics
-        self.memory = memory
-        self.last_context = []
-        self._step = 0
-        return np.array(first, dtype=np.uint8, copy=True)
+
+    def _produce(self, poses: np.ndarray) -> tuple[np.ndarray, None]:
+        """One :meth:`FrameModel.generate` call for all poses (see :func:`observe_many`)."""
+        return _generate([self], [poses])[0], None
 
     def observe(self, poses: np.ndarray) -> np.ndarray:
         """Generate the frames seen from ``poses`` (B, 4, 4) and store them in the memory.
@@ -372,39 +499,6 @@ class ModelCamera(Camera):
             raise RuntimeError("ModelCamera.observe called before reset(scene, pose) or load_world(path)")
         return observe_many([self], [poses])[0]
 
-    # -- Worlds ----------------------------------------------------------------------------
-
-    def save_world(self, path: str | os.PathLike) -> None:
-        """Write the memory (the world as this camera knows it) to a safetensors file, atomically."""
-        if self.memory is None:
-            raise RuntimeError("nothing to save: the camera has no memory before reset() or load_world()")
-        self.memory.save(path)
-
-    def load_world(self, path: str | os.PathLike) -> None:
-        """Replace the memory with one saved by :meth:`save_world` (or ``SpatialMemory.save``).
-
-        No scene is needed afterwards: :meth:`observe` generates from the loaded frames. The
-        memory keeps the capacity it was saved with.
-
-        Raises:
-            FileNotFoundError: no file at ``path``.
-            MemoryFormatError: the file is not a readable spatial memory.
-            ValueError: the memory is empty, its frames are not the model's size, or they were
-                taken with different intrinsics.
-        """
-        memory = SpatialMemory.load(path)
-        if len(memory) == 0:
-            raise ValueError(f"{path} holds an empty memory: nothing to generate from")
-        height, width = memory.resolution
-        self._check_size(height, width, f"the memory in {path} holds")
-        intrinsics = set(memory.intrinsics_of(memory.ids))
-        if len(intrinsics) != 1:
-            raise ValueError(f"the frames in {path} have different intrinsics {sorted(map(str, intrinsics))}")
-        self.intrinsics = intrinsics.pop()
-        self.memory = memory
-        self.last_context = []
-        self._step = max((s for s in memory.steps(memory.ids) if s is not None), default=0)
-
     # -- Introspection ---------------------------------------------------------------------
 
     @property
@@ -417,6 +511,7 @@ class ModelCamera(Camera):
             "k": self.k,
             "steps": self.model.config.sample_steps if self.steps is None else self.steps,
             "context_strategy": self.context_strategy,
+            "world": str(self.world),
             "seed_views": self.seed_views,
             "memory_capacity": self.memory_capacity,
             "autocast": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
@@ -490,6 +585,16 @@ def observe_many(cameras: Sequence[ModelCamera], poses: Sequence[np.ndarray]) ->
         if camera.steps != first.steps:
             raise ValueError(f"cameras[{i}] samples with steps={camera.steps}, cameras[0] with {first.steps}")
     batches = [_check_poses(p) for p in poses]
+    results = _generate(cameras, batches)
+    for camera in cameras:
+        camera._step += 1
+    return results
+
+
+def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[np.ndarray]:
+    """The shared generate call of :func:`observe_many` for checked cameras and poses."""
+    first = cameras[0]
+    model = first.model
     cap = model.config.max_context
     contexts = [
         [select_context(camera.memory, p, camera.k, camera.context_strategy, camera.intrinsics, cap) for p in batch]
@@ -519,16 +624,175 @@ def observe_many(cameras: Sequence[ModelCamera], poses: Sequence[np.ndarray]) ->
     for camera, batch, per_camera in zip(cameras, batches, contexts, strict=True):
         mine = out[start : start + len(batch)]
         start += len(batch)
-        camera._step += 1
         for frame, pose in zip(mine, batch, strict=True):
-            camera.memory.add(frame, pose, camera.intrinsics, "generated", step=camera._step)
+            camera.memory.add(frame, pose, camera.intrinsics, "generated", step=camera._step + 1)
         camera.last_context = per_camera
         results.append(mine)
     return results
 
 
+class ReprojectionCamera(MemoryCamera):
+    """The no-learning camera: forward-warps the best stored RGB-D frames into the target view.
+
+    For each pose it retrieves up to ``k`` stored frames with depth (context juggling, observed
+    frames first, occlusion-aware: :meth:`SpatialMemory.retrieve` with ``fill=True``), warps
+    them into the target camera with z-buffered splatting (:func:`rtfm_env.warp.forward_warp`,
+    batched in torch over all poses of a call), fuses them with a z-buffer and fills what no
+    frame covers by push-pull interpolation (:func:`rtfm_env.warp.fill_holes`, weighted
+    toward the farther side of a hole, since disocclusions reveal background). Where no stored
+    frame sees anything of the view, the frame is the mean colour of the stored frames.
+
+    It is deterministic and never stores what it renders: its world is exactly what was
+    observed, so a place looks the same whenever it is seen again. Depth
+    (:meth:`observe_rgbd`) is the fused warped depth, NaN where no stored frame covers the
+    pixel (REP-118's "no valid measurement").
+
+    This is the honest baseline every learned camera must beat, and a fast camera in its own
+    right (see ``benchmarks/speed.py``).
+
+    Args:
+        k: stored frames warped per target frame.
+        world, seed_views, memory_capacity: see :class:`MemoryCamera`; a world file must hold
+            depth.
+        splat: ``"nearest"`` (z-buffered footprints, sharp) or ``"bilinear"`` (anti-aliased,
+            softer, slower); see :mod:`rtfm_env.warp`.
+        device: where to warp; None is the CPU.
+    """
+
+    has_depth = True
+
+    def __init__(
+        self,
+        k: int = 4,
+        world: str | os.PathLike = DEFAULT_WORLD,
+        seed_views: int = 1,
+        memory_capacity: int | None = None,
+        splat: str = "nearest",
+        device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__(world=world, seed_views=seed_views, memory_capacity=memory_capacity)
+        if not (_is_int(k) and 1 <= k <= 64):
+            raise ValueError(f"k must be an integer in [1, 64], got {k!r}")
+        if splat not in ("nearest", "bilinear"):
+            raise ValueError(f"unknown splat {splat!r}; valid: ['nearest', 'bilinear']")
+        self.k = int(k)
+        self.splat = splat
+        self.device = torch.device("cpu" if device is None else device)
+        self._fallback: np.ndarray | None = None  # mean colour of the stored frames, in [0, 1]
+
+    def reset_rgbd(self, scene: Scene, pose: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`reset`, with the start frame's depth (the observed depth in a regime)."""
+        self._fallback = None
+        frame, depth = self._reset(scene, pose, seed)
+        return frame, depth
+
+    def observe_rgbd(self, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frames (B, H, W, 3) uint8 and depths (B, H, W) float32 metres (NaN where nothing covers)."""
+        return self._observe(poses)
+
+    def load_world(self, path: str | os.PathLike) -> None:
+        """See :meth:`MemoryCamera.load_world`; the file must hold frames with depth."""
+        super().load_world(path)
+        self._fallback = None
+
+    def _check_world_memory(self, memory: SpatialMemory, path: str | os.PathLike) -> None:
+        if memory.depth_fraction == 0.0:
+            raise ValueError(
+                f"the world in {path} has no depth, and the reprojection camera warps frames by their depth; "
+                "rebuild it from RGB-D frames (a regime world='walk' or 'scan' saved with save_world, or a recording "
+                "with depth), or use camera='model'"
+            )
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """JSON-ready settings of this camera."""
+        return {
+            "camera": "reprojection",
+            "k": self.k,
+            "world": str(self.world),
+            "seed_views": self.seed_views,
+            "memory_capacity": self.memory_capacity,
+            "splat": self.splat,
+            "device": str(self.device),
+        }
+
+    def _context(self, pose: np.ndarray) -> list[int]:
+        memory = self.memory
+        ids = memory.retrieve(pose, self.k, self.intrinsics, fill=True)
+        return [i for i, ok in zip(ids, memory.has_depth(ids), strict=True) if ok]
+
+    def _produce(self, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from rtfm_env.warp import fill_holes, forward_warp
+
+        memory = self.memory
+        if self._fallback is None:
+            observed = memory.ids[np.array(memory.sources(memory.ids)) == "observed"][:256]
+            self._fallback = memory.frames(observed if len(observed) else memory.ids[:256]).mean(axis=(0, 1, 2)) / 255.0
+        contexts = [self._context(p) for p in poses]
+        self.last_context = contexts
+        b, h, w = len(poses), *memory.resolution
+        width = max(1, max(len(c) for c in contexts))
+        if all(len(c) == 0 for c in contexts):
+            frame = np.rint(self._fallback * 255.0).astype(np.uint8)
+            return np.broadcast_to(frame, (b, h, w, 3)).copy(), np.full((b, h, w), np.nan, dtype=np.float32)
+        first = next(c for c in contexts if c)
+        ids = np.array([c + [c[0] if c else first[0]] * (width - len(c)) for c in contexts], dtype=np.int64)  # (B, K)
+        valid = np.array([[j < len(c) for j in range(width)] for c in contexts], dtype=bool)  # (B, K)
+        frames = memory.frames(ids.ravel()).reshape(b, width, h, w, 3)  # (B, K, H, W, 3)
+        depths = memory.depths(ids.ravel()).reshape(b, width, h, w)  # (B, K, H, W)
+        src = memory.poses(ids.ravel()).reshape(b, width, 4, 4)  # (B, K, 4, 4)
+        with torch.no_grad():
+            res = forward_warp(
+                torch.from_numpy(frames).to(self.device),
+                torch.from_numpy(depths).to(self.device),
+                torch.from_numpy(src).to(self.device),
+                torch.from_numpy(np.ascontiguousarray(poses)).to(self.device),
+                self.intrinsics,
+                valid=torch.from_numpy(valid).to(self.device),
+                splat=self.splat,
+            )
+            fallback = torch.as_tensor(self._fallback, dtype=torch.float32)
+            rgb = fill_holes(res.fused_rgb, res.fused_mask, depth=res.fused_depth, fallback=fallback)  # (B, H, W, 3)
+            out = (rgb.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
+            depth = torch.where(res.fused_mask, res.fused_depth, torch.nan).cpu().numpy().astype(np.float32)
+        return out, depth
+
+
+class NearestViewCamera(MemoryCamera):
+    """A no-learning baseline: shows the stored observed frame that best sees the target view.
+
+    For each pose it retrieves the single best stored frame (context juggling, observed frames
+    first) and shows it unchanged. It never stores what it shows. Cheap, sharp and wrong
+    wherever the view differs from a stored one: the floor a learned camera must clear.
+
+    Args:
+        world, seed_views, memory_capacity: see :class:`MemoryCamera`.
+    """
+
+    def __init__(
+        self, world: str | os.PathLike = DEFAULT_WORLD, seed_views: int = 1, memory_capacity: int | None = None
+    ) -> None:
+        super().__init__(world=world, seed_views=seed_views, memory_capacity=memory_capacity)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """JSON-ready settings of this camera."""
+        return {"camera": "nearest", "world": str(self.world), "seed_views": self.seed_views}
+
+    def _produce(self, poses: np.ndarray) -> tuple[np.ndarray, None]:
+        memory = self.memory
+        ids = [memory.retrieve(p, 1, self.intrinsics, fill=True)[:1] or memory.ids[:1].tolist() for p in poses]
+        self.last_context = ids
+        return memory.frames([i[0] for i in ids]), None
+
+
 #: Camera names accepted by envs and the ROS node.
-CAMERAS: dict[str, type[Camera]] = {"ground_truth": GroundTruthCamera, "model": ModelCamera}
+CAMERAS: dict[str, type[Camera]] = {
+    "ground_truth": GroundTruthCamera,
+    "model": ModelCamera,
+    "reprojection": ReprojectionCamera,
+    "nearest": NearestViewCamera,
+}
 
 
 def make_camera(name: str, **kwargs: Any) -> Camera:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import rtfm_env  # noqa: F401  (registers the RTFM/* ids)
 from rtfm_env import viz
-from rtfm_env.cameras import CAMERAS, CONTEXT_STRATEGIES
+from rtfm_env.cameras import CAMERAS, CONTEXT_STRATEGIES, MemoryCamera
 from rtfm_env.envs.base import RTFMEnv
 from rtfm_env.envs.follower import ShortestPathFollower
 
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=("mp4", "gif"), default="mp4", help="video container (default: mp4; gif needs no ffmpeg)"
     )
-    model = parser.add_argument_group("model camera (--camera model only)")
+    model = parser.add_argument_group("memory cameras (model; world, seed views and capacity also reprojection, nearest)")
     model.add_argument(
         "--checkpoint", type=Path, metavar="DIR", help="frame-model checkpoint directory (default: the shipped one)"
     )
@@ -63,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--sampling-steps", type=int, metavar="N", help="Euler steps per frame (default: the model's)")
     model.add_argument("--seed-views", type=int, metavar="N", help="ground-truth frames stored at reset (default: 1)")
     model.add_argument("--memory-capacity", type=int, metavar="N", help="frames the memory keeps (default: all)")
+    model.add_argument(
+        "--world",
+        metavar="WORLD",
+        help="memory cameras (model, reprojection, nearest): image, walk, scan or a world file (default: scan)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "sampling_steps": args.sampling_steps,
         "seed_views": args.seed_views,
         "memory_capacity": args.memory_capacity,
+        "world": args.world,
     }
     # None options are the camera's defaults; the env refuses them with another camera.
     env = gym.make(
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         **{name: value for name, value in options.items() if value is not None},
     )
     base = env.unwrapped
-    model = args.camera == "model"
+    model = isinstance(base.camera, MemoryCamera)  # generated | ground truth | map panels
     follower = ShortestPathFollower(base.scene, stop_distance=base.task.success_distance * 0.9)
     frames: list[np.ndarray] = []
     episodes = []

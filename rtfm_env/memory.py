@@ -438,7 +438,7 @@ class SpatialMemory:
             self._frames = np.empty((0, *frame.shape), dtype=np.uint8)
         self._reserve(self._n + 1)
         if depth16 is not None and self._depth is None:
-            self._depth = np.empty((len(self._ids), *self._resolution), dtype=np.float16)
+            self._depth = np.full((len(self._ids), *self._resolution), np.inf, dtype=np.float16)
         slot = self._index.append(pose_keys(pose, self.config.direction_scale))
         assert slot == self._n, "index and storage slots diverged"
         frame_id = self._next_id
@@ -448,8 +448,9 @@ class SpatialMemory:
         self._source[slot] = SOURCES.index(source)
         self._step[slot] = _NO_STEP if step is None else int(step)
         self._has_depth[slot] = depth16 is not None
-        if depth16 is not None:
-            self._depth[slot] = depth16
+        if self._depth is not None:
+            # A frame without depth gets inf rows (never read as depth), so no garbage enters arithmetic.
+            self._depth[slot] = np.inf if depth16 is None else depth16
         self._ids[slot] = frame_id
         self._slot_of[frame_id] = slot
         self._n += 1
@@ -654,7 +655,7 @@ class SpatialMemory:
         z = np.where(in_view, depth, 1.0)  # (M, P); out-of-view points are masked below
         col = np.clip(np.floor(local[:, 0] / z * focal + w / 2.0), 0, w - 1).astype(np.intp)
         row = np.clip(np.floor(-local[:, 1] / z * focal + h / 2.0), 0, h - 1).astype(np.intp)
-        stored = self._depth[slots[:, None], row, col].astype(np.float64)  # (M, P) metres; rows without depth unused
+        stored = self._depth[slots[:, None], row, col].astype(np.float64)  # (M, P) metres; inf rows without depth
         informed = in_view & has[:, None]  # (M, P) candidates whose depth tells about the point
         hidden = informed & (depth > stored * (1.0 + cfg.occlusion_tolerance) + 0.05)  # (M, P)
         # A candidate that sees the query camera itself behind a surface is on the other side of
@@ -789,7 +790,7 @@ class SpatialMemory:
             stored = tensors["depth"]
             if np.isnan(stored).any() or (stored <= 0).any():
                 raise fail("depth values must be > 0 metres or inf (NaN or <= 0 found)")
-            depth = np.zeros((n, h, w), dtype=np.float16)
+            depth = np.full((n, h, w), np.inf, dtype=np.float16)
             depth[has_depth] = stored
         ids = tensors["ids"]
         if n and (np.any(np.diff(ids) <= 0) or ids[0] < 0 or ids[-1] >= next_id):

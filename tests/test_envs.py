@@ -23,7 +23,7 @@ from rtfm_env.geometry import RobotState, angle_difference
 from rtfm_env.scenes import MiniWorldScene
 
 RTFM_IDS = sorted(k for k in gym.registry if k.startswith("RTFM/"))
-CAMERA_NAMES = ["ground_truth", "model"]
+CAMERA_NAMES = ["ground_truth", "model", "reprojection"]
 COMMON_KWARGS = {"camera", "k", "context_strategy", "resolution", "scene"}
 INFO_KEYS = {"success", "spl", "soft_spl", "distance_to_goal", "collisions", "path_length", "collided", "steps"}
 STOP, FORWARD, LEFT, RIGHT = 0, 1, 2, 3
@@ -459,9 +459,15 @@ def test_unknown_argument_lists_valid_arguments(env_id):
 
 @pytest.mark.parametrize("env_id", RTFM_IDS)
 def test_model_options_need_the_model_camera(env_id):
-    """Giving k or context_strategy with the ground-truth camera is an error, not silently ignored."""
-    with pytest.raises(ValueError, match=r"\['k'\] apply only to camera='model'"):
+    """Camera options a camera does not take are an error naming the cameras that do, not silently ignored."""
+    with pytest.raises(ValueError, match=r"\['k'\] do not apply to camera='ground_truth'.*'model', 'reprojection'"):
         gym.make(env_id, camera="ground_truth", k=2)
+    with pytest.raises(ValueError, match=r"\['world'\] do not apply to camera='ground_truth'"):
+        gym.make(env_id, camera="ground_truth", world="scan")
+    with pytest.raises(ValueError, match=r"\['context_strategy'\] do not apply to camera='reprojection'"):
+        gym.make(env_id, camera="reprojection", context_strategy="last_k")
+    with pytest.raises(ValueError, match=r"depth=True needs a camera with depth.*'ground_truth', 'reprojection'"):
+        gym.make(env_id, camera="model", depth=True)
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,7 @@ def test_render_returns_each_envs_view(make_vec):
 
 def test_model_camera_shares_one_model_and_generates_once_per_step(make_vec, checkpoint, monkeypatch):
     """The N model cameras hold one FrameModel; a step makes ONE generate call for the envs that moved."""
-    envs = make_vec(camera="model", checkpoint=checkpoint)
+    envs = make_vec(camera="model", checkpoint=checkpoint, world="image")
     cams = envs.get_attr("camera")
     assert all(isinstance(c, ModelCamera) and c.model is cams[0].model for c in cams)
     calls = []
@@ -311,7 +311,7 @@ def test_reset_rejects_bad_seeds_and_options(make_vec, kwargs, error, match):
 
 def test_bad_single_env_kwargs_fail_and_release_what_was_built():
     """An unknown camera fails with the valid cameras listed, and the generic class needs an entry point."""
-    with pytest.raises(ValueError, match=r"unknown camera 'pinhole'; valid cameras: \['ground_truth', 'model'\]"):
+    with pytest.raises(ValueError, match=r"unknown camera 'pinhole'; valid cameras: \['ground_truth', 'model', 'nearest'"):
         gym.make_vec("RTFM/PointNav-v0", num_envs=2, camera="pinhole")
     with pytest.raises(TypeError, match="needs entry_point="):
         RTFMVectorEnv(2)

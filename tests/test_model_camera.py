@@ -52,7 +52,7 @@ def scene():
 @pytest.fixture(scope="module")
 def env(checkpoint):
     """A PointNav env seen through the model camera, shared by the module."""
-    env = gym.make("RTFM/PointNav-v0", camera="model", checkpoint=checkpoint, resolution=RES)
+    env = gym.make("RTFM/PointNav-v0", camera="model", checkpoint=checkpoint, resolution=RES, world="image")
     yield env.unwrapped
     env.close()
 
@@ -81,7 +81,7 @@ def _filled_memory(n: int = 10) -> SpatialMemory:
 @pytest.mark.parametrize("seed_views", [1, 4])
 def test_reset_seeds_memory_with_ground_truth_views(checkpoint, scene, seed_views):
     """Resetting stores seed_views observed ground-truth frames (the start, then turns) and returns the start's."""
-    camera = ModelCamera(checkpoint, seed_views=seed_views)
+    camera = ModelCamera(checkpoint, world="image", seed_views=seed_views)
     start = scene.start_state.pose()
     first = camera.reset(scene, start, seed=0)
     np.testing.assert_array_equal(first, scene.render(start))
@@ -107,7 +107,7 @@ def test_turn_in_place_spaces_yaws_evenly():
 
 def test_each_observe_adds_one_generated_frame(checkpoint, scene):
     """Every observed pose adds exactly one generated frame, equal to the returned one, with the step."""
-    camera = ModelCamera(checkpoint)
+    camera = ModelCamera(checkpoint, world="image")
     camera.reset(scene, scene.start_state.pose(), seed=0)
     for step in range(1, 4):
         pose = _ahead(scene, 0.25 * step)
@@ -123,7 +123,7 @@ def test_each_observe_adds_one_generated_frame(checkpoint, scene):
 
 def test_observe_batch_makes_one_generate_call(checkpoint, scene, monkeypatch):
     """Observing B poses calls FrameModel.generate once with all B targets and stores B frames."""
-    camera = ModelCamera(checkpoint, k=2)
+    camera = ModelCamera(checkpoint, world="image", k=2)
     camera.reset(scene, scene.start_state.pose(), seed=0)
     camera.observe(_ahead(scene, 0.25)[None])
     calls = []
@@ -143,7 +143,7 @@ def test_observe_batch_makes_one_generate_call(checkpoint, scene, monkeypatch):
 
 def test_observe_masks_padding_when_contexts_differ_in_size(checkpoint, scene, monkeypatch):
     """Poses with fewer context frames than others are padded with views masked by context_valid."""
-    camera = ModelCamera(checkpoint, k=2, seed_views=2)
+    camera = ModelCamera(checkpoint, world="image", k=2, seed_views=2)
     camera.reset(scene, scene.start_state.pose(), seed=0)
     monkeypatch.setattr(cameras, "select_context", lambda memory, pose, *a: [0, 1] if pose[0, 3] > 0 else [1])
     seen = {}
@@ -199,7 +199,7 @@ def test_spatial_strategy_is_memory_retrieve(k):
 @pytest.mark.parametrize("strategy", CONTEXT_STRATEGIES)
 def test_camera_uses_its_strategy(checkpoint, scene, strategy):
     """The ids the camera conditioned on are those select_context gives for its strategy."""
-    camera = ModelCamera(checkpoint, k=2, context_strategy=strategy, seed_views=3)
+    camera = ModelCamera(checkpoint, world="image", k=2, context_strategy=strategy, seed_views=3)
     camera.reset(scene, scene.start_state.pose(), seed=0)
     for d in (0.25, 0.5, 0.75):
         pose = _ahead(scene, d)
@@ -216,7 +216,7 @@ def test_camera_uses_its_strategy(checkpoint, scene, strategy):
 
 def test_last_k_follows_eviction(checkpoint, scene):
     """With a memory capacity, last_k draws on the frames still stored."""
-    camera = ModelCamera(checkpoint, k=2, context_strategy="last_k", memory_capacity=3)
+    camera = ModelCamera(checkpoint, world="image", k=2, context_strategy="last_k", memory_capacity=3)
     camera.reset(scene, scene.start_state.pose(), seed=0)
     for d in (0.25, 0.5, 0.75, 1.0):
         camera.observe(_ahead(scene, d)[None])
@@ -264,7 +264,7 @@ def test_camera_noise_follows_the_env_seed(checkpoint):
 
 def test_camera_seed_reproduces_frames(checkpoint, scene):
     """The same reset seed gives the same frames; the camera's own generator otherwise moves on."""
-    camera = ModelCamera(checkpoint)
+    camera = ModelCamera(checkpoint, world="image")
     pose = _ahead(scene, 0.5)
     runs = []
     for seed in (5, 5, None):
@@ -281,8 +281,8 @@ def test_camera_seed_reproduces_frames(checkpoint, scene):
 
 def _camera_pair(checkpoint, scene, model=None):
     """Two reset cameras sharing one model, with different k, strategies, seed views and seeds."""
-    first = ModelCamera(checkpoint if model is None else model, k=1, context_strategy="last_k")
-    second = ModelCamera(first.model, k=2, seed_views=3)
+    first = ModelCamera(checkpoint if model is None else model, world="image", k=1, context_strategy="last_k")
+    second = ModelCamera(first.model, world="image", k=2, seed_views=3)
     first.reset(scene, scene.start_state.pose(), seed=1)
     second.reset(scene, _ahead(scene, 0.5), seed=2)
     return first, second
@@ -315,7 +315,7 @@ def test_observe_many_is_each_cameras_own_observe_in_one_call(checkpoint, scene,
 
 def test_observe_many_of_one_camera_is_its_observe(checkpoint, scene):
     """observe_many([camera], [poses]) is bit for bit camera.observe(poses) with the same seed."""
-    a, b = ModelCamera(checkpoint), ModelCamera(checkpoint)
+    a, b = ModelCamera(checkpoint, world="image"), ModelCamera(checkpoint, world="image")
     a.reset(scene, scene.start_state.pose(), seed=4)
     b.reset(scene, scene.start_state.pose(), seed=4)
     poses = np.stack([_ahead(scene, 0.25), _ahead(scene, 0.5)])
@@ -349,12 +349,12 @@ def test_observe_many_rejects_bad_input(checkpoint, scene, case, error, match):
     elif case == "models":
         cams[1] = _camera_pair(checkpoint, scene)[1]
     elif case == "steps":
-        cams[1] = ModelCamera(first.model, steps=3)
+        cams[1] = ModelCamera(first.model, world="image", steps=3)
         cams[1].reset(scene, scene.start_state.pose())
     elif case == "ground-truth":
         cams[1] = make_camera("ground_truth")
     elif case == "unreset":
-        cams[1] = ModelCamera(first.model)
+        cams[1] = ModelCamera(first.model, world="image")
     elif case == "pose":
         poses[1] = np.zeros((2, 3))
     with pytest.raises(error, match=match):
@@ -369,11 +369,11 @@ def test_observe_many_rejects_bad_input(checkpoint, scene, case, error, match):
 
 def test_save_and_load_world_continues_identically(checkpoint, scene, tmp_path):
     """A loaded world generates what the saved camera would, with the same generator state."""
-    camera = ModelCamera(checkpoint, seed_views=2)
+    camera = ModelCamera(checkpoint, world="image", seed_views=2)
     camera.reset(scene, scene.start_state.pose(), seed=0)
     camera.observe(_ahead(scene, 0.25)[None])
     camera.save_world(tmp_path / "world.safetensors")
-    other = ModelCamera(checkpoint)
+    other = ModelCamera(checkpoint, world="image")
     other.load_world(tmp_path / "world.safetensors")
     np.testing.assert_array_equal(other.memory.ids, camera.memory.ids)
     np.testing.assert_array_equal(other.memory.frames(other.memory.ids), camera.memory.frames(camera.memory.ids))
@@ -386,7 +386,7 @@ def test_save_and_load_world_continues_identically(checkpoint, scene, tmp_path):
 
 def test_load_world_rejects_bad_files(checkpoint, tmp_path):
     """Loading a corrupt, empty or wrongly sized world raises a clear error naming the problem."""
-    camera = ModelCamera(checkpoint)
+    camera = ModelCamera(checkpoint, world="image")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a memory")
     with pytest.raises(MemoryFormatError, match="bad.safetensors"):
@@ -432,6 +432,7 @@ def test_env_passes_model_options_to_the_camera(checkpoint):
         sampling_steps=2,
         seed_views=2,
         memory_capacity=50,
+        world="image",
     )
     try:
         camera = env.unwrapped.camera
@@ -485,7 +486,7 @@ def test_sb3_check_env_with_model_camera(env):
 def test_model_camera_rejects_bad_options(checkpoint, kwargs, error, match):
     """Bad ModelCamera options raise with a message naming the option (and the valid choices)."""
     with pytest.raises(error, match=match):
-        ModelCamera(checkpoint, **kwargs)
+        ModelCamera(checkpoint, world="image", **kwargs)
 
 
 def test_missing_checkpoints_fail_clearly(tmp_path, monkeypatch):
@@ -501,8 +502,10 @@ def test_env_rejects_bad_camera_arguments(checkpoint):
     """Unknown cameras list the valid ones; model options with the ground-truth camera are refused."""
     with pytest.raises(ValueError, match=r"unknown camera 'fisheye'.*ground_truth.*model"):
         gym.make("RTFM/PointNav-v0", camera="fisheye")
-    with pytest.raises(ValueError, match=r"\['k', 'seed_views'\] apply only to camera='model'"):
+    with pytest.raises(ValueError, match=r"\['k', 'seed_views'\] do not apply to camera='ground_truth'.*'model'"):
         gym.make("RTFM/PointNav-v0", camera="ground_truth", k=2, seed_views=3)
+    with pytest.raises(ValueError, match=r"\['sampling_steps'\] do not apply to camera='reprojection'.*\['model'\]"):
+        gym.make("RTFM/PointNav-v0", camera="reprojection", sampling_steps=3)
     with pytest.raises(ValueError, match=r"unknown camera 'x'"):
         make_camera("x")
     with pytest.raises(ValueError, match=r"config.json is for 64x64 frames but the camera is asked for 48x48"):
@@ -511,7 +514,7 @@ def test_env_rejects_bad_camera_arguments(checkpoint):
 
 def test_reset_rejects_a_scene_of_another_resolution(checkpoint):
     """A scene rendering another size than the checkpoint's fails at reset, naming both sizes."""
-    camera = ModelCamera(checkpoint)
+    camera = ModelCamera(checkpoint, world="image")
     big = MiniWorldScene("MiniWorld-FourRooms-v0", width=48, height=48)
     try:
         start = big.reset(0)
@@ -532,7 +535,7 @@ def test_reset_rejects_a_scene_of_another_resolution(checkpoint):
 )
 def test_observe_rejects_bad_poses(checkpoint, scene, poses, match):
     """NaN, misshapen, empty or non-rigid poses raise ValueError before anything is generated."""
-    camera = ModelCamera(checkpoint)
+    camera = ModelCamera(checkpoint, world="image")
     camera.reset(scene, scene.start_state.pose(), seed=0)
     with pytest.raises(ValueError, match=match):
         camera.observe(poses)
@@ -541,7 +544,7 @@ def test_observe_rejects_bad_poses(checkpoint, scene, poses, match):
 
 def test_observe_before_reset_and_bad_reset_seed(checkpoint, scene):
     """Observing before reset is a RuntimeError; a negative reset seed a ValueError."""
-    camera = ModelCamera(checkpoint)
+    camera = ModelCamera(checkpoint, world="image")
     with pytest.raises(RuntimeError, match="before reset"):
         camera.observe(np.eye(4)[None])
     with pytest.raises(ValueError, match="seed"):
@@ -604,5 +607,5 @@ def test_demo_model_mode_writes_three_panel_video(checkpoint, tmp_path, capsys):
 
 def test_demo_refuses_model_options_with_ground_truth(tmp_path):
     """Model-camera options with the ground-truth camera fail instead of being ignored."""
-    with pytest.raises(ValueError, match="apply only to camera='model'"):
+    with pytest.raises(ValueError, match="do not apply to camera='ground_truth'"):
         cli.main(["demo", "--out", str(tmp_path), "--k", "3", "--episodes", "1", "--max-steps", "2"])

@@ -28,6 +28,11 @@ from rtfm_env.scenes.base import Scene
 __all__ = ["RTFMEnv"]
 
 
+def _parameters(cls: type) -> set[str]:
+    """The keyword arguments a camera class's constructor takes."""
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
 class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     """A robot in a scene, seen through a camera, doing a task (see the subclasses' docs).
 
@@ -40,10 +45,20 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     - ``scene``: a MiniWorld env id (default ``MiniWorld-FourRooms-v0``: four 6 m rooms joined
       by doorways, so geodesic and straight-line distances differ, and frames are cheap).
     - ``camera``: a name from :data:`rtfm_env.cameras.CAMERAS`: ``"ground_truth"`` (the
-      scene's renderer) or ``"model"`` (:class:`rtfm_env.cameras.ModelCamera`: the frame model
-      generates each frame from a spatial memory seeded with the start's ground truth). Model
-      frames are stochastic but seeded from the env's generator, so ``reset(seed=s)`` and the
-      same actions reproduce them.
+      scene's renderer), ``"model"`` (:class:`rtfm_env.cameras.ModelCamera`: the frame model
+      generates each frame from a spatial memory), ``"reprojection"``
+      (:class:`rtfm_env.cameras.ReprojectionCamera`: the stored RGB-D frames forward-warped, no
+      learning) or ``"nearest"`` (the best stored observed frame, unchanged). Model frames are
+      stochastic but seeded from the env's generator, so ``reset(seed=s)`` and the same actions
+      reproduce them.
+    - ``world`` (memory cameras: model, reprojection, nearest): what their memory holds at reset,
+      a regime of :mod:`rtfm_env.worlds` or a world file's path. ``"scan"`` (the default: a
+      dense coverage scan of the layout, the most faithful camera), ``"walk"`` (one exploration
+      walk, as a robot's recording), ``"image"`` (the start's single frame, as RTFM from one
+      image; with ``seed_views`` > 1, turns in place) or a path.
+    - ``depth``: True adds a ``depth`` observation, (H, W) float32 metres along the optical axis,
+      ``inf`` where nothing was hit and 0 where the camera knows nothing (a reprojection pixel
+      no stored frame covers). Only for cameras with depth (ground truth, reprojection).
     - ``resolution``: pixels of the square view; ``fov``: vertical field of view, degrees.
     - ``max_steps``: actions before truncation (500, as Habitat).
     - ``scene_seed``: ``None`` for a new layout every reset, an int to keep one layout.
@@ -55,7 +70,8 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
       :data:`rtfm_env.cameras.CONTEXT_STRATEGIES`: ``"spatial"`` is context juggling,
       ``"last_k"``, ``"first_only"`` and ``"all"`` the baselines), ``sampling_steps`` (Euler
       steps per frame), ``seed_views`` (ground-truth frames stored at reset: the start view and
-      turns in place), ``memory_capacity`` (frames kept at most), ``compile_model`` (True runs
+      turns in place; every memory camera), ``memory_capacity`` (frames kept at most; every
+      memory camera), ``compile_model`` (True runs
       the network through torch.compile: about 1.2x the frames/s on the CPU after seconds of
       compiling per batch shape; needs a C++ compiler).
 
@@ -109,6 +125,8 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         seed_views: int | None = None,
         memory_capacity: int | None = None,
         compile_model: bool | None = None,
+        world: str | os.PathLike | None = None,
+        depth: bool = False,
     ) -> None:
         """Build the env; the arguments are listed in the class docstring.
 
@@ -126,7 +144,7 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             raise TypeError(f"camera must be a camera name such as 'ground_truth', got {camera!r}")
         if camera not in CAMERAS:
             raise ValueError(f"unknown camera {camera!r}; valid cameras: {sorted(CAMERAS)}")
-        model_options = {
+        camera_options = {
             "checkpoint": checkpoint,
             "k": k,
             "context_strategy": context_strategy,
@@ -134,11 +152,27 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             "seed_views": seed_views,
             "memory_capacity": memory_capacity,
             "compile_model": compile_model,
+            "world": world,
         }
-        given = {name: value for name, value in model_options.items() if value is not None}
-        if given and camera != "model":
+        given = {name: value for name, value in camera_options.items() if value is not None}
+        renamed = {"sampling_steps": "steps", "compile_model": "compile"}
+        accepted = _parameters(CAMERAS[camera])
+        refused = sorted(name for name in given if renamed.get(name, name) not in accepted)
+        if refused:
+            takers = {
+                name: sorted(c for c, cls in CAMERAS.items() if renamed.get(name, name) in _parameters(cls))
+                for name in refused
+            }
             raise ValueError(
-                f"{sorted(given)} apply only to camera='model', but camera={camera!r}; drop them or pass camera='model'"
+                f"{refused} do not apply to camera={camera!r}; cameras that take them: {takers}; drop them or "
+                "pick one of those cameras"
+            )
+        if not isinstance(depth, bool):
+            raise ValueError(f"depth must be True or False, got {depth!r}")
+        if depth and not CAMERAS[camera].has_depth:
+            with_depth = sorted(name for name, cls in CAMERAS.items() if cls.has_depth)
+            raise ValueError(
+                f"depth=True needs a camera with depth; camera={camera!r} has none; cameras with depth: {with_depth}"
             )
         if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 8:
             raise ValueError(f"resolution must be an integer >= 8 pixels, got {resolution!r}")
@@ -158,15 +192,12 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.max_steps = int(max_steps)  # actions per episode before truncation
         self.scene_seed = None if scene_seed is None else int(scene_seed)
         self.render_height = max(256, self.resolution)  # pixels, height of render()'s composite
+        self.depth = depth  # whether observations carry a depth map
 
         # The camera is built first: a bad camera option then fails before a scene is acquired.
-        camera_kwargs: dict[str, Any] = {}
+        camera_kwargs: dict[str, Any] = {renamed.get(name, name): value for name, value in given.items()}
         if camera == "model":
-            if "sampling_steps" in given:
-                given["steps"] = given.pop("sampling_steps")
-            if "compile_model" in given:
-                given["compile"] = given.pop("compile_model")
-            camera_kwargs = {**given, "resolution": self.resolution}
+            camera_kwargs["resolution"] = self.resolution
         self.camera: Camera = make_camera(camera, **camera_kwargs)
         self.scene: Scene = MiniWorldScene(scene, width=self.resolution, height=self.resolution, fov_y=self.fov)
 
@@ -179,12 +210,18 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             {
                 "rgb": spaces.Box(0, 255, shape=(self.resolution, self.resolution, 3), dtype=np.uint8),
                 "pose": spaces.Box(-pose_high, pose_high, dtype=np.float32),
+                **(
+                    {"depth": spaces.Box(0.0, np.inf, shape=(self.resolution, self.resolution), dtype=np.float32)}
+                    if depth
+                    else {}
+                ),
                 **task.observation_spaces(),
             }
         )
 
         self._episode: Episode | None = None
         self._frame: np.ndarray | None = None
+        self._depth: np.ndarray | None = None  # (H, W) float32 of the current frame, with depth=True
         self._done = False
         self._reward, self._terminated, self._truncated = 0.0, False, False  # of the last step
         self._canvas: viz.MapCanvas | None = None  # the current layout's map, built on demand
@@ -214,7 +251,12 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         # Drawn after the task's goal, so the layout and goal of reset(seed=s) do not depend on
         # the camera; a learned camera's generator is seeded from it (deterministic ones ignore it).
         camera_seed = int(self.np_random.integers(2**63 - 1))
-        self._frame = self._check_frame(self.camera.reset(self.scene, start.pose(), seed=camera_seed))
+        if self.depth:
+            frame, depth = self.camera.reset_rgbd(self.scene, start.pose(), seed=camera_seed)
+            self._depth = self._check_depth(depth)
+        else:
+            frame = self.camera.reset(self.scene, start.pose(), seed=camera_seed)
+        self._frame = self._check_frame(frame)
         self.task.on_frame(self._frame)
         self._done = False
         self._canvas = None
@@ -223,7 +265,12 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     def step(self, action: int | np.integer) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Apply one action: move (collision-aware), observe, score, check the episode's end."""
         pose = self.begin_step(action)
-        return self.end_step(None if pose is None else self.camera.observe(pose[None])[0])
+        if pose is None:
+            return self.end_step(None)
+        if self.depth:
+            frames, depths = self.camera.observe_rgbd(pose[None])
+            return self.end_step(frames[0], depths[0])
+        return self.end_step(self.camera.observe(pose[None])[0])
 
     def begin_step(self, action: int | np.integer) -> np.ndarray | None:
         """First half of :meth:`step`: check and apply ``action``, score it, end the episode if due.
@@ -259,12 +306,22 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._done = self._terminated or self._truncated
         return state.pose() if state != previous else None
 
-    def end_step(self, frame: np.ndarray | None) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+    def end_step(
+        self, frame: np.ndarray | None, depth: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Second half of :meth:`step`: take the camera's frame (None keeps the last one).
+
+        Args:
+            frame: (H, W, 3) uint8, or None when the pose did not change.
+            depth: the frame's (H, W) depth, required with ``depth=True`` when a frame is given.
 
         Returns:
             What :meth:`step` returns: (observation, reward, terminated, truncated, info).
         """
+        if frame is not None and self.depth:
+            if depth is None:
+                raise ValueError("this env observes depth (depth=True): end_step needs the frame's depth too")
+            self._depth = self._check_depth(depth)
         if frame is not None:
             self._frame = self._check_frame(frame)
             self.task.on_frame(self._frame)
@@ -323,6 +380,7 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         return {
             "rgb": self._frame.copy(),
             "pose": pose.astype(np.float32),
+            **({"depth": self._depth.copy()} if self.depth else {}),
             **self.task.observation(state),
         }
 
@@ -336,6 +394,16 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             "scene_seed": episode.scene_seed,
             **self.task.metrics(self.scene, episode),
         }
+
+    def _check_depth(self, depth: np.ndarray) -> np.ndarray:
+        expected = (self.resolution, self.resolution)
+        depth = np.asarray(depth, dtype=np.float32)
+        if depth.shape != expected:
+            raise RuntimeError(
+                f"camera {type(self.camera).__name__} returned depth of shape {depth.shape}; expected {expected}"
+            )
+        # NaN (nothing known there) becomes 0, so the observation stays inside its Box(0, inf).
+        return np.where(np.isnan(depth), np.float32(0.0), depth)
 
     def _check_frame(self, frame: np.ndarray) -> np.ndarray:
         expected = (self.resolution, self.resolution, 3)

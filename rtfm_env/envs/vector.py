@@ -243,8 +243,10 @@ class RTFMVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
             if i in reset_infos:
                 info = reset_infos[i]
             else:
+                got = frames.get(i)
+                frame, depth = got if isinstance(got, tuple) else (got, None)
                 (self._observations[i], self._rewards[i], self._terminations[i], self._truncations[i], info) = (
-                    env.end_step(frames.get(i))
+                    env.end_step(frame, depth)
                 )
             infos = self._add_info(infos, info, i)
         self._autoreset_envs = self._terminations | self._truncations
@@ -293,9 +295,15 @@ class RTFMVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
     # ----------------------------------------------------------------------------------
 
     def _frames(self, pending: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
-        """The frames at the pending poses: one batched generate, or one render per env."""
+        """The frames at the pending poses: one batched generate, or one render per env.
+
+        With ``depth=True`` each entry is a (frame, depth) pair.
+        """
         if not pending:
             return []
+        if self.envs[0].depth:
+            out = [self.envs[i].camera.observe_rgbd(pose[None]) for i, pose in pending]
+            return [(frames[0], depths[0]) for frames, depths in out]
         if self._batched_camera:
             out = observe_many([self.envs[i].camera for i, _ in pending], [pose[None] for _, pose in pending])
             return [batch[0] for batch in out]
