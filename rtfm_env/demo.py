@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=("mp4", "gif"), default="mp4", help="video container (default: mp4; gif needs no ffmpeg)"
     )
-    model = parser.add_argument_group("memory cameras (model; world, seed views and capacity also reprojection, nearest)")
+    model = parser.add_argument_group("memory cameras (model; world, seed views, capacity: reprojection, nearest too)")
     model.add_argument(
         "--checkpoint", type=Path, metavar="DIR", help="frame-model checkpoint directory (default: the shipped one)"
     )
