@@ -76,7 +76,7 @@ def test_recordings_are_cached_and_deterministic(scene, kind):
 
 
 def test_build_memory_per_regime(scene):
-    """image holds the start views; walk and scan add their observed RGB-D frames after them."""
+    """The image regime holds the start views; walk and scan add their observed RGB-D frames after them."""
     start = scene.start_state.pose()
     image = worlds.build_memory(scene, "image", start, seed_views=3)
     assert len(image) == 3 and image.has_depth(image.ids).all()
