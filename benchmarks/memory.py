@@ -45,6 +45,7 @@ class BenchConfig:
     queries: int = 1000  # retrievals timed at each size
     k: int = 4  # frames per retrieval
     frame_size: int = 4  # pixels; frames are frame_size x frame_size x 3
+    depth: int = 1  # 1: every frame carries a depth map (retrieval then runs its occlusion test); 0: RGB only
     area: float = 30.0  # metres; poses lie on a square floor of this side
     capacity: int = 10_000  # frames kept by the memory of the eviction run
     capacity_adds: int = 30_000  # adds made to that memory (all after the first `capacity` evict)
@@ -99,11 +100,19 @@ def time_queries(mem: SpatialMemory, queries: np.ndarray, k: int, m: int) -> tup
     return percentiles_us(np.array(retrieve_ns)), percentiles_us(np.array(nearest_ns)), float(np.mean(returned))
 
 
+def _depths(cfg: BenchConfig, rng: np.random.Generator) -> np.ndarray | None:
+    """64 depth maps (metres, 0.3-8 m) reused in turn, or None for an RGB-only run."""
+    if not cfg.depth:
+        return None
+    return rng.uniform(0.3, 8.0, (64, cfg.frame_size, cfg.frame_size)).astype(np.float32)
+
+
 def growth_run(cfg: BenchConfig, rng: np.random.Generator) -> list[dict]:
     """Grow one memory through every size; time adds, retrievals and index lookups."""
     sizes = sorted(cfg.sizes)
     intrinsics = Intrinsics(cfg.frame_size, cfg.frame_size)
     frames = rng.integers(0, 256, (64, cfg.frame_size, cfg.frame_size, 3), dtype=np.uint8)
+    depths = _depths(cfg, rng)
     poses = random_poses(rng, sizes[-1], cfg.area)
     mem = SpatialMemory()
     add_ns = np.empty(sizes[-1], dtype=np.int64)
@@ -113,7 +122,8 @@ def growth_run(cfg: BenchConfig, rng: np.random.Generator) -> list[dict]:
             start = done
             for i in range(start, size):
                 t0 = time.perf_counter_ns()
-                mem.add(frames[i % len(frames)], poses[i], intrinsics, "observed", step=i)
+                depth = None if depths is None else depths[i % len(depths)]
+                mem.add(frames[i % len(frames)], poses[i], intrinsics, "observed", step=i, depth=depth)
                 add_ns[i] = time.perf_counter_ns() - t0
             bar.update(size - start)
             done = size
@@ -152,13 +162,15 @@ def capacity_run(cfg: BenchConfig, rng: np.random.Generator) -> dict:
     """Time adds into a full memory with a capacity (each one evicts a frame)."""
     intrinsics = Intrinsics(cfg.frame_size, cfg.frame_size)
     frame = np.zeros((cfg.frame_size, cfg.frame_size, 3), dtype=np.uint8)
+    depths = _depths(cfg, rng)
     poses = random_poses(rng, cfg.capacity_adds, cfg.area)
     mem = SpatialMemory(capacity=cfg.capacity)
     add_ns = np.empty(cfg.capacity_adds, dtype=np.int64)
     for i in tqdm(range(cfg.capacity_adds), desc="add with eviction", unit="pose", mininterval=1.0):
         source = "generated" if i % 2 else "observed"
         t0 = time.perf_counter_ns()
-        mem.add(frame, poses[i], intrinsics, source, step=i)
+        depth = None if depths is None or source == "generated" else depths[i % len(depths)]
+        mem.add(frame, poses[i], intrinsics, source, step=i, depth=depth)
         add_ns[i] = time.perf_counter_ns() - t0
     evicting = add_ns[cfg.capacity :]
     retrieve, nearest, returned = time_queries(
@@ -192,7 +204,9 @@ def markdown(report: dict) -> str:
         f"{report['load_average_1min_at_end']:.1f} at the end{busy}.",
         "",
         f"Poses uniform on a {cfg['area']:g} m x {cfg['area']:g} m floor with random headings, "
-        f"{cfg['frame_size']}x{cfg['frame_size']} frames, {cfg['queries']} retrievals of k = {cfg['k']} "
+        f"{cfg['frame_size']}x{cfg['frame_size']} frames"
+        + (" with depth maps (so retrieval runs its occlusion test)" if cfg.get("depth") else ", RGB only")
+        + f", {cfg['queries']} retrievals of k = {cfg['k']} "
         f"per size from random poses; retrieval scores the {report['memory_config']['candidates']} "
         "nearest poses of the 6-D index. Adds are summarised over the adds since the previous size; "
         "their p99 and max include the k-d tree merges that the logarithmic index makes now and then. "

@@ -11,10 +11,17 @@ Measured in one run, on whatever machine runs it (CPU by default, CUDA with --de
   change in the machine's load hits them alike;
 * achieved FLOP/s of the transformer during ``generate`` (FLOPs counted by
   ``torch.utils.flop_counter``) against a bf16 matrix product timed in the same run;
-* step time with 1e2 and 1e5 frames in the spatial memory (context juggling must keep it flat).
+* step time with 1e2 and 1e5 frames in the spatial memory (context juggling must keep it flat);
+* the no-learning reprojection camera (``ReprojectionCamera``: retrieval, forward warp, fill),
+  single stream and batched, in the same repeats.
+
+Cameras are timed in the default regime (``world="scan"``: a dense RGB-D scan of the layout in
+memory, so retrieval runs its occlusion test), except the memory-size comparison, which starts
+from the single start image and pads the memory to each size.
 
 Targets on the 2-core CPU machines: >= 20 frames/s single stream, >= 100 frames/s batched
-(B = 16), and <= 1.1x step time from 1e2 to 1e5 stored frames.
+(B = 16), and <= 1.1x step time from 1e2 to 1e5 stored frames; the reprojection camera
+>= 300 frames/s single stream.
 
     .venv/bin/python benchmarks/speed.py --checkpoint runs/s64/last --out docs/results/speed.json
 """
@@ -35,7 +42,7 @@ from benchlib import machine_info, write_atomic
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from rtfm_env.cameras import ModelCamera
+from rtfm_env.cameras import ModelCamera, ReprojectionCamera
 from rtfm_env.model.network import posed_rays
 from rtfm_env.model.sampler import sample
 from rtfm_env.scenes import MiniWorldScene
@@ -58,6 +65,8 @@ class SpeedConfig:
     small_memory: int = 100  # frames stored for its baseline
     device: str = "cpu"  # cpu or cuda
     threads: int = 0  # torch threads; 0 keeps torch's default
+    world: str = "scan"  # what the cameras' memory holds at reset (the default regime)
+    reprojection_k: int = 4  # stored frames warped per reprojection frame (0 skips the reprojection camera)
     out: str = "docs/results/speed.json"  # JSON output
 
 
@@ -157,8 +166,9 @@ def main(cfg: SpeedConfig) -> dict:
     start = scene.reset(0)
 
     def fresh_camera(options: dict | None = None) -> ModelCamera:
+        options = {"world": cfg.world, **(options or {})}
         cam = ModelCamera(cfg.checkpoint, k=cfg.k, steps=cfg.steps, device=cfg.device, resolution=cfg.resolution,
-                          **(options or {}))
+                          **options)
         cam.reset(scene, start.pose(), seed=0)
         return cam
 
@@ -174,13 +184,22 @@ def main(cfg: SpeedConfig) -> dict:
             cameras[name].observe(poses[i : i + 1])
         cameras[name].observe(poses[: cfg.batch])
         compile_s[name] = time.perf_counter() - t
+    reproj = None
+    if cfg.reprojection_k:
+        reproj = ReprojectionCamera(k=cfg.reprojection_k, world=cfg.world, device=cfg.device)
+        reproj.reset(scene, start.pose())
+        reproj.observe(poses[: cfg.batch])  # warm-up
     runs: dict[str, dict[str, list]] = {name: {"single": [], "batched": []} for name in variants}
+    reproj_runs: dict[str, list] = {"single": [], "batched": []}
     for _ in tqdm(range(cfg.repeats), desc="speed repeats", unit="repeat", leave=False):
         for name, cam in cameras.items():
             cam.reset(scene, start.pose(), seed=0)
             runs[name]["single"].append(_time_observe(cam, poses, 1, cfg.device))
             cam.reset(scene, start.pose(), seed=0)
             runs[name]["batched"].append(_time_observe(cam, batch_poses, cfg.batch, cfg.device))
+        if reproj is not None:  # deterministic and stores nothing: no reset needed between runs
+            reproj_runs["single"].append(_time_observe(reproj, poses, 1, cfg.device))
+            reproj_runs["batched"].append(_time_observe(reproj, batch_poses, cfg.batch, cfg.device))
 
     cam = cameras[variants[0]]
     flops_per_frame = _generate_flops(cam, poses[: cfg.batch], cfg)
@@ -206,7 +225,7 @@ def main(cfg: SpeedConfig) -> dict:
     # cost against memory size: same query poses, 1e2 vs 1e5 stored frames, timed in turn
     filled = {}
     for n in (cfg.small_memory, cfg.big_memory):
-        filled[n] = fresh_camera()
+        filled[n] = fresh_camera({"world": "image"})
         _fill_memory(filled[n], scene, n, seed=2)
     memory_runs: dict[int, list] = {n: [] for n in filled}
     for _ in range(cfg.repeats):
@@ -218,13 +237,33 @@ def main(cfg: SpeedConfig) -> dict:
 
     default = per_variant["eager"] if "eager" in per_variant else per_variant[variants[0]]
     best = max(variants, key=lambda v: per_variant[v]["batched"]["frames_per_s"])
-    targets = {"single_stream_frames_per_s": 20, "batched_frames_per_s": 100, "memory_ratio_max": 1.1}
+    targets = {
+        "single_stream_frames_per_s": 20,
+        "batched_frames_per_s": 100,
+        "memory_ratio_max": 1.1,
+        "reprojection_single_stream_frames_per_s": 300,
+    }
+    reprojection = None
+    if reproj is not None:
+        single, batched = (float(np.median(reproj_runs[m])) for m in ("single", "batched"))
+        reprojection = {
+            "camera_options": reproj.options,
+            "memory_frames": len(reproj.memory),
+            "single_stream": {"seconds_per_frame": single, "frames_per_s": 1.0 / single,
+                              "best_frames_per_s": 1.0 / min(reproj_runs["single"]),
+                              "runs_frames_per_s": [1.0 / x for x in reproj_runs["single"]]},
+            "batched": {"batch": cfg.batch, "seconds_per_frame": batched, "frames_per_s": 1.0 / batched,
+                        "best_frames_per_s": 1.0 / min(reproj_runs["batched"]),
+                        "runs_frames_per_s": [1.0 / x for x in reproj_runs["batched"]]},
+            "target_met": 1.0 / single >= targets["reprojection_single_stream_frames_per_s"],
+        }
     result = {
         "benchmark": "speed",
         "config": asdict(cfg),
         "model_config": asdict(cam.model.config),
         "machine": machine_info(),
         "variants": per_variant,
+        "reprojection": reprojection,
         # The camera's default inference (eager, or the first variant timed), for the headline.
         "single_stream": default["single_stream"],
         "batched": default["batched"],
@@ -277,3 +316,9 @@ if __name__ == "__main__":
         f"= {100 * fl['fraction_of_matmul']:.0f}% of a bf16 matmul ({fl['bf16_matmul_per_s'] / 1e9:.0f} GFLOP/s)"
     )
     print(f"step time 1e5 vs 1e2 frames in memory: {ms['ratio_big_over_small']:.2f}x (target <= 1.1)")
+    rp = r["reprojection"]
+    if rp is not None:
+        ss, bb = rp["single_stream"], rp["batched"]
+        print(f"reprojection: single stream {ss['frames_per_s']:.1f} frames/s (best {ss['best_frames_per_s']:.1f}; "
+              f"target >= 300), batched (B={bb['batch']}) {bb['frames_per_s']:.1f} frames/s, "
+              f"{rp['memory_frames']} frames in memory")

@@ -102,6 +102,10 @@ def test_speed_benchmark_measures_frames_flops_and_memory(tmp_path, checkpoint):
         speed_bench.main(speed_bench.SpeedConfig(checkpoint=str(checkpoint), variants="eager,fast", out=str(out)))
     assert r["flops"]["per_frame"] > 0 and 0 < r["flops"]["fraction_of_matmul"] < 10
     assert r["memory_size"]["ratio_big_over_small"] > 0
+    rp = r["reprojection"]
+    assert rp["single_stream"]["frames_per_s"] > 0 and rp["batched"]["batch"] == 2
+    assert rp["camera_options"]["world"] == "scan" and rp["memory_frames"] > 10
+    assert rp["target_met"] == (rp["single_stream"]["frames_per_s"] >= 300)
 
 
 def test_vector_benchmark_times_native_sync_and_async(tmp_path, checkpoint):
