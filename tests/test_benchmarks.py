@@ -17,6 +17,7 @@ import memory as memory_bench  # noqa: E402
 import quality as quality_bench  # noqa: E402
 import speed as speed_bench  # noqa: E402
 import vector as vector_bench  # noqa: E402
+import world_reset as world_reset_bench  # noqa: E402
 
 RES = 32
 
@@ -143,3 +144,19 @@ def test_ros_node_benchmark_measures_rate_jitter_and_latency(tmp_path):
     assert 0.0 < lat["image_of_moved_odom"]["mean"] < 1000.0 and len(run["trials"]) == 2
     assert lat["first_changed_image"]["mean"] >= lat["image_of_moved_odom"]["mean"] - 1e-6
     assert "| ground_truth | 10 |" in ros_bench.table(r)
+
+
+def test_world_reset_benchmark_times_each_regime(tmp_path):
+    """The world-reset benchmark times uncached and cached resets per regime and states the 2 s target."""
+    out = tmp_path / "world_reset.json"
+    r = world_reset_bench.main(
+        world_reset_bench.WorldResetConfig(scene="MiniWorld-OneRoom-v0", resolution=32, layouts=1, repeats=1,
+                                           regimes="image,walk", out=str(out))
+    )
+    assert set(r["results"]) == {"image", "walk"} and json.loads(out.read_text())["target_s"] == 2.0
+    walk, image = r["results"]["walk"], r["results"]["image"]
+    assert walk["frames_stored"]["min"] == 1 + r["walk_frames"] and image["frames_stored"]["min"] == 1
+    assert walk["cached_s"]["median"] < walk["uncached_s"]["median"]  # the cache skips rendering
+    assert "| walk |" in out.with_suffix(".md").read_text()
+    with pytest.raises(ValueError, match=r"unknown regime \['maze'\]"):
+        world_reset_bench.main(world_reset_bench.WorldResetConfig(regimes="maze", out=str(out)))
