@@ -41,11 +41,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "from the last checkpoint. Several processes: torchrun --nproc_per_node N -m rtfm_env.cli train ...",
     ),
     "record-bag": (
-        "rtfm_env.ros.bag",
+        "rtfm_env.ros.record_bag",
         "record the ROS 2 camera node's topics to a rosbag2 bag",
         "Run the camera node in-process (the ros extra) with camera-node parameters given as -p NAME:=VALUE, "
-        "and write every message it publishes (image_raw, camera_info, odom, pose, and /clock or /tf where "
-        "enabled) to a new rosbag2 bag in MCAP or sqlite3 for --duration seconds or --frames frames. The bag "
+        "and write every message it publishes (image_raw, camera_info, odom, pose, and depth/image_raw, "
+        "depth/camera_info, /clock or /tf where published) to a new rosbag2 bag in MCAP or sqlite3 for "
+        "--duration seconds or --frames frames. The bag "
         "appears at --out only once finished. The node listens to cmd_vel meanwhile.",
     ),
     "eval": (

@@ -1,4 +1,4 @@
-"""Tests of rtfm_env.ros.bag: BagRecorder writes rosbag2 bags that rosbags reads back, atomically."""
+"""Tests of rtfm_env.ros.bag (BagRecorder writes rosbag2 bags that rosbags reads back, atomically) and record_bag."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from rosbags.rosbag2 import Reader  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from rtfm_env.ros.bag import STORAGE, BagError, BagRecorder, message_type_name, run  # noqa: E402
+from rtfm_env.ros.bag import STORAGE, BagError, BagRecorder, message_type_name  # noqa: E402
+from rtfm_env.ros.record_bag import run  # noqa: E402
 
 
 def _image(i: int) -> Image:

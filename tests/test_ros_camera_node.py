@@ -33,9 +33,21 @@ from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from rtfm_env.geometry import Intrinsics, RobotState, invert_pose, state_to_odom, world_to_ros  # noqa: E402
+from rtfm_env.cameras import CAMERAS  # noqa: E402
+from rtfm_env.geometry import Intrinsics, RobotState, invert_pose, ros_to_world, state_to_odom, world_to_ros  # noqa: E402
 from rtfm_env.memory import SpatialMemory  # noqa: E402
-from rtfm_env.ros.camera_node import STARTUP_ERROR_EXIT, is_world_file, transform_msg  # noqa: E402
+from rtfm_env.ros.camera_node import (  # noqa: E402
+    CAMERA_ONLY_PARAMETERS,
+    MEMORY_CAMERAS,
+    PARAMETERS,
+    STARTUP_ERROR_EXIT,
+    CameraNode,
+    StartupError,
+    depth_image_msg,
+    is_world_file,
+    transform_msg,
+)
+from rtfm_env.worlds import WALK_FRAMES  # noqa: E402
 
 START_TIMEOUT = 60.0  # seconds for the node to import torch/MiniWorld and publish its first frame
 # Domain ids 0-232 are valid for Fast DDS; spread by pid so parallel sessions do not meet.
@@ -51,14 +63,18 @@ class NodeProcess:
     """A camera node in a subprocess plus a test-side rclpy node that records what it publishes."""
 
     def __init__(
-        self, params: dict[str, object], command: list[str] | None = None, env: dict[str, str] | None = None
+        self,
+        params: dict[str, object],
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.domain = next(_DOMAINS) % 233
         env = dict(os.environ, **(env or {}), ROS_DOMAIN_ID=str(self.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
         args = [f"{k}:={v}" for k, v in params.items()]
         cmd = [sys.executable, "-m", "rtfm_env.ros.camera_node", "--ros-args"] if command is None else list(command)
         cmd += [a for kv in args for a in ("-p", kv)]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=self.domain)
         self.node = rclpy.create_node("rtfm_test_client", context=self.context)
@@ -66,6 +82,8 @@ class NodeProcess:
         self.executor.add_node(self.node)
         self.images: list[tuple[float, Image]] = []  # (arrival time, message)
         self.infos: list[CameraInfo] = []
+        self.depths: list[Image] = []
+        self.depth_infos: list[CameraInfo] = []
         self.odoms: list[Odometry] = []
         self.poses: list[PoseStamped] = []
         self.clocks: list[Clock] = []
@@ -73,6 +91,8 @@ class NodeProcess:
         on_image = lambda m: self.images.append((time.monotonic(), m))  # noqa: E731
         self.node.create_subscription(Image, "camera/image_raw", on_image, qos)
         self.node.create_subscription(CameraInfo, "camera/camera_info", self.infos.append, qos)
+        self.node.create_subscription(Image, "camera/depth/image_raw", self.depths.append, qos)
+        self.node.create_subscription(CameraInfo, "camera/depth/camera_info", self.depth_infos.append, qos)
         self.node.create_subscription(Odometry, "odom", self.odoms.append, 10)
         self.node.create_subscription(PoseStamped, "camera/pose", self.poses.append, 10)
         self.node.create_subscription(Clock, "/clock", self.clocks.append, 10)
@@ -169,8 +189,10 @@ def camera_node() -> Iterator[Callable[..., NodeProcess]]:
     """Factory of started camera nodes; every node it made is stopped at teardown."""
     made: list[NodeProcess] = []
 
-    def start(command: list[str] | None = None, env: dict[str, str] | None = None, **params: object) -> NodeProcess:
-        node = NodeProcess(params, command, env)
+    def start(
+        command: list[str] | None = None, env: dict[str, str] | None = None, cwd: Path | None = None, **params: object
+    ) -> NodeProcess:
+        node = NodeProcess(params, command, env, cwd)
         made.append(node)
         node.wait_started()
         return node
@@ -185,10 +207,55 @@ def _xy(odom: Odometry) -> np.ndarray:
     return np.array([p.x, p.y])
 
 
-@pytest.mark.parametrize("rate_hz, reliable", [(10.0, False), (20.0, True)])
-def test_images_arrive_at_rate_with_matching_camera_info(camera_node, rate_hz, reliable):
-    """Images arrive at rate_hz within 20%; CameraInfo K/P/D match the intrinsics; one stamp per frame."""
-    n = camera_node(rate_hz=rate_hz, reliable_images=reliable, width=48, height=32, fov=70.0)
+def _stamp(msg) -> tuple[int, int]:
+    return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+
+def _depth_array(msg: Image) -> np.ndarray:
+    """The (H, W) float32 metres of a 32FC1 depth image."""
+    assert (msg.encoding, msg.step, msg.is_bigendian) == ("32FC1", 4 * msg.width, 0)
+    return np.frombuffer(bytes(msg.data), dtype="<f4").reshape(msg.height, msg.width)
+
+
+def _pose_matrix(msg: PoseStamped) -> np.ndarray:
+    """The 4x4 pose of a geometry_msgs/PoseStamped."""
+    p, q = msg.pose.position, msg.pose.orientation
+    matrix = np.eye(4)
+    matrix[:3, :3] = transforms3d.quaternions.quat2mat([q.w, q.x, q.y, q.z])
+    matrix[:3, 3] = p.x, p.y, p.z
+    return matrix
+
+
+def _check_ground_truth_depth(n: NodeProcess, env_id: str, seed: int, intrinsics: Intrinsics) -> None:
+    """The last depth images equal the scene's own depth render at the pose published with them."""
+    from rtfm_env.scenes import MiniWorldScene
+
+    poses = {_stamp(m): m for m in n.poses}
+    scene = MiniWorldScene(env_id, intrinsics.width, intrinsics.height, intrinsics.fov_y)
+    try:
+        scene.reset(seed)
+        checked = 0
+        for msg in n.depths[-3:]:
+            if _stamp(msg) not in poses:
+                continue
+            expected = scene.render_depth(ros_to_world(_pose_matrix(poses[_stamp(msg)])))
+            depth = _depth_array(msg)
+            np.testing.assert_array_equal(np.isinf(depth), np.isinf(expected))
+            np.testing.assert_allclose(depth[np.isfinite(expected)], expected[np.isfinite(expected)], rtol=1e-5)
+            checked += 1
+        assert checked >= 1, "no depth image with a pose of the same stamp"
+    finally:
+        scene.close()
+
+
+@pytest.mark.parametrize("rate_hz, reliable, depth", [(10.0, False, True), (20.0, True, False)])
+def test_images_arrive_at_rate_with_matching_camera_info(camera_node, rate_hz, reliable, depth):
+    """Images arrive at rate_hz within 20%; CameraInfo K/P/D match the intrinsics; one stamp per frame.
+
+    With publish_depth (the default), ground-truth depth arrives as 32FC1 with the image's stamp
+    and frame and equals the scene's depth render; publish_depth:=false publishes no depth topic.
+    """
+    n = camera_node(rate_hz=rate_hz, reliable_images=reliable, width=48, height=32, fov=70.0, publish_depth=depth)
     n.images.clear()
     n.spin_for(3.0)
     times = [t for t, _ in n.images]
@@ -212,6 +279,37 @@ def test_images_arrive_at_rate_with_matching_camera_info(camera_node, rate_hz, r
     common = stamps["image"] & stamps["info"] & stamps["odom"] & stamps["pose"]
     assert len(common) >= len(stamps["image"]) - 3, "image, camera_info, odom and pose stamps differ"
     assert n.odoms[-1].header.frame_id == "odom" and n.odoms[-1].child_frame_id == "base_link"
+
+    depth_publishers = [n.node.count_publishers(f"/camera/depth/{t}") for t in ("image_raw", "camera_info")]
+    if not depth:
+        assert not n.depths and not n.depth_infos and depth_publishers == [0, 0]
+        return
+    assert depth_publishers == [1, 1]
+    depth_stamps = {_stamp(m) for m in n.depths}
+    assert len(depth_stamps & stamps["image"]) >= len(stamps["image"]) - 3, "depth and image stamps differ"
+    assert {_stamp(m) for m in n.depth_infos} & depth_stamps
+    last = n.depths[-1]
+    assert (last.width, last.height, last.header.frame_id) == (48, 32, "camera_optical_frame")
+    assert _depth_array(last).dtype == np.float32 and np.isfinite(_depth_array(last)).any()
+    np.testing.assert_allclose(np.reshape(n.depth_infos[-1].k, (3, 3)), k)
+    _check_ground_truth_depth(n, "MiniWorld-OneRoom-v0", 0, Intrinsics(48, 32, 70.0))
+
+
+def test_depth_image_msg_follows_rep_118():
+    """32FC1 little-endian; NaN and +inf pass through, values a depth cannot have become NaN."""
+    depth = np.array([[1.5, np.inf, np.nan], [0.0, -1.0, -np.inf]], dtype=np.float32)
+    image = Image()
+    image.header.frame_id = "camera_optical_frame"
+    msg = depth_image_msg(depth, image.header)
+    assert (msg.encoding, msg.width, msg.height, msg.step, msg.header.frame_id) == (
+        "32FC1",
+        3,
+        2,
+        12,
+        "camera_optical_frame",
+    )
+    out = _depth_array(msg)
+    assert out[0, 0] == 1.5 and out[0, 1] == np.inf and np.isnan(out[0, 2]) and np.isnan(out[1]).all()
 
 
 def test_odometry_follows_twist(camera_node):
@@ -314,13 +412,18 @@ def test_fuzz_twists_keep_node_alive(camera_node):
         ({"camera": "model", "checkpoint": "/nonexistent/checkpoint"}, "/nonexistent/checkpoint"),
         ({"fov": 90}, "fov"),  # an integer where a double is declared
         ({"scene": "/nonexistent/world.safetensors", "camera": "model"}, "no saved world file"),
-        ({"scene": "world.safetensors"}, "camera:=model"),  # a saved world needs the model camera
+        ({"scene": "world.rtfm"}, "camera:=model"),  # a file without ./ is a file; it needs a memory camera
+        ({"world": "walk"}, "parameter world"),  # the ground-truth camera has no memory to fill
         ({"record_bag": "/tmp"}, "exists already"),  # bags are never overwritten
         ({"publish_clock": "true", "use_sim_time": "true"}, "use_sim_time"),
     ],
 )
 def test_bad_start_parameters_exit_with_clear_error(params, message):
-    """Unknown scene/camera/world, missing checkpoint, bad bag or clock setup: exit status 2 naming the problem."""
+    """Bad start parameters exit with status 2 naming the problem.
+
+    Unknown scene, camera or world file, a missing checkpoint, a parameter the camera does not
+    take, an existing bag, or a clock setup that would wait for itself.
+    """
     env = dict(os.environ, ROS_DOMAIN_ID=str(next(_DOMAINS) % 233), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     cmd = [sys.executable, "-m", "rtfm_env.ros.camera_node", "--ros-args"]
     cmd += [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
@@ -389,6 +492,8 @@ def test_model_camera_saves_and_loads_worlds_and_restarts_from_one(camera_node, 
     assert m.odoms[-1].twist.twist.linear.x == 1.0  # moving, by 1 m/s / 10 Hz a frame
     assert np.linalg.norm(_xy(m.odoms[-1]) - start) >= 0.1 - 1e-9
     m.drive(0.0, 0.0, frames=2)  # stopped, so no queued command moves the robot after the reset
+    # A node slower than rate_hz may still hold queued 1 m/s commands: wait until it has applied a stop.
+    m.spin_until(lambda: m.odoms[-1].twist.twist.linear.x == 0.0, 30.0, "the robot to stop")
     assert m.call("reset").success
     m.odoms.clear()
     m.spin_until(lambda: len(m.odoms) >= 2, 30.0, "odometry after reset")
@@ -423,6 +528,8 @@ def test_record_bag_with_clock_matches_published_messages(camera_node, tmp_path)
     expected = {
         "/camera/image_raw": "sensor_msgs/msg/Image",
         "/camera/camera_info": "sensor_msgs/msg/CameraInfo",
+        "/camera/depth/image_raw": "sensor_msgs/msg/Image",
+        "/camera/depth/camera_info": "sensor_msgs/msg/CameraInfo",
         "/odom": "nav_msgs/msg/Odometry",
         "/camera/pose": "geometry_msgs/msg/PoseStamped",
         "/clock": "rosgraph_msgs/msg/Clock",
@@ -435,8 +542,9 @@ def test_record_bag_with_clock_matches_published_messages(camera_node, tmp_path)
             msgs[conn.topic].append(typestore.deserialize_cdr(raw, conn.msgtype))
     clock_ns = [_stamp_ns(m.clock) for m in msgs["/clock"]]
     assert clock_ns == [round(i * 1e9 / rate) for i in range(1, 61)]
-    for topic in ("/camera/image_raw", "/camera/camera_info", "/odom", "/camera/pose"):
+    for topic in set(expected) - {"/clock"}:
         assert [_stamp_ns(m.header.stamp) for m in msgs[topic]] == clock_ns, topic
+    assert all(m.encoding == "32FC1" for m in msgs["/camera/depth/image_raw"])
 
     assert len(n.images) >= 10 and len(n.clocks) >= 10
     by_stamp = {_stamp_ns(m.header.stamp): m for m in msgs["/camera/image_raw"]}
@@ -466,11 +574,81 @@ def test_transform_msg_round_trips_base_to_optical():
 
 @pytest.mark.parametrize(
     "scene, expected",
-    [("Maze", False), ("MiniWorld-OneRoom-v0", False), ("world.safetensors", True), ("/tmp/runs/w", True)],
+    [
+        ("Maze", False),
+        ("MiniWorld-OneRoom-v0", False),
+        ("", False),
+        ("world.safetensors", True),
+        ("world.rtfm", True),
+        ("./world.rtfm", True),
+        ("/tmp/runs/w", True),
+        ("~/w", True),
+    ],
 )
 def test_is_world_file(scene, expected):
-    """A scene parameter with a path separator or a .safetensors suffix names a saved world file."""
+    """A scene parameter with a directory part or a suffix names a saved world file; env ids have neither."""
     assert is_world_file(scene) is expected
+
+
+def test_is_world_file_for_an_existing_file_without_suffix(tmp_path, monkeypatch):
+    """An existing file is a world file even with neither a suffix nor a directory part."""
+    monkeypatch.chdir(tmp_path)
+    assert not is_world_file("myworld")
+    (tmp_path / "myworld").write_bytes(b"")
+    assert is_world_file("myworld")
+
+
+@pytest.mark.parametrize("camera", sorted(CAMERAS))
+def test_camera_only_parameters_are_refused_for_other_cameras(camera):
+    """Each camera takes its own parameters at any value and refuses, by name, the others set off their default."""
+    changed = {"world": "walk", "checkpoint": "/ckpt", "k": 3, "sampling_steps": 4, "torch_threads": 2}
+    changed["compile_model"] = True
+    assert set(changed) == set(CAMERA_ONLY_PARAMETERS)
+    defaults = {name: p.default for name, p in PARAMETERS.items()}
+    CameraNode._check_camera_parameters(camera, defaults)  # defaults are fine for every camera
+    for name, cameras in CAMERA_ONLY_PARAMETERS.items():
+        par = dict(defaults, **{name: changed[name]})
+        if camera in cameras:
+            CameraNode._check_camera_parameters(camera, par)
+        else:
+            with pytest.raises(StartupError, match=f"parameter {name} .* camera:={cameras[0]}"):
+                CameraNode._check_camera_parameters(camera, par)
+    assert CAMERA_ONLY_PARAMETERS["world"] == MEMORY_CAMERAS == ("model", "nearest", "reprojection")
+
+
+def test_reprojection_camera_walk_world_publishes_depth_and_restarts_from_its_file(camera_node, tmp_path):
+    """camera:=reprojection with world:=walk: images, depth, and a world file to restart from.
+
+    save_world holds the walk, load_world refuses a world without depth, and scene:=world.rtfm
+    (no ./) starts from the saved file.
+    """
+    saved = tmp_path / "world.rtfm"
+    n = camera_node(camera="reprojection", world="walk", world_path=str(saved), rate_hz=10.0, cmd_vel_timeout=0.0)
+    n.drive(0.0, 1.0, frames=3)
+    image = n.images[-1][1]
+    assert (image.encoding, image.width, image.height) == ("rgb8", 64, 64)
+    assert {_stamp(m) for m in n.depths} & {_stamp(m) for _, m in n.images}, "depth and image stamps differ"
+    depth = _depth_array(n.depths[-1])
+    assert depth.shape == (64, 64) and (np.isfinite(depth) & (depth > 0)).mean() > 0.5
+
+    response = n.call("save_world")
+    assert response.success, response.message
+    memory = SpatialMemory.load(saved)
+    assert len(memory) == WALK_FRAMES + 1  # the start's view and the walk: world:=walk reached the camera
+    assert memory.depth_fraction == 1.0 and set(memory.sources(memory.ids)) == {"observed"}
+
+    flat = SpatialMemory()
+    flat.add(np.zeros((64, 64, 3), np.uint8), np.eye(4), Intrinsics(64, 64, 60.0), "observed")
+    flat.save(tmp_path / "flat.rtfm")
+    n.set_param("world_path", str(tmp_path / "flat.rtfm"))
+    response = n.call("load_world")
+    assert not response.success and "no depth" in response.message, response.message
+    n.images_keep_coming()
+
+    m = camera_node(cwd=tmp_path, scene="world.rtfm", camera="reprojection", rate_hz=10.0)
+    np.testing.assert_allclose(_xy(m.odoms[0]), _xy(n.odoms[0]), atol=1e-9)  # the world's first frame
+    m.spin_until(lambda: len(m.depths) >= 2, 30.0, "depth from the saved world")
+    assert m.depths[-1].encoding == "32FC1" and m.images[-1][1].encoding == "rgb8"
 
 
 # A stand-in for tf2_ros (which only a ROS install has) that logs what the node broadcasts.

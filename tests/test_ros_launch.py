@@ -62,7 +62,8 @@ def test_launch_argument_is_a_node_parameter_with_its_default(row):
 
 def test_launch_arguments_cover_the_main_parameters():
     """The issue's main parameters are all launch arguments."""
-    main = {"scene", "seed", "camera", "checkpoint", "rate_hz", "width", "height", "fov", "k", "sampling_steps"}
+    main = {"scene", "seed", "camera", "world", "checkpoint", "rate_hz", "width", "height", "fov", "k"}
+    main |= {"sampling_steps", "publish_depth"}
     assert main <= {r[0] for r in _launch_arguments()}
 
 

@@ -1,4 +1,4 @@
-"""Recording what the camera node publishes as a rosbag2 bag (MCAP), and ``rtfm-env record-bag``.
+"""Writing what the camera node publishes to a rosbag2 bag (MCAP or sqlite3).
 
 :class:`BagRecorder` writes ROS messages to a rosbag2 bag with the pure-Python ``rosbags``
 library, so no ROS install is needed; ``ros2 bag info``, ``ros2 bag play`` and Foxglove read the
@@ -6,28 +6,22 @@ result. The bag is written under a hidden temporary directory beside its final p
 into place only when it is closed, so an interrupted recording never leaves a half-written bag
 under the requested name and never touches an existing one.
 
-The camera node records when its ``record_bag`` parameter names a directory; the ``record-bag``
-subcommand runs the node in-process with that parameter for a fixed time or number of frames::
-
-    rtfm-env record-bag --out runs/maze_bag --duration 20 -p scene:=Maze -p rate_hz:=30.0
-    ros2 bag info runs/maze_bag            # in a ROS install; or read it with rosbags
-
-While it runs, the node listens to ``cmd_vel`` like any camera node, so a teleop or planner can
-drive it. This module imports ``rosbags`` and ``rclpy`` only when used, so ``rtfm-env --help``
-works without the ``ros`` extra.
+The camera node (:mod:`rtfm_env.ros.camera_node`) records through it when its ``record_bag``
+parameter names a directory; :mod:`rtfm_env.ros.record_bag` is the ``rtfm-env record-bag``
+command that runs such a node. This module imports no other module of :mod:`rtfm_env.ros`, and
+``rosbags`` and ``rclpy`` only when a bag is written, so ``rtfm-env --help`` works without the
+``ros`` extra.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BagRecorder", "BagError", "STORAGE", "add_arguments", "run"]
+__all__ = ["BagRecorder", "BagError", "STORAGE", "message_type_name"]
 
 #: storage plugin name -> rosbags StoragePlugin member name
 STORAGE: dict[str, str] = {"mcap": "MCAP", "sqlite3": "SQLITE3"}
@@ -126,61 +120,3 @@ class BagRecorder:
                 self._writer.close()
             finally:
                 shutil.rmtree(self._staging, ignore_errors=True)
-
-
-# -- rtfm-env record-bag ---------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``rtfm-env record-bag``."""
-    parser.add_argument("--out", required=True, help="directory of the bag to create (must not exist)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds to record (wall clock)")
-    parser.add_argument("--frames", type=int, default=0, help="stop after this many frames (0: only --duration)")
-    parser.add_argument("--storage", choices=sorted(STORAGE), default="mcap", help="rosbag2 storage plugin")
-    parser.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME:=VALUE",
-        help="a camera-node parameter, as after 'rtfm-camera --ros-args -p' (repeatable), e.g. -p scene:=Maze",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the camera node in-process, recording to ``args.out``; returns the exit status."""
-    import rclpy
-
-    from rtfm_env.ros.camera_node import STARTUP_ERROR_EXIT, CameraNode, StartupError
-
-    if not (args.duration > 0 or args.frames > 0):
-        raise ValueError(f"give a positive --duration or --frames, got {args.duration} and {args.frames}")
-    for kv in args.param:
-        if ":=" not in kv:
-            raise ValueError(f"parameter {kv!r} is not NAME:=VALUE")
-        if kv.split(":=", 1)[0] in ("record_bag", "bag_storage"):
-            raise ValueError(f"{kv!r}: the bag is set by --out and --storage")
-    ros_args = ["--ros-args", "-p", f"record_bag:={args.out}", "-p", f"bag_storage:={args.storage}"]
-    for kv in args.param:
-        ros_args += ["-p", kv]
-    rclpy.init(args=["rtfm-env", *ros_args])
-    node = None
-    try:
-        node = CameraNode()
-        end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
-        while rclpy.ok() and time.monotonic() < end and not (0 < args.frames <= node.frames_published):
-            rclpy.spin_once(node, timeout_sec=0.01)
-    except StartupError as e:
-        rclpy.logging.get_logger("rtfm_camera").error(f"cannot start: {e}")
-        return STARTUP_ERROR_EXIT
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()  # finishes the bag
-        rclpy.try_shutdown()
-    if node is None:
-        return 0
-    counts = ", ".join(f"{topic} {n}" for topic, n in node.bag_counts.items())
-    print(f"recorded {node.frames_published} frames to {args.out}: {counts}")
-    return 0

@@ -7,6 +7,11 @@ frame at the new pose and publishes, all with one stamp:
 * ``<camera_ns>/image_raw`` (sensor_msgs/Image, rgb8) and ``<camera_ns>/camera_info``
   (sensor_msgs/CameraInfo: K, P, R, plumb_bob D of zeros) in the camera's optical frame,
   sensor-data QoS unless ``reliable_images`` is set;
+* ``<camera_ns>/depth/image_raw`` (sensor_msgs/Image, 32FC1: metres along the optical axis,
+  REP-118: NaN where the camera has no valid value, +inf where nothing was hit) and
+  ``<camera_ns>/depth/camera_info`` (the colour image's CameraInfo), with the colour image's
+  stamp, frame and QoS, for cameras with depth (:attr:`Camera.has_depth`) unless
+  ``publish_depth`` is false;
 * ``odom`` (nav_msgs/Odometry, ``odom`` -> ``base_link``, REP-103/105);
 * ``<camera_ns>/pose`` (geometry_msgs/PoseStamped): the optical frame's pose in ``odom``.
 
@@ -24,15 +29,23 @@ std_srvs/Trigger services: ``reset`` (back to the start), ``save_world`` and ``l
 Every frame conversion goes through :func:`rtfm_env.geometry.world_to_ros` and
 :func:`rtfm_env.geometry.state_to_odom`.
 
-Worlds. With ``camera:=model`` the world the robot sees is the model camera's spatial memory
-of observed and generated frames. ``save_world`` writes it to the ``world_path`` parameter
-(a safetensors file, written atomically: a failed save leaves an existing file as it was);
-``load_world`` replaces the memory with that file's (the robot stays where it is, and the
-scene's walls still apply). ``scene`` may name such a file instead of a MiniWorld id: the node
-then starts at the world's first stored frame and moves without collisions, since a generated
-world has no ground-truth geometry; ``reset`` reloads the file. With ``camera:=ground_truth``
-there is no generated world, only the scene itself (re-created exactly from its id and seed),
-so both services answer ``success=False`` saying so.
+Cameras. ``camera`` is any of :data:`rtfm_env.cameras.CAMERAS`. Parameters that only some
+cameras take (:data:`CAMERA_ONLY_PARAMETERS`: ``checkpoint``, ``k``, ``world``, ...) stop the
+node at start when set, to anything but their default, for another camera.
+
+Worlds. With a memory camera (:class:`~rtfm_env.cameras.MemoryCamera`: ``model``,
+``reprojection``, ``nearest``) the world the robot sees is the camera's spatial memory of posed
+frames. What it holds at start and at each ``reset`` is the ``world`` parameter: a regime of
+:mod:`rtfm_env.worlds` (``image``, ``walk``, ``scan``) or a world file; empty is the camera's
+default. ``save_world`` writes the memory to the ``world_path`` parameter (a safetensors file,
+written atomically: a failed save leaves an existing file as it was); ``load_world`` replaces
+the memory with that file's (the robot stays where it is, and the scene's walls still apply; the
+reprojection camera needs a file with depth). ``scene`` may name such a file instead of a
+MiniWorld id (any name with a directory part or a suffix, or an existing file: ``world.rtfm``
+and ``./world.rtfm`` alike): the node then starts at the world's first stored frame and moves
+without collisions, since a stored world has no ground-truth geometry; ``reset`` reloads the
+file. With ``camera:=ground_truth`` there is no stored world, only the scene itself
+(re-created exactly from its id and seed), so both services answer ``success=False`` saying so.
 
 Recording. With ``record_bag`` set to a new directory, everything the node publishes is also
 written to a rosbag2 bag (MCAP by default, see :mod:`rtfm_env.ros.bag`), finished when the
@@ -42,8 +55,8 @@ Bad input never stops the node: a non-finite command stops the robot and is logg
 but excessive one is clamped to ``max_linear_speed`` / ``max_angular_speed``, a malformed
 ``set_pose`` is logged and ignored, and a failed ``save_world`` / ``load_world`` answers
 ``success=False`` with the reason while frames keep coming. A bad start configuration
-(unknown scene, missing checkpoint or world file, an existing bag path) is logged and the
-process exits with status 2.
+(unknown scene, missing checkpoint or world file, a parameter the camera does not take, an
+existing bag path) is logged and the process exits with status 2.
 
 Rendering happens in the spin thread, which is the thread that created the scene's GL
 context; the node must therefore run in a single-threaded executor (``main`` does).
@@ -78,7 +91,8 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
-from rtfm_env.cameras import CAMERAS, Camera, ModelCamera, make_camera
+from rtfm_env import worlds
+from rtfm_env.cameras import CAMERAS, Camera, MemoryCamera, ModelCamera, make_camera
 from rtfm_env.geometry import (
     RobotState,
     apply_velocity,
@@ -91,7 +105,18 @@ from rtfm_env.geometry import (
 from rtfm_env.ros.bag import STORAGE, BagError, BagRecorder
 from rtfm_env.scenes import MiniWorldScene
 
-__all__ = ["CameraNode", "Param", "PARAMETERS", "main", "is_world_file", "transform_msg", "STARTUP_ERROR_EXIT"]
+__all__ = [
+    "CameraNode",
+    "Param",
+    "PARAMETERS",
+    "CAMERA_ONLY_PARAMETERS",
+    "MEMORY_CAMERAS",
+    "main",
+    "is_world_file",
+    "depth_image_msg",
+    "transform_msg",
+    "STARTUP_ERROR_EXIT",
+]
 
 STARTUP_ERROR_EXIT = 2  # process exit status when the node's parameters cannot start a simulation
 LOG_THROTTLE_S = 2.0  # seconds between repeats of one bad-input log line
@@ -107,18 +132,33 @@ class Param:
     read_only: bool = True
 
 
+#: Names of the cameras that see a world through a spatial memory (``world``, save/load_world).
+MEMORY_CAMERAS: tuple[str, ...] = tuple(sorted(n for n, c in CAMERAS.items() if issubclass(c, MemoryCamera)))
+
 #: The node's parameters. The launch file declares an argument for each of the main ones.
 PARAMETERS: dict[str, Param] = {
     "scene": Param(
         "MiniWorld-OneRoom-v0",
-        "MiniWorld env id or short name (e.g. Maze) of the simulated world, or a saved world file (camera=model)",
+        "MiniWorld env id or short name (e.g. Maze) of the simulated world, or a saved world file to move in "
+        f"without walls (a memory camera: {', '.join(MEMORY_CAMERAS)})",
     ),
     "seed": Param(0, "layout seed of the scene; reset returns to this layout's start"),
     "camera": Param("ground_truth", f"what renders frames: one of {sorted(CAMERAS)}"),
+    "world": Param(
+        "",
+        "what a memory camera's memory holds at start and reset: a regime (image, walk, scan) or a world file; "
+        f"empty: the camera's default ({worlds.DEFAULT_WORLD}). Memory cameras: {', '.join(MEMORY_CAMERAS)}",
+    ),
     "checkpoint": Param("", "frame-model checkpoint directory (camera=model); empty uses the shipped one"),
-    "k": Param(2, "context frames per generated frame (camera=model)"),
+    "k": Param(
+        0,
+        "context frames per frame (camera=model: generated from; camera=reprojection: warped); "
+        "0 uses the camera's default",
+    ),
     "sampling_steps": Param(0, "Euler sampling steps of the frame model; 0 uses the checkpoint's default"),
-    "torch_threads": Param(1, "CPU threads of the frame model (camera=model); 0 keeps torch's default of one per core"),
+    "torch_threads": Param(
+        1, "CPU threads of torch (camera=model or reprojection); 0 keeps torch's default of one per core"
+    ),
     "compile_model": Param(
         False,
         "run the frame model through torch.compile (camera=model): faster frames after seconds of compiling at "
@@ -140,7 +180,14 @@ PARAMETERS: dict[str, Param] = {
         0.5, "seconds without cmd_vel after which the robot stops; 0 keeps the last command", read_only=False
     ),
     "world_path": Param(
-        "", "safetensors file that save_world writes and load_world reads (camera=model)", read_only=False
+        "",
+        f"safetensors file that save_world writes and load_world reads (a memory camera: {', '.join(MEMORY_CAMERAS)})",
+        read_only=False,
+    ),
+    "publish_depth": Param(
+        True,
+        "publish <camera_namespace>/depth/image_raw (32FC1 metres, REP-118) and depth/camera_info where the "
+        "camera has depth",
     ),
     "publish_tf": Param(True, "publish /tf odom->base_link and /tf_static base_link->camera (needs tf2_ros)"),
     "publish_clock": Param(
@@ -151,9 +198,47 @@ PARAMETERS: dict[str, Param] = {
 }
 
 
+#: Parameters that only some cameras take -> those cameras. Set to anything but its default for
+#: another camera, such a parameter stops the node at start (it would silently do nothing).
+CAMERA_ONLY_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "world": MEMORY_CAMERAS,
+    "checkpoint": ("model",),
+    "k": ("model", "reprojection"),
+    "sampling_steps": ("model",),
+    "torch_threads": ("model", "reprojection"),
+    "compile_model": ("model",),
+}
+
+
 def is_world_file(scene: str) -> bool:
-    """Whether a ``scene`` parameter names a saved world file rather than a MiniWorld env id."""
-    return scene.endswith(".safetensors") or os.sep in scene
+    """Whether a ``scene`` parameter names a saved world file rather than a MiniWorld env id.
+
+    MiniWorld ids (``MiniWorld-Maze-v0``) and short names (``Maze``) have neither a directory
+    part nor a suffix, so any name with one is a file (``world.rtfm``, ``./world.rtfm``,
+    ``/tmp/w``), and so is the name of an existing file.
+    """
+    if not scene:
+        return False
+    path = Path(scene).expanduser()
+    return "/" in scene or os.sep in scene or bool(path.suffix) or path.is_file()
+
+
+def depth_image_msg(depth: np.ndarray, header: Any) -> Image:
+    """A sensor_msgs/Image of (H, W) depth in metres: 32FC1 little-endian, REP-118.
+
+    NaN (no valid value) and +inf (nothing hit) pass through; zero, negative and -inf values,
+    which no camera should give, become NaN.
+    """
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
+    depth = np.where(depth > 0.0, depth, np.float32(np.nan)).astype("<f4")  # NaN > 0 is False: stays NaN
+    h, w = depth.shape
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step = h, w, "32FC1", 0, 4 * w
+    msg.data = np.ascontiguousarray(depth).tobytes()
+    return msg
 
 
 def _quaternion_xyzw(rotation: np.ndarray) -> tuple[float, float, float, float]:
@@ -183,7 +268,7 @@ class StartupError(RuntimeError):
 
 
 class CameraNode(Node):
-    """Publishes a simulated camera's frames, camera info, odometry and pose, driven by cmd_vel.
+    """Publishes a simulated camera's frames, depth, camera info, odometry and pose, driven by cmd_vel.
 
     Args:
         node_name: the ROS node name.
@@ -194,13 +279,15 @@ class CameraNode(Node):
             world file.
         world_file: that file, or None.
         camera: what renders the frames.
+        depth: whether the node publishes depth (``publish_depth`` and the camera has depth).
         state: the robot's current state in the world frame.
         intrinsics: the intrinsics that camera_info describes.
         frames_published: frames published since the start.
 
     Raises:
         StartupError: a parameter names an unknown scene or camera, a checkpoint or world file
-            that cannot be loaded, an existing bag path, or an invalid size, rate or field of view.
+            that cannot be loaded, an existing bag path, or an invalid size, rate or field of
+            view, or a parameter is set that the camera does not take.
     """
 
     def __init__(self, node_name: str = "rtfm_camera", **kwargs: Any) -> None:
@@ -230,11 +317,13 @@ class CameraNode(Node):
         if par["bag_storage"] not in STORAGE:
             raise StartupError(f"unknown bag_storage {par['bag_storage']!r}; valid: {sorted(STORAGE)}")
         scene_name = str(par["scene"]).strip()
-        self.world_file = Path(scene_name).expanduser() if is_world_file(scene_name) else None
+        # Absolute, so that logs and reset name the file the node read whatever the reader's directory.
+        self.world_file = Path(scene_name).expanduser().absolute() if is_world_file(scene_name) else None
         self.world_name = str(self.world_file) if self.world_file is not None else scene_name
         self.seed = int(par["seed"]) if isinstance(par["seed"], int) else -1  # checked in _make_world
 
         self.scene, self.camera = self._make_world(par)
+        self.depth = bool(par["publish_depth"]) and self.camera.has_depth
         try:
             self.state = self._start()
         except (OSError, ValueError, RuntimeError) as e:
@@ -242,15 +331,13 @@ class CameraNode(Node):
             raise StartupError(f"cannot start {self.world_name}: {e}") from e
         if self.scene is not None:
             self.world_name = self.scene.env_id
-            self.intrinsics = self.scene.intrinsics
-        else:
-            self.intrinsics = self.camera.intrinsics
-            asked = (par["width"], par["height"], par["fov"])
-            if asked != (self.intrinsics.width, self.intrinsics.height, self.intrinsics.fov_y):
-                self.get_logger().warning(
-                    f"the saved world's frames are {self.intrinsics.width}x{self.intrinsics.height} with a "
-                    f"{self.intrinsics.fov_y:g} degree field of view: they override width, height and fov {asked}"
-                )
+        self.intrinsics = self.camera.intrinsics
+        asked = (par["width"], par["height"], par["fov"])
+        if asked != (self.intrinsics.width, self.intrinsics.height, self.intrinsics.fov_y):
+            self.get_logger().warning(
+                f"the world file's frames are {self.intrinsics.width}x{self.intrinsics.height} with a "
+                f"{self.intrinsics.fov_y:g} degree field of view: they override width, height and fov {asked}"
+            )
         # base_link -> optical frame of a camera at floor height and no pitch, taken from the
         # geometry module's own conversions so that set_pose inverts exactly what odom publishes.
         ref = RobotState(0.0, 0.0, 0.0, cam_height=0.0)
@@ -273,6 +360,15 @@ class CameraNode(Node):
         prefix = f"{ns}/" if ns else ""
         self.image_pub = self.create_publisher(Image, f"{prefix}image_raw", image_qos)
         self.info_pub = self.create_publisher(CameraInfo, f"{prefix}camera_info", image_qos)
+        self.depth_pub = self.depth_info_pub = None
+        if self.depth:
+            self.depth_pub = self.create_publisher(Image, f"{prefix}depth/image_raw", image_qos)
+            self.depth_info_pub = self.create_publisher(CameraInfo, f"{prefix}depth/camera_info", image_qos)
+        elif par["publish_depth"]:
+            self.get_logger().info(
+                f"not publishing {prefix}depth/image_raw: camera {par['camera']} gives no depth "
+                f"(cameras with depth: {sorted(n for n, c in CAMERAS.items() if c.has_depth)})"
+            )
         self.pose_pub = self.create_publisher(PoseStamped, f"{prefix}pose", 10)
         self.odom_pub = self.create_publisher(Odometry, "odom", 10)
         # /clock is absolute by convention: every node of the graph reads the same one.
@@ -293,9 +389,14 @@ class CameraNode(Node):
                 raise StartupError(str(e)) from e
         self._tf = self._make_tf_broadcaster(bool(par["publish_tf"]), prefix)
         self.timer = self.create_timer(self.dt, self._on_timer)
+        world = ""
+        if isinstance(self.camera, MemoryCamera):
+            source = self.world_file if self.world_file is not None else self.camera.world
+            world = f" world={source} ({len(self.camera.memory)} frames)"
         self.get_logger().info(
-            f"{self.world_name} camera={par['camera']} at {self.rate_hz:g} Hz, "
-            f"{self.intrinsics.width}x{self.intrinsics.height}, start ({self.state.x:.2f}, {self.state.z:.2f})"
+            f"{self.world_name} camera={par['camera']}{world} at {self.rate_hz:g} Hz, "
+            f"{self.intrinsics.width}x{self.intrinsics.height}{' with depth' if self.depth else ''}, "
+            f"start ({self.state.x:.2f}, {self.state.z:.2f})"
             + (f", recording to {self._bag.path}" if self._bag is not None else "")
         )
 
@@ -306,34 +407,50 @@ class CameraNode(Node):
             if not isinstance(par[name], int) or par[name] < 0:
                 raise StartupError(f"parameter {name} must be a non-negative integer, got {par[name]!r}")
         name = str(par["camera"])
+        if name not in CAMERAS:
+            raise StartupError(f"unknown camera {name!r}; valid cameras: {sorted(CAMERAS)}")
+        self._check_camera_parameters(name, par)
+        world = str(par["world"]).strip()
         scene = None
         if self.world_file is not None:
-            if name != "model":
+            if name not in MEMORY_CAMERAS:
                 raise StartupError(
-                    f"scene {self.world_file} is a saved world file, which only the model camera can show: "
-                    f"add -p camera:=model (camera is {name!r})"
+                    f"scene {self.world_file} is a saved world file, which only a memory camera "
+                    f"({', '.join(MEMORY_CAMERAS)}) can show: add -p camera:=model, for instance (camera is {name!r})"
+                )
+            if world:
+                raise StartupError(
+                    f"scene {self.world_file} is a world file already; the world parameter ({world!r}) applies "
+                    "with a MiniWorld scene: drop one of them"
                 )
             if not self.world_file.is_file():
-                raise StartupError(f"no saved world file at {self.world_file} (the scene parameter names a path)")
+                raise StartupError(
+                    f"no saved world file at {self.world_file} (the scene parameter names a path; relative paths "
+                    "are from the node's working directory)"
+                )
         else:
             try:
                 scene = MiniWorldScene(self.world_name, int(par["width"]), int(par["height"]), float(par["fov"]))
             except (ValueError, KeyError) as e:
                 raise StartupError(f"bad scene parameters: {e}") from e
         kwargs: dict[str, Any] = {}
+        if world:
+            kwargs["world"] = world if world in worlds.WORLD_KINDS else str(Path(world).expanduser())
+        if par["k"]:
+            kwargs["k"] = int(par["k"])
+        if name in CAMERA_ONLY_PARAMETERS["torch_threads"] and par["torch_threads"]:
+            # One thread by default: on a CPU shared with other nodes, torch's spinning worker
+            # threads slow each frame down many times over (measured in docs/results/ros_node.md).
+            torch.set_num_threads(int(par["torch_threads"]))
         if name == "model":
-            if par["torch_threads"]:
-                # One thread by default: on a CPU shared with other nodes, torch's spinning worker
-                # threads slow each frame down many times over (measured in docs/results/ros_node.md).
-                torch.set_num_threads(int(par["torch_threads"]))
-            kwargs = {
+            kwargs |= {
                 "checkpoint": str(par["checkpoint"]) or None,
-                "k": int(par["k"]),
                 "steps": int(par["sampling_steps"]) or None,
                 "seed": int(par["seed"]),
                 "compile": bool(par["compile_model"]),
             }
-            if scene is not None:  # a saved world brings its own frame size
+            if scene is not None and worlds.world_path(kwargs.get("world")) is None:
+                # The scene's frame size, unless a world file brings its own.
                 kwargs["resolution"] = (int(par["height"]), int(par["width"]))
         try:
             camera = make_camera(name, **kwargs)
@@ -343,6 +460,16 @@ class CameraNode(Node):
             raise StartupError(f"cannot make camera {name!r}: {e}") from e
         return scene, camera
 
+    @staticmethod
+    def _check_camera_parameters(camera: str, par: dict[str, Any]) -> None:
+        """Refuse a parameter set for a camera that does not take it (see :data:`CAMERA_ONLY_PARAMETERS`)."""
+        for name, cameras in CAMERA_ONLY_PARAMETERS.items():
+            if camera not in cameras and par[name] != PARAMETERS[name].default:
+                raise StartupError(
+                    f"parameter {name} ({par[name]!r}) applies only to camera {' or '.join(cameras)}, and camera is "
+                    f"{camera!r}: drop -p {name}:=... or choose one of those cameras, e.g. -p camera:={cameras[0]}"
+                )
+
     def _start(self) -> RobotState:
         """Put the camera at the start and return the robot's start state.
 
@@ -351,10 +478,12 @@ class CameraNode(Node):
         """
         if self.scene is not None:
             state = self.scene.reset(self.seed)
-            self.camera.reset(self.scene, state.pose(), seed=self.seed)
+            reset = self.camera.reset_rgbd if self.depth else self.camera.reset
+            reset(self.scene, state.pose(), seed=self.seed)
             return state
         self.camera.load_world(self.world_file)
-        self.camera.generator.manual_seed(self.seed)
+        if isinstance(self.camera, ModelCamera):
+            self.camera.generator.manual_seed(self.seed)
         memory = self.camera.memory
         return pose_to_state(memory.poses([int(memory.ids.min())])[0])
 
@@ -449,8 +578,7 @@ class CameraNode(Node):
         except (OSError, ValueError) as e:
             return self._answer(response, False, f"reset failed, the robot stays where it is: {e}")
         self.state, self._cmd = state, (0.0, 0.0)
-        if self.scene is None:
-            self.intrinsics = self.camera.intrinsics
+        self.intrinsics = self.camera.intrinsics
         return self._answer(
             response, True, f"reset {self.world_name} seed {self.seed} to ({self.state.x:.3f}, {self.state.z:.3f})"
         )
@@ -465,13 +593,14 @@ class CameraNode(Node):
         return Path(path).expanduser()
 
     def _no_world_reason(self) -> str | None:
-        """Why this node has no generated world to save or load, or None when it has one."""
-        if isinstance(self.camera, ModelCamera):
+        """Why this node has no stored world to save or load, or None when it has one."""
+        if isinstance(self.camera, MemoryCamera):
             return None
         return (
             f"camera {type(self.camera).__name__} has no generated world: its frames are scene {self.world_name} "
             f"(seed {self.seed}) rendered directly, and that id and seed re-create it exactly; start the node with "
-            "camera:=model to save and load the worlds the frame model generates"
+            f"a memory camera ({', '.join(MEMORY_CAMERAS)}: camera:=model, for instance) to save and load the worlds "
+            "it sees"
         )
 
     def _on_save_world(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -512,18 +641,26 @@ class CameraNode(Node):
         else:
             self.state, collided = self.scene.move(self.state, (v, omega, self.dt))
         self._last_twist = (0.0 if collided else v, omega)
-        frame = self.camera.observe(self.state.pose()[None])[0]
+        poses = self.state.pose()[None]
+        if self.depth:
+            frames, depths = self.camera.observe_rgbd(poses)
+            frame, depth = frames[0], depths[0]
+        else:
+            frame, depth = self.camera.observe(poses)[0], None
         if self.publish_clock:
             self._sim_ns += self._dt_ns
             stamp = Time(nanoseconds=self._sim_ns).to_msg()
         else:
             stamp = now.to_msg()
-        self.publish(frame, stamp)
+        self.publish(frame, stamp, depth)
 
     # -- output ----------------------------------------------------------------------------
 
-    def publish(self, frame: np.ndarray, stamp: Any) -> None:
-        """Publish one frame with its camera info, odometry, pose, /tf and /clock, all with ``stamp``."""
+    def publish(self, frame: np.ndarray, stamp: Any, depth: np.ndarray | None = None) -> None:
+        """Publish one frame with its camera info, depth, odometry, pose, /tf and /clock, all with ``stamp``.
+
+        ``depth`` ((H, W) metres) is published when the node publishes depth; None sends none.
+        """
         h, w = frame.shape[:2]
         image = Image()
         image.header.stamp, image.header.frame_id = stamp, self._frames["camera_frame"]
@@ -550,7 +687,10 @@ class CameraNode(Node):
         pose.header.stamp, pose.header.frame_id = stamp, self._frames["odom_frame"]
         _fill_pose(pose.pose, world_to_ros(self.state.pose()))
 
-        outputs = [(self.image_pub, image), (self.info_pub, info), (self.odom_pub, odom), (self.pose_pub, pose)]
+        outputs = [(self.image_pub, image), (self.info_pub, info)]
+        if depth is not None and self.depth_pub is not None:
+            outputs += [(self.depth_pub, depth_image_msg(depth, image.header)), (self.depth_info_pub, info)]
+        outputs += [(self.odom_pub, odom), (self.pose_pub, pose)]
         if self.clock_pub is not None:
             # The clock first, so a node on sim time already has this frame's time when it arrives.
             outputs.insert(0, (self.clock_pub, Clock(clock=stamp)))
