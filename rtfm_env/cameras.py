@@ -310,6 +310,16 @@ class MemoryCamera(Camera):
     def _produce(self, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Frames (B, H, W, 3) uint8 and depths (B, H, W) or None for checked poses (B, 4, 4)."""
 
+    def reseed(self, seed: int) -> None:
+        """Re-seed whatever is random in the camera (deterministic cameras ignore it).
+
+        :meth:`reset` does this itself; after :meth:`load_world` (no reset), call it to make
+        what follows reproducible.
+        """
+        if not (_is_int(seed) and 0 <= seed < 2**64):
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        self._reseed(int(seed))
+
     def _reseed(self, seed: int | None) -> None:  # noqa: B027 (deterministic cameras have nothing to seed)
         """Re-seed the camera's randomness (no-op for deterministic cameras)."""
 

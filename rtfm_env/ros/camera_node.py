@@ -92,7 +92,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
 from rtfm_env import worlds
-from rtfm_env.cameras import CAMERAS, Camera, MemoryCamera, ModelCamera, make_camera
+from rtfm_env.cameras import CAMERAS, Camera, MemoryCamera, make_camera
 from rtfm_env.geometry import (
     RobotState,
     apply_velocity,
@@ -482,8 +482,7 @@ class CameraNode(Node):
             reset(self.scene, state.pose(), seed=self.seed)
             return state
         self.camera.load_world(self.world_file)
-        if isinstance(self.camera, ModelCamera):
-            self.camera.generator.manual_seed(self.seed)
+        self.camera.reseed(self.seed)
         memory = self.camera.memory
         return pose_to_state(memory.poses([int(memory.ids.min())])[0])
 
