@@ -105,9 +105,10 @@ def test_compile_failure_is_named_and_leaves_the_model_eager(views, monkeypatch)
 
 def test_model_camera_options_record_gelu_and_compile():
     """The camera's options say which GELU form and whether compile is on; bad values are refused."""
-    cam = ModelCamera(k=2)
+    cam = ModelCamera(k=2, autocast="bfloat16")
     assert cam.options["gelu"] == "none" and cam.options["compile"] is False
-    assert ModelCamera(k=2, gelu="tanh").options["gelu"] == "tanh"
+    assert ModelCamera(k=2, autocast="bfloat16", gelu="tanh").options["gelu"] == "tanh"
+    assert ModelCamera(k=2, autocast="float32").options["gelu"] == "tanh"
     with pytest.raises(ValueError, match="compile must be True or False"):
         ModelCamera(k=2, compile="yes")
     with pytest.raises(ValueError, match="device, autocast and gelu apply when loading a checkpoint"):
@@ -120,7 +121,7 @@ def test_envs_take_compile_model():
 
     import rtfm_env  # noqa: F401 (registers the ids)
 
-    with pytest.raises(ValueError, match=r"\['compile_model'\] apply only to camera='model'"):
+    with pytest.raises(ValueError, match=r"\['compile_model'\] do not apply to camera='ground_truth'"):
         gym.make("RTFM/PointNav-v0", compile_model=True)
     envs = gym.make_vec("RTFM/PointNav-v0", num_envs=2, camera="model", compile_model=True, scene="OneRoom")
     try:
@@ -131,3 +132,16 @@ def test_envs_take_compile_model():
         assert obs["rgb"].shape == (2, 64, 64, 3)
     finally:
         envs.close()
+
+
+def test_default_precision_follows_the_hardware(monkeypatch):
+    """bf16 by default only where the hardware has it (CUDA, CPUs with bf16 units); float32 elsewhere."""
+    import rtfm_env.cameras as cameras
+
+    assert cameras.default_autocast("cuda") == "bfloat16"
+    monkeypatch.setattr(cameras, "_cpu_has_bf16", lambda: False)
+    assert cameras.default_autocast("cpu") == "float32"
+    assert ModelCamera(k=2).options["autocast"] == "float32"
+    monkeypatch.setattr(cameras, "_cpu_has_bf16", lambda: True)
+    assert cameras.default_autocast("cpu") == "bfloat16"
+    assert ModelCamera(k=2).options["autocast"] == "bfloat16"
