@@ -34,6 +34,8 @@ setup(
         "matplotlib>=3.7",
         "imageio>=2.30",
         "imageio-ffmpeg>=0.5",
+        # MS-SSIM for the closed-loop benchmark: pure torch, no weights to download
+        "pytorch-msssim==1.0.0",
     ],
     extras_require={
         # moviepy: gymnasium.wrappers.RecordVideo writes its videos with it

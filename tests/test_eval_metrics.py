@@ -82,3 +82,42 @@ def test_mean_se_known_values(values, expected):
     m, se, n = mean_se(np.array(values))
     assert m == pytest.approx(expected[0]) and n == expected[2]
     assert math.isnan(se) if expected[1] is None else se == pytest.approx(expected[1])
+
+
+def test_sharpness_and_contrast_known_values():
+    """A flat frame has 0 sharpness and contrast; a vertical step edge has known values."""
+    from rtfm_env.eval.metrics import contrast, sharpness
+
+    flat = np.full((8, 8, 3), 77, np.uint8)
+    assert sharpness(flat) == 0.0 and contrast(flat) == 0.0
+    edge = np.zeros((8, 8, 3), np.uint8)
+    edge[:, 4:] = 200  # one column step of 200 grey levels in each row: mean |dx| = 200 / 7, dy = 0
+    assert sharpness(edge) == pytest.approx(200.0 / 7.0)
+    assert contrast(edge) == pytest.approx(100.0)  # half at 0, half at 200
+    stack = np.stack([flat, edge])
+    assert np.allclose(sharpness(stack), [0.0, 200.0 / 7.0])
+
+
+def test_sharpness_falls_with_blur():
+    """Blurring a textured frame lowers its sharpness (what the closed-loop benchmark flags)."""
+    from scipy.ndimage import uniform_filter
+
+    from rtfm_env.eval.metrics import sharpness
+
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    blurred = uniform_filter(img.astype(np.float64), size=(5, 5, 1)).round().astype(np.uint8)
+    assert sharpness(blurred) < 0.5 * sharpness(img)
+
+
+def test_ms_ssim_identity_and_flat():
+    """MS-SSIM is 1 for identical frames and far lower for a flat frame of the same mean."""
+    pytest.importorskip("pytorch_msssim")
+    from rtfm_env.eval.metrics import ms_ssim
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    assert np.allclose(ms_ssim(img, img), 1.0)
+    flat = np.broadcast_to(img.mean(axis=(1, 2), keepdims=True).round().astype(np.uint8), img.shape)
+    assert (ms_ssim(flat, img) < 0.5).all()
+    with pytest.raises(ValueError, match="larger than"):
+        ms_ssim(img[:, :32, :32], img[:, :32, :32])
