@@ -43,6 +43,7 @@ __all__ = [
     "CAMERAS",
     "make_camera",
     "observe_many",
+    "reproject_many",
     "CONTEXT_STRATEGIES",
     "AUTOCAST_DTYPES",
     "default_autocast",
@@ -773,45 +774,110 @@ class ReprojectionCamera(MemoryCamera):
         return [i for i, ok in zip(ids, memory.has_depth(ids), strict=True) if ok]
 
     def _produce(self, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from rtfm_env.warp import fill_holes, forward_warp
+        return _reproject([self], [poses])[0]
 
-        memory = self.memory
+    def _fallback_colour(self) -> np.ndarray:
+        """Mean colour in [0, 1] of (up to 256 of) the stored observed frames, computed once per memory."""
         if self._fallback is None:
+            memory = self.memory
             observed = memory.ids[np.array(memory.sources(memory.ids)) == "observed"][:256]
             self._fallback = memory.frames(observed if len(observed) else memory.ids[:256]).mean(axis=(0, 1, 2)) / 255.0
-        contexts = [self._context(p) for p in poses]
-        self.last_context = contexts
-        b, h, w = len(poses), *memory.resolution
-        width = max(1, max(len(c) for c in contexts))
-        if all(len(c) == 0 for c in contexts):
-            frame = np.rint(self._fallback * 255.0).astype(np.uint8)
-            return np.broadcast_to(frame, (b, h, w, 3)).copy(), np.full((b, h, w), np.nan, dtype=np.float32)
-        first = next(c for c in contexts if c)
-        ids = np.array([c + [c[0] if c else first[0]] * (width - len(c)) for c in contexts], dtype=np.int64)  # (B, K)
-        valid = np.array([[j < len(c) for j in range(width)] for c in contexts], dtype=bool)  # (B, K)
-        frames = memory.frames(ids.ravel()).reshape(b, width, h, w, 3)  # (B, K, H, W, 3)
-        depths = memory.depths(ids.ravel()).reshape(b, width, h, w)  # (B, K, H, W)
-        # Pixels that hit nothing (an open sky) are directions, not points: warp them as points
-        # at a far distance so a turn moves them as it should, and report them as inf again.
-        depths = np.where(np.isinf(depths), np.float32(_SKY_DEPTH), depths)
-        src = memory.poses(ids.ravel()).reshape(b, width, 4, 4)  # (B, K, 4, 4)
-        with torch.no_grad():
-            res = forward_warp(
-                torch.from_numpy(frames).to(self.device),
-                torch.from_numpy(depths).to(self.device),
-                torch.from_numpy(src).to(self.device),
-                torch.from_numpy(np.ascontiguousarray(poses)).to(self.device),
-                self.intrinsics,
-                valid=torch.from_numpy(valid).to(self.device),
-                splat=self.splat,
-                depth_tolerance=self.depth_tolerance,
-            )
-            fallback = torch.as_tensor(self._fallback, dtype=torch.float32)
-            rgb = fill_holes(res.fused_rgb, res.fused_mask, depth=res.fused_depth, fallback=fallback)  # (B, H, W, 3)
-            out = (rgb.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
-            depth = torch.where(res.fused_mask, res.fused_depth, torch.nan)
-            depth = torch.where(depth >= 0.5 * _SKY_DEPTH, torch.inf, depth).cpu().numpy().astype(np.float32)
-        return out, depth
+        return self._fallback
+
+
+def reproject_many(
+    cameras: Sequence[ReprojectionCamera], poses: Sequence[np.ndarray], *, depth: bool = False
+) -> list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
+    """Frames of several reprojection cameras in ONE batched warp (what a vector env needs).
+
+    Each camera retrieves its own context from its own memory; the warps, fusions and fills of
+    every pose of every camera run as one batch. The frames equal each camera's own
+    :meth:`~ReprojectionCamera.observe`.
+
+    Args:
+        cameras: distinct reset :class:`ReprojectionCamera` objects with the same intrinsics,
+            device, splat and depth tolerance.
+        poses: for each camera, its (B_i, 4, 4) (or one (4, 4)) camera-to-world poses.
+        depth: also return each camera's depths, as :meth:`~ReprojectionCamera.observe_rgbd`.
+
+    Returns:
+        For each camera, its (B_i, H, W, 3) uint8 frames, or (frames, (B_i, H, W) depths).
+    """
+    cameras, poses = list(cameras), list(poses)
+    if not cameras or len(poses) != len(cameras):
+        raise ValueError(f"give one pose batch per camera: got {len(cameras)} cameras and {len(poses)} batches")
+    for i, camera in enumerate(cameras):
+        if not isinstance(camera, ReprojectionCamera):
+            raise TypeError(f"cameras[{i}] is a {type(camera).__name__}, not a ReprojectionCamera")
+        if camera.memory is None:
+            raise RuntimeError(f"cameras[{i}] is observed before reset(scene, pose) or load_world(path)")
+    if len({id(c) for c in cameras}) != len(cameras):
+        raise ValueError("a camera is listed twice; pass all of one camera's poses as one (B, 4, 4) batch")
+    first = cameras[0]
+    settings = (first.intrinsics, first.device, first.splat, first.depth_tolerance)
+    for i, camera in enumerate(cameras[1:], start=1):
+        if (camera.intrinsics, camera.device, camera.splat, camera.depth_tolerance) != settings:
+            raise ValueError(f"cameras[{i}] differs from cameras[0] in intrinsics, device, splat or depth tolerance")
+    batches = [_check_poses(p) for p in poses]
+    out = _reproject(cameras, batches)
+    for camera in cameras:
+        camera._step += 1
+    return out if depth else [frames for frames, _ in out]
+
+
+def _reproject(
+    cameras: list[ReprojectionCamera], batches: list[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Warp, fuse and fill for checked cameras and poses; (frames, depths) per camera."""
+    from rtfm_env.warp import fill_holes, forward_warp
+
+    first = cameras[0]
+    h, w = first.memory.resolution
+    contexts = [[camera._context(p) for p in batch] for camera, batch in zip(cameras, batches, strict=True)]
+    for camera, per_camera in zip(cameras, contexts, strict=True):
+        camera.last_context = per_camera
+    flat = [c for per_camera in contexts for c in per_camera]
+    width = max(1, max(len(c) for c in flat))
+    frames, depths, src, valid, fallback = [], [], [], [], []
+    for camera, per_camera in zip(cameras, contexts, strict=True):
+        memory = camera.memory
+        some = next((c[0] for c in per_camera if c), int(memory.ids[0]))
+        ids = np.array([c + [c[0] if c else some] * (width - len(c)) for c in per_camera], dtype=np.int64)  # (B_i, K)
+        n = len(per_camera)
+        frames.append(memory.frames(ids.ravel()).reshape(n, width, h, w, 3))  # (B_i, K, H, W, 3)
+        depths.append(memory.depths(ids.ravel()).reshape(n, width, h, w))  # (B_i, K, H, W)
+        src.append(memory.poses(ids.ravel()).reshape(n, width, 4, 4))  # (B_i, K, 4, 4)
+        valid.append(np.array([[j < len(c) for j in range(width)] for c in per_camera], dtype=bool))  # (B_i, K)
+        fallback.append(np.repeat(camera._fallback_colour()[None], n, axis=0))  # (B_i, 3)
+    depth_in = np.concatenate(depths)
+    # Pixels that hit nothing (an open sky) are directions, not points: warp them as points at a
+    # far distance so a turn moves them as it should, and report them as inf again.
+    depth_in = np.where(np.isinf(depth_in), np.float32(_SKY_DEPTH), depth_in)
+    device = first.device
+    with torch.no_grad():
+        res = forward_warp(
+            torch.from_numpy(np.concatenate(frames)).to(device),
+            torch.from_numpy(depth_in).to(device),
+            torch.from_numpy(np.concatenate(src)).to(device),
+            torch.from_numpy(np.ascontiguousarray(np.concatenate(batches))).to(device),
+            first.intrinsics,
+            valid=torch.from_numpy(np.concatenate(valid)).to(device),
+            splat=first.splat,
+            depth_tolerance=first.depth_tolerance,
+        )
+        rgb = fill_holes(res.fused_rgb, res.fused_mask, depth=res.fused_depth)  # (B, H, W, 3)
+        # An image that no stored frame covers at all shows its own camera's mean colour.
+        empty = ~res.fused_mask.flatten(1).any(dim=1)  # (B,)
+        colours = torch.as_tensor(np.concatenate(fallback), dtype=torch.float32, device=rgb.device)  # (B, 3)
+        rgb = torch.where(empty[:, None, None, None], colours[:, None, None, :], rgb)
+        out = (rgb.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
+        depth = torch.where(res.fused_mask, res.fused_depth, torch.nan)
+        depth = torch.where(depth >= 0.5 * _SKY_DEPTH, torch.inf, depth).cpu().numpy().astype(np.float32)
+    results, start = [], 0
+    for batch in batches:
+        results.append((out[start : start + len(batch)], depth[start : start + len(batch)]))
+        start += len(batch)
+    return results
 
 
 class NearestViewCamera(MemoryCamera):

@@ -14,6 +14,7 @@ from rtfm_env.cameras import (
     NearestViewCamera,
     ReprojectionCamera,
     make_camera,
+    reproject_many,
 )
 from rtfm_env.eval.metrics import psnr
 from rtfm_env.geometry import camera_pose
@@ -211,3 +212,44 @@ def test_reseed_after_load_world_reproduces_model_frames(scene, tmp_path):
     with pytest.raises(ValueError, match="seed must be an integer"):
         cam.reseed(-1)
     ReprojectionCamera().reseed(3)  # deterministic cameras accept and ignore it
+
+
+def test_reproject_many_equals_each_cameras_own_observe(scene):
+    """One batched warp for several cameras gives each camera's own frames; the vector env uses it."""
+    a, b = ReprojectionCamera(world="walk"), ReprojectionCamera(world="image")
+    for cam in (a, b):
+        cam.reset(scene, scene.start_state.pose())
+    pa = np.stack([_moved(scene, 0.3, 0.1), _moved(scene, 0.1, -0.4)])
+    pb = _moved(scene, 0.0, math.pi)[None]  # nothing of b's single view in sight: b's own mean colour
+    (fa, da), (fb, db) = reproject_many([a, b], [pa, pb], depth=True)
+    ea, eda = a.observe_rgbd(pa)
+    eb, edb = b.observe_rgbd(pb)
+    assert np.array_equal(fa, ea) and np.array_equal(fb, eb)
+    assert np.array_equal(da, eda, equal_nan=True) and np.array_equal(db, edb, equal_nan=True)
+    with pytest.raises(ValueError, match="listed twice"):
+        reproject_many([a, a], [pa, pb])
+    with pytest.raises(TypeError, match="not a ReprojectionCamera"):
+        reproject_many([a, NearestViewCamera()], [pa, pb])
+
+
+def test_vector_env_batches_reprojection_with_depth(monkeypatch):
+    """The vector env makes one reproject_many call per step for all envs that moved, depth included."""
+    import rtfm_env.envs.vector as vector
+
+    calls = []
+    real = vector.reproject_many
+
+    def spy(cameras, poses, **kwargs):
+        calls.append(len(cameras))
+        return real(cameras, poses, **kwargs)
+
+    monkeypatch.setattr(vector, "reproject_many", spy)
+    envs = gym.make_vec(
+        "RTFM/Explore-v0", num_envs=3, scene="MiniWorld-OneRoom-v0", camera="reprojection", world="image", depth=True
+    )
+    try:
+        obs, _ = envs.reset(seed=0)
+        obs, *_ = envs.step(np.array([2, 3, 2]))
+        assert calls == [3] and obs["depth"].shape == (3, 64, 64) and obs in envs.observation_space
+    finally:
+        envs.close()

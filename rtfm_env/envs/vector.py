@@ -5,7 +5,8 @@
 its own scene, task, episode and generators, exactly as a single env made by ``gym.make``; what
 the vector env adds is the batching of the camera: one step moves every robot (``begin_step``),
 then produces all the new frames at once (one batched :meth:`FrameModel.generate` call for the
-model camera, with one context retrieval per env from that env's own memory; one render per env
+model camera, with one context retrieval per env from that env's own memory; one batched warp for the
+reprojection camera; one render per env
 for the ground truth), then hands each env its frame (``end_step``). The N model cameras share
 one loaded :class:`~rtfm_env.model.sampler.FrameModel`.
 """
@@ -21,7 +22,7 @@ from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 
-from rtfm_env.cameras import ModelCamera, observe_many
+from rtfm_env.cameras import ModelCamera, ReprojectionCamera, observe_many, reproject_many
 from rtfm_env.envs.base import RTFMEnv
 
 __all__ = ["RTFMVectorEnv", "PointNavVectorEnv", "ImageNavVectorEnv", "ExploreVectorEnv", "RevisitVectorEnv"]
@@ -138,6 +139,7 @@ class RTFMVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._batched_camera = isinstance(first.camera, ModelCamera)
+        self._reprojection = isinstance(first.camera, ReprojectionCamera)
 
         self._observations: list[dict[str, np.ndarray] | None] = [None] * self.num_envs
         self._rewards = np.zeros(self.num_envs, dtype=np.float64)
@@ -301,6 +303,11 @@ class RTFMVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
         """
         if not pending:
             return []
+        if self._reprojection:  # one batched warp for every env that moved
+            cams, poses = [self.envs[i].camera for i, _ in pending], [pose[None] for _, pose in pending]
+            if self.envs[0].depth:
+                return [(f[0], d[0]) for f, d in reproject_many(cams, poses, depth=True)]
+            return [f[0] for f in reproject_many(cams, poses)]
         if self.envs[0].depth:
             out = [self.envs[i].camera.observe_rgbd(pose[None]) for i, pose in pending]
             return [(frames[0], depths[0]) for frames, depths in out]
