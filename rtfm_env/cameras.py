@@ -864,6 +864,7 @@ def _reproject(
             valid=torch.from_numpy(np.concatenate(valid)).to(device),
             splat=first.splat,
             depth_tolerance=first.depth_tolerance,
+            per_view=False,  # only the fused view is shown
         )
         rgb = fill_holes(res.fused_rgb, res.fused_mask, depth=res.fused_depth)  # (B, H, W, 3)
         # An image that no stored frame covers at all shows its own camera's mean colour.
