@@ -351,7 +351,12 @@ class SpatialMemory:
         self._step = np.empty(0, dtype=np.int64)
         self._ids = np.empty(0, dtype=np.int64)
         self._has_depth = np.empty(0, dtype=bool)
-        self._depth: np.ndarray | None = None  # (slots, H, W) float16 metres; allocated at the first depth
+        # Depth is stored only for the frames that have it: _depth_rows[_depth_of[slot]] is a slot's
+        # (H, W) float16 depth; row 0 is all inf and stands for "no depth", so a memory of many
+        # generated frames without depth pays nothing for the few observed ones that have it.
+        self._depth_of = np.empty(0, dtype=np.int64)
+        self._depth_rows: np.ndarray | None = None  # (rows, H, W) float16 metres, row 0 all inf
+        self._n_depth_rows = 1
         self._n = 0  # slots used, live or dead; slot order is id order
         self._slot_of: dict[int, int] = {}
         self._next_id = 0
@@ -437,8 +442,8 @@ class SpatialMemory:
             self._resolution = (frame.shape[0], frame.shape[1])
             self._frames = np.empty((0, *frame.shape), dtype=np.uint8)
         self._reserve(self._n + 1)
-        if depth16 is not None and self._depth is None:
-            self._depth = np.full((len(self._ids), *self._resolution), np.inf, dtype=np.float16)
+        if depth16 is not None:
+            self._reserve_depth_rows(self._n_depth_rows + 1)
         slot = self._index.append(pose_keys(pose, self.config.direction_scale))
         assert slot == self._n, "index and storage slots diverged"
         frame_id = self._next_id
@@ -448,9 +453,11 @@ class SpatialMemory:
         self._source[slot] = SOURCES.index(source)
         self._step[slot] = _NO_STEP if step is None else int(step)
         self._has_depth[slot] = depth16 is not None
-        if self._depth is not None:
-            # A frame without depth gets inf rows (never read as depth), so no garbage enters arithmetic.
-            self._depth[slot] = np.inf if depth16 is None else depth16
+        self._depth_of[slot] = 0
+        if depth16 is not None:
+            self._depth_rows[self._n_depth_rows] = depth16
+            self._depth_of[slot] = self._n_depth_rows
+            self._n_depth_rows += 1
         self._ids[slot] = frame_id
         self._slot_of[frame_id] = slot
         self._n += 1
@@ -488,9 +495,9 @@ class SpatialMemory:
         slots = self._slots(ids)
         h, w = self._resolution or (0, 0)
         out = np.full((len(slots), h, w), np.nan, dtype=np.float32)
-        if self._depth is not None and len(slots):
+        if self._depth_rows is not None and len(slots):
             have = self._has_depth[slots]
-            out[have] = self._depth[slots[have]]
+            out[have] = self._depth_rows[self._depth_of[slots[have]]]
         return out
 
     def has_depth(self, ids: Iterable[int]) -> np.ndarray:
@@ -597,7 +604,7 @@ class SpatialMemory:
         tan_y = np.tan(np.radians(self._fov[slots]) / 2.0)[:, None]  # (M, 1)
         in_view = (depth > cfg.near) & (np.abs(local[:, 0]) <= depth * (tan_y * (w / h)))
         in_view &= np.abs(local[:, 1]) <= depth * tan_y  # (M, P) inside each candidate's frustum
-        if self._depth is not None and self._has_depth[slots].any():
+        if self._depth_rows is not None and self._has_depth[slots].any():
             in_view &= ~self._occluded(pose, slots, local, depth, in_view, tan_y)
         rows = np.flatnonzero(in_view.any(axis=1))  # candidates that see something
         if len(rows) == 0:
@@ -655,7 +662,8 @@ class SpatialMemory:
         z = np.where(in_view, depth, 1.0)  # (M, P); out-of-view points are masked below
         col = np.clip(np.floor(local[:, 0] / z * focal + w / 2.0), 0, w - 1).astype(np.intp)
         row = np.clip(np.floor(-local[:, 1] / z * focal + h / 2.0), 0, h - 1).astype(np.intp)
-        stored = self._depth[slots[:, None], row, col].astype(np.float64)  # (M, P) metres; inf rows without depth
+        rows = self._depth_of[slots]  # (M,) depth rows; 0 (all inf) for frames without depth
+        stored = self._depth_rows[rows[:, None], row, col].astype(np.float64)  # (M, P) metres
         informed = in_view & has[:, None]  # (M, P) candidates whose depth tells about the point
         hidden = informed & (depth > stored * (1.0 + cfg.occlusion_tolerance) + 0.05)  # (M, P)
         # A candidate that sees the query camera itself behind a surface is on the other side of
@@ -668,7 +676,7 @@ class SpatialMemory:
         qz = np.where(q_in, q_depth, 1.0)
         q_col = np.clip(np.floor(q_local[:, 0] / qz * focal[:, 0] + w / 2.0), 0, w - 1).astype(np.intp)
         q_row = np.clip(np.floor(-q_local[:, 1] / qz * focal[:, 0] + h / 2.0), 0, h - 1).astype(np.intp)
-        q_stored = self._depth[slots, q_row, q_col].astype(np.float64)  # (M,)
+        q_stored = self._depth_rows[rows, q_row, q_col].astype(np.float64)  # (M,)
         separated = has & q_in & (q_depth > q_stored * (1.0 + cfg.occlusion_tolerance) + 0.05)  # (M,)
         dist = np.linalg.norm(cand[:, :3, 3] - pose[:3, 3], axis=1)  # (M,)
         key = np.where(informed & ~separated[:, None], dist[:, None], np.inf)  # (M, P)
@@ -701,8 +709,8 @@ class SpatialMemory:
         }
         with_depth = slots[self._has_depth[slots]]
         tensors["depth"] = (
-            np.ascontiguousarray(self._depth[with_depth])
-            if self._depth is not None
+            np.ascontiguousarray(self._depth_rows[self._depth_of[with_depth]])
+            if self._depth_rows is not None
             else np.empty((0, h, w), dtype=np.float16)
         )
         query = self._query_intrinsics.to_dict() if self._query_intrinsics else None
@@ -790,8 +798,7 @@ class SpatialMemory:
             stored = tensors["depth"]
             if np.isnan(stored).any() or (stored <= 0).any():
                 raise fail("depth values must be > 0 metres or inf (NaN or <= 0 found)")
-            depth = np.full((n, h, w), np.inf, dtype=np.float16)
-            depth[has_depth] = stored
+            depth = np.concatenate([np.full((1, h, w), np.inf, dtype=np.float16), stored])
         ids = tensors["ids"]
         if n and (np.any(np.diff(ids) <= 0) or ids[0] < 0 or ids[-1] >= next_id):
             raise fail(f"ids must be increasing in [0, next_id={next_id})")
@@ -820,7 +827,10 @@ class SpatialMemory:
         mem._query_intrinsics = query
         mem._frames, mem._poses, mem._ids = tensors["frames"], poses, ids
         mem._fov, mem._source, mem._step = fov, tensors["source"], tensors["step"]
-        mem._has_depth, mem._depth = has_depth, depth
+        mem._has_depth, mem._depth_rows = has_depth, depth
+        mem._depth_of = np.zeros(n, dtype=np.int64)
+        mem._depth_of[has_depth] = np.arange(1, int(has_depth.sum()) + 1)
+        mem._n_depth_rows = 1 + int(has_depth.sum())
         mem._n = n
         mem._next_id = next_id
         mem._slot_of = {int(i): s for s, i in enumerate(ids)}
@@ -874,9 +884,16 @@ class SpatialMemory:
 
         self._frames, self._poses, self._fov = grow(self._frames), grow(self._poses), grow(self._fov)
         self._source, self._step, self._ids = grow(self._source), grow(self._step), grow(self._ids)
-        self._has_depth = grow(self._has_depth)
-        if self._depth is not None:
-            self._depth = grow(self._depth)
+        self._has_depth, self._depth_of = grow(self._has_depth), grow(self._depth_of)
+
+    def _reserve_depth_rows(self, n: int) -> None:
+        h, w = self._resolution
+        if self._depth_rows is None:
+            self._depth_rows = np.full((max(16, n), h, w), np.inf, dtype=np.float16)
+        elif n > len(self._depth_rows):
+            grown = np.empty((max(n, 2 * len(self._depth_rows)), h, w), dtype=np.float16)
+            grown[: self._n_depth_rows] = self._depth_rows[: self._n_depth_rows]
+            self._depth_rows = grown
 
     def _sample_points(self, intrinsics: Intrinsics) -> np.ndarray:
         """(3, P) points in the camera frame: a pixel grid times ``config.depths``."""
@@ -953,9 +970,13 @@ class SpatialMemory:
         keep = np.flatnonzero(self._index.live[: self._n])
         self._frames, self._poses, self._fov = self._frames[keep], self._poses[keep], self._fov[keep]
         self._source, self._step, self._ids = self._source[keep], self._step[keep], self._ids[keep]
-        self._has_depth = self._has_depth[keep]
-        if self._depth is not None:
-            self._depth = self._depth[keep]
+        self._has_depth, self._depth_of = self._has_depth[keep], self._depth_of[keep]
+        if self._depth_rows is not None:
+            used = self._depth_of[self._has_depth]
+            self._depth_rows = np.concatenate([self._depth_rows[:1], self._depth_rows[used]])
+            self._depth_of = np.zeros(len(keep), dtype=np.int64)
+            self._depth_of[self._has_depth] = np.arange(1, len(used) + 1)
+            self._n_depth_rows = 1 + len(used)
         self._n = len(keep)
         self._slot_of = {int(i): s for s, i in enumerate(self._ids)}
         self._index.reset(pose_keys(self._poses, self.config.direction_scale))

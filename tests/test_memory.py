@@ -646,3 +646,27 @@ def test_retrieval_prefers_observed_frames_over_generated_ones():
     generated = mem.add(frame(2), query, INTR, "generated")
     assert mem.retrieve(query, 1) == [observed]
     assert mem.retrieve(query, 2)[0] == observed and generated in mem.retrieve(query, 2, fill=True)
+
+
+def test_depth_costs_nothing_for_frames_without_it(tmp_path):
+    """Depth rows exist only for frames with depth, through eviction, compaction and a reload."""
+    mem = SpatialMemory(capacity=40, buffer_size=16)
+    rng = np.random.default_rng(0)
+    poses = random_poses(rng, 300)
+    with_depth = {}
+    for i, pose in enumerate(poses):
+        d = depth_map(1.0 + i) if i % 10 == 0 else None
+        fid = mem.add(frame(i), pose, INTR, "observed" if d is not None else "generated", depth=d)
+        if d is not None:
+            with_depth[fid] = d
+    assert mem._depth_rows is not None and len(mem._depth_rows) <= 64  # rows for the few frames with depth
+    for fid in mem.ids:
+        got = mem.depths([fid])[0]
+        if fid in with_depth:
+            assert np.allclose(got, with_depth[int(fid)], rtol=2**-10)
+        else:
+            assert np.isnan(got).all()
+    path = tmp_path / "sparse.rtfm"
+    mem.save(path)
+    back = SpatialMemory.load(path)
+    assert np.array_equal(back.depths(back.ids), mem.depths(mem.ids), equal_nan=True)
