@@ -651,7 +651,8 @@ def _forward_warp_np(
     bias = sq[1] + sq[0]
     bias *= _F32(_BIAS_SCALE)
     dense = key[:n_pix]
-    dense[:] = bias
+    with np.errstate(invalid="ignore"):  # NaN biases belong to unwarped pixels, marked empty below
+        dense[:] = bias
     dense <<= _IDX_BITS
     dense += zbits
     dense[~(inside[0][1] & inside[0][0])] = _EMPTY | _IDX_MASK  # empty, and names no source pixel
