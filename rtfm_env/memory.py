@@ -30,24 +30,41 @@ cannot see them either) count for nobody. Observed frames score above generated 
 sees the same thing.
 
 Memories are saved as a safetensors file whose metadata names the format and its version
-(version 2 adds depth; version 1 files still load, without depth).
+(version 2 added depth; version 3 adds a checksum). Version 3 files carry a SHA-256 of their
+payload in the header metadata (``sha256``, see :func:`payload_sha256`) that :meth:`SpatialMemory.load`
+checks; version 1 (no depth) and 2 files still load, with an :class:`UnverifiedMemoryWarning`.
+Loading reads the safetensors header itself (bounded to :data:`MAX_HEADER_BYTES`) and checks
+every declared dtype, shape and byte range against the file's size before reading any tensor,
+so a file never makes the loader allocate more than the file holds. Every setting and value in
+a file is bounded (:class:`MemoryConfig`, :data:`MAX_SIDE`, :data:`MAX_TRANSLATION`,
+:data:`MIN_FOV_Y`, :data:`MAX_ID`), and :meth:`SpatialMemory.add` refuses anything that a
+later load would refuse, so a memory always saves to a file that loads.
+
+Saves are atomic (a temp file in the target's directory, then ``os.replace``), refuse a target
+that exists and is not a regular file (a directory, a device, a symbolic link), give the file
+the usual permissions (``0o666`` minus the umask) and remove the temp files that killed saves
+left in that directory (see :func:`remove_stale_temp_files`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterable
+import re
+import secrets
+import stat
+import time
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
-from numbers import Integral
+from numbers import Integral, Real
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
 from scipy.spatial import cKDTree
 
 from rtfm_env.geometry import Intrinsics, check_pose
@@ -60,17 +77,61 @@ __all__ = [
     "MemoryEntry",
     "MemoryFormatError",
     "SpatialMemory",
+    "UnverifiedMemoryWarning",
+    "check_save_path",
+    "payload_sha256",
     "pose_keys",
+    "remove_stale_temp_files",
 ]
 
 #: Where a stored frame came from: the scene's renderer or the frame model.
 SOURCES = ("observed", "generated")
 FORMAT_NAME = "rtfm-spatial-memory"
-FORMAT_VERSION = "2"
-#: Versions :meth:`SpatialMemory.load` reads: 1 (no depth) and 2 (optional depth per frame).
-READ_VERSIONS = ("1", "2")
+FORMAT_VERSION = "3"
+#: Versions :meth:`SpatialMemory.load` reads: 1 (no depth), 2 (optional depth per frame) and 3
+#: (2 plus a SHA-256 of the payload). Versions 1 and 2 load with an UnverifiedMemoryWarning.
+READ_VERSIONS = ("1", "2", "3")
+#: Versions without a checksum: they load, unverified.
+UNVERIFIED_VERSIONS = ("1", "2")
 #: Largest finite depth that float16 storage keeps, metres; anything farther is stored as inf.
 MAX_DEPTH = 65504.0
+#: Largest frame height and width, pixels.
+MAX_SIDE = 4096
+#: Field of view bounds (vertical, degrees) of a stored frame or query camera.
+MIN_FOV_Y = 1e-3
+MAX_FOV_Y = 180.0 - 1e-3
+#: Largest distance of a camera from the origin, metres. Keeps every pose-key distance finite.
+MAX_TRANSLATION = 1e6
+#: next_id stays below this (so frame ids stay below MAX_ID - 1).
+MAX_ID = 2**62
+#: Largest episode step a frame can be stored with.
+MAX_STEP = 2**62 - 1
+#: Largest safetensors header (JSON) that load reads, bytes; a memory's header is about 2 KB.
+MAX_HEADER_BYTES = 1 << 20
+#: Temp files of a save are removed by a later save to the same directory once they have not
+#: been modified for this long (seconds) and the process that wrote them is gone (same machine),
+#: or once they are STALE_TEMP_MAX_SECONDS old whatever their writer's pid says.
+STALE_TEMP_SECONDS = 600.0
+STALE_TEMP_MAX_SECONDS = 86400.0
+#: Bounds of the integer settings of MemoryConfig (inclusive).
+CONFIG_INT_BOUNDS = {"capacity": (1, 10**9), "candidates": (1, 4096), "grid": (1, 256), "buffer_size": (1, 1 << 16)}
+#: Bounds of the real settings of MemoryConfig: (low, high, low_inclusive, high_inclusive).
+CONFIG_REAL_BOUNDS = {
+    "direction_scale": (1e-6, 1e6, True, True),
+    "near": (1e-6, 1e6, True, True),
+    "distance_scale": (1e-6, 1e6, True, True),
+    "novelty_angle": (1e-3, 180.0, True, True),
+    "min_gain": (0.0, 1.0, True, False),
+    "redundancy_tolerance": (1e-9, 1e6, True, True),
+    "generated_weight": (0.0, 1.0, False, True),
+    "occlusion_tolerance": (0.0, 1e6, True, True),
+}
+#: MemoryConfig.depths: at most this many sample depths, each in [1e-6, 1e6] metres.
+MAX_SAMPLE_DEPTHS = 64
+#: Retrieval scores candidates x sampled points (grid x grid x depths for a square query; rows
+#: are capped at 4 x grid for tall images): the settings keep candidates * grid**2 * len(depths)
+#: at most this, so one retrieve never needs more than a few hundred MB.
+MAX_RETRIEVAL_SAMPLES = 1 << 19
 
 _NO_STEP = -1  # stored in the step array for frames added without a step
 _TENSORS = {  # name -> (dtype, trailing shape; None where it is the frame resolution)
@@ -87,8 +148,28 @@ _DEPTH_TENSORS = {  # version 2: per-frame depth (float16 metres) and whether th
 }
 
 
+_ST_DTYPES = {  # safetensors dtype code -> (numpy little-endian dtype or None, item size)
+    "BOOL": (None, 1), "U8": ("<u1", 1), "I8": (None, 1), "F8_E5M2": (None, 1), "F8_E4M3": (None, 1),
+    "U16": (None, 2), "I16": (None, 2), "F16": ("<f2", 2), "BF16": (None, 2),
+    "U32": (None, 4), "I32": (None, 4), "F32": ("<f4", 4),
+    "U64": (None, 8), "I64": ("<i8", 8), "F64": ("<f8", 8),
+    # Only the four dtypes a memory uses are read; the rest are known so that sizes can be checked.
+}  # fmt: skip
+_ST_CODE = {np.dtype(t): c for c, (t, _) in _ST_DTYPES.items() if t is not None}  # numpy dtype -> code
+_ST_CODE.update(
+    {np.dtype(t): c for t, c in ((np.bool_, "BOOL"), (np.int8, "I8"), (np.int16, "I16"), (np.int32, "I32"))}
+)
+_ST_CODE.update({np.dtype(t): c for t, c in ((np.uint16, "U16"), (np.uint32, "U32"), (np.uint64, "U64"))})
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+_NEXT_ID_RE = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
 class MemoryFormatError(ValueError):
     """A file is not a spatial memory this version can read (corrupt, truncated, foreign, newer)."""
+
+
+class UnverifiedMemoryWarning(UserWarning):
+    """A memory file of a version without a checksum (1 or 2) was loaded: its contents are unverified."""
 
 
 @dataclass(frozen=True)
@@ -110,32 +191,40 @@ class MemoryConfig:
     occlusion_tolerance: float = 0.05  # relative; a point farther than (1 + this) * stored depth + 5 cm is hidden
 
     def __post_init__(self) -> None:
-        if self.capacity is not None and not (_is_int(self.capacity) and self.capacity >= 1):
-            raise ValueError(f"capacity must be None or an integer >= 1, got {self.capacity!r}")
-        for name in ("candidates", "grid", "buffer_size"):
+        # Every value is bounded (CONFIG_INT_BOUNDS, CONFIG_REAL_BOUNDS, MAX_SAMPLE_DEPTHS,
+        # MAX_RETRIEVAL_SAMPLES), so no setting, from code or from a file, can make retrieval or
+        # eviction allocate without bound, divide by zero or overflow. Bools are not numbers here.
+        for name, (lo, hi) in CONFIG_INT_BOUNDS.items():
             value = getattr(self, name)
-            if not (_is_int(value) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("direction_scale", "near", "distance_scale", "redundancy_tolerance"):
+            if name == "capacity" and value is None:
+                continue
+            if not (_is_int(value) and lo <= value <= hi):
+                none = "None or " if name == "capacity" else ""
+                raise ValueError(f"{name} must be {none}an integer in [{lo}, {hi}], got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name, (lo, hi, lo_in, hi_in) in CONFIG_REAL_BOUNDS.items():
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        if not (isinstance(self.novelty_angle, (int, float)) and 0.0 < self.novelty_angle <= 180.0):
-            raise ValueError(f"novelty_angle must be in (0, 180] degrees, got {self.novelty_angle!r}")
-        if not (isinstance(self.generated_weight, (int, float)) and 0.0 < self.generated_weight <= 1.0):
-            raise ValueError(f"generated_weight must be in (0, 1], got {self.generated_weight!r}")
-        if not (
-            isinstance(self.occlusion_tolerance, (int, float))
-            and math.isfinite(self.occlusion_tolerance)
-            and self.occlusion_tolerance >= 0
-        ):
-            raise ValueError(f"occlusion_tolerance must be a finite number >= 0, got {self.occlusion_tolerance!r}")
-        if not (isinstance(self.min_gain, (int, float)) and 0.0 <= self.min_gain < 1.0):
-            raise ValueError(f"min_gain must be in [0, 1), got {self.min_gain!r}")
-        depths = tuple(float(d) for d in self.depths)
-        if not depths or not all(math.isfinite(d) and d > 0 for d in depths):
-            raise ValueError(f"depths must be a non-empty sequence of finite numbers > 0, got {self.depths!r}")
-        object.__setattr__(self, "depths", depths)
+            ok = _is_real(value) and (lo <= value if lo_in else lo < value) and (value <= hi if hi_in else value < hi)
+            if not ok:
+                interval = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+                raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        raw = self.depths
+        if isinstance(raw, (str, bytes)) or not isinstance(raw, Iterable):
+            raise ValueError(f"depths must be a sequence of numbers, got {raw!r}")
+        raw = list(raw) if not isinstance(raw, np.ndarray) else raw.tolist()
+        if not (1 <= len(raw) <= MAX_SAMPLE_DEPTHS and all(_is_real(d) and 1e-6 <= d <= 1e6 for d in raw)):
+            shown = raw if len(raw) <= 8 else f"{len(raw)} values"
+            raise ValueError(
+                f"depths must be 1 to {MAX_SAMPLE_DEPTHS} finite numbers in [1e-06, 1e+06] metres, got {shown!r}"
+            )
+        object.__setattr__(self, "depths", tuple(float(d) for d in raw))
+        work = self.candidates * self.grid**2 * len(self.depths)
+        if work > MAX_RETRIEVAL_SAMPLES:
+            raise ValueError(
+                f"candidates * grid**2 * len(depths) = {self.candidates} * {self.grid}**2 * {len(self.depths)} = "
+                f"{work} exceeds the bound {MAX_RETRIEVAL_SAMPLES} (the points retrieval scores)"
+            )
 
     def to_dict(self) -> dict:
         """JSON-ready dict of every field."""
@@ -146,12 +235,14 @@ class MemoryConfig:
     @classmethod
     def from_dict(cls, d: dict) -> MemoryConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` listing the valid ones."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a memory config must be a dict of settings, got {type(d).__name__}")
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(d) - set(valid))
         if unknown:
             raise ValueError(f"unknown memory config keys {unknown}; valid keys: {valid}")
         d = dict(d)
-        if "depths" in d:
+        if "depths" in d and isinstance(d["depths"], list):
             d["depths"] = tuple(d["depths"])
         return cls(**d)
 
@@ -185,7 +276,12 @@ def pose_keys(poses: np.ndarray, direction_scale: float) -> np.ndarray:
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
+    return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: object) -> bool:
+    """A finite real number that is not a bool."""
+    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
 
 
 def _sq_dist(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -421,11 +517,17 @@ class SpatialMemory:
         Raises:
             ValueError: wrong frame dtype or shape, a pose that is not a finite rigid transform,
                 intrinsics of another size, an unknown source, a negative step, or depth of the
-                wrong shape, with NaN or with values <= 0.
+                wrong shape, with NaN or with values <= 0. Also anything out of bounds: a frame
+                side above :data:`MAX_SIDE`, a camera farther than :data:`MAX_TRANSLATION` metres
+                from the origin, a field of view outside [:data:`MIN_FOV_Y`, :data:`MAX_FOV_Y`],
+                a step above :data:`MAX_STEP`.
         """
+        # Validate everything before touching anything: a failed add leaves the memory exactly as
+        # it was (length, ids, next_id, index, eviction state), and everything stored here is
+        # within the bounds that load() checks, so the memory always saves to a loadable file.
         frame = self._check_frame(frame)
         depth16 = None if depth is None else _check_depth(depth, frame.shape[:2])
-        pose = check_pose(pose, "pose")
+        pose = _check_bounded_pose(pose, "pose")
         if not isinstance(intrinsics, Intrinsics):
             raise TypeError(f"intrinsics must be an Intrinsics, got {type(intrinsics).__name__}")
         if (intrinsics.height, intrinsics.width) != frame.shape[:2]:
@@ -433,36 +535,63 @@ class SpatialMemory:
                 f"intrinsics are {intrinsics.width}x{intrinsics.height} (WxH) but the frame is "
                 f"{frame.shape[1]}x{frame.shape[0]}"
             )
-        if source not in SOURCES:
+        fov = _check_fov(intrinsics.fov_y, "intrinsics.fov_y")
+        if not (isinstance(source, str) and source in SOURCES):
             raise ValueError(f"unknown source {source!r}; valid sources: {list(SOURCES)}")
-        if step is not None and not (_is_int(step) and step >= 0):
-            raise ValueError(f"step must be None or an integer >= 0, got {step!r}")
+        if step is not None and not (_is_int(step) and 0 <= step <= MAX_STEP):
+            raise ValueError(f"step must be None or an integer in [0, {MAX_STEP}], got {step!r}")
+        if self._next_id >= MAX_ID - 1:  # next_id stays below MAX_ID
+            raise ValueError(
+                f"this memory has given out every frame id below {MAX_ID - 1}; no more frames can be added"
+            )
+        key = pose_keys(pose, self.config.direction_scale)
+        if not np.all(np.isfinite(key)):  # unreachable with bounded poses and settings; kept as a guard
+            raise ValueError(f"pose gives a non-finite index key {key.tolist()}")
+        query = Intrinsics(int(intrinsics.width), int(intrinsics.height), fov)
 
-        if self._resolution is None:
-            self._resolution = (frame.shape[0], frame.shape[1])
-            self._frames = np.empty((0, *frame.shape), dtype=np.uint8)
-        self._reserve(self._n + 1)
-        if depth16 is not None:
-            self._reserve_depth_rows(self._n_depth_rows + 1)
-        slot = self._index.append(pose_keys(pose, self.config.direction_scale))
-        assert slot == self._n, "index and storage slots diverged"
+        # Store. Nothing here is expected to fail; if something does (MemoryError, an interrupt),
+        # the storage step is undone so the memory stays consistent.
+        index = self._index
+        before = (
+            self._resolution, self._frames, self._depth_rows, self._query_intrinsics, self._n, self._next_id,
+            self._n_depth_rows, index.n, index.n_live, list(index.trees), index.buffer_start,
+        )  # fmt: skip
         frame_id = self._next_id
-        self._frames[slot] = frame
-        self._poses[slot] = pose
-        self._fov[slot] = intrinsics.fov_y
-        self._source[slot] = SOURCES.index(source)
-        self._step[slot] = _NO_STEP if step is None else int(step)
-        self._has_depth[slot] = depth16 is not None
-        self._depth_of[slot] = 0
-        if depth16 is not None:
-            self._depth_rows[self._n_depth_rows] = depth16
-            self._depth_of[slot] = self._n_depth_rows
-            self._n_depth_rows += 1
-        self._ids[slot] = frame_id
-        self._slot_of[frame_id] = slot
-        self._n += 1
-        self._next_id += 1
-        self._query_intrinsics = intrinsics
+        try:
+            if self._resolution is None:
+                self._resolution = (frame.shape[0], frame.shape[1])
+                self._frames = np.empty((len(self._ids), *frame.shape), dtype=np.uint8)  # as many rows as the rest
+            self._reserve(self._n + 1)
+            if depth16 is not None:
+                self._reserve_depth_rows(self._n_depth_rows + 1)
+            slot = index.append(key)
+            assert slot == self._n, "index and storage slots diverged"
+            self._frames[slot] = frame
+            self._poses[slot] = pose
+            self._fov[slot] = fov
+            self._source[slot] = SOURCES.index(source)
+            self._step[slot] = _NO_STEP if step is None else int(step)
+            self._has_depth[slot] = depth16 is not None
+            self._depth_of[slot] = 0
+            if depth16 is not None:
+                self._depth_rows[self._n_depth_rows] = depth16
+                self._depth_of[slot] = self._n_depth_rows
+                self._n_depth_rows += 1
+            self._ids[slot] = frame_id
+            self._slot_of[frame_id] = slot
+            self._n += 1
+            self._next_id += 1
+            self._query_intrinsics = query
+        except BaseException:
+            self._slot_of.pop(frame_id, None)
+            old_n = before[7]
+            if old_n < len(index.live):
+                index.live[old_n : index.n] = False
+            (
+                self._resolution, self._frames, self._depth_rows, self._query_intrinsics, self._n, self._next_id,
+                self._n_depth_rows, index.n, index.n_live, index.trees, index.buffer_start,
+            ) = before  # fmt: skip
+            raise
         if self.config.capacity is not None:
             self._relink(frame_id)
             if len(self) > self.config.capacity:
@@ -537,7 +666,7 @@ class SpatialMemory:
         Distances are between :func:`pose_keys`; ties go to the older frame. This is the
         candidate set that :meth:`retrieve` scores.
         """
-        pose = check_pose(pose, "query pose")
+        pose = _check_bounded_pose(pose, "query pose")
         m = _check_count(m, "m")
         slots, _ = self._index.nearest(pose_keys(pose, self.config.direction_scale), m)
         return [int(i) for i in self._ids[slots]]
@@ -572,10 +701,12 @@ class SpatialMemory:
             see part of the query's view from a new angle; empty for an empty memory. The same
             contents and query always give the same ids.
         """
-        pose = check_pose(pose, "query pose")
+        pose = _check_bounded_pose(pose, "query pose")
         k = _check_count(k, "k")
         if intrinsics is not None and not isinstance(intrinsics, Intrinsics):
             raise TypeError(f"intrinsics must be an Intrinsics or None, got {type(intrinsics).__name__}")
+        if intrinsics is not None:
+            _check_fov(intrinsics.fov_y, "intrinsics.fov_y")
         if k == 0 or len(self) == 0:
             return []
         cfg = self.config
@@ -690,12 +821,23 @@ class SpatialMemory:
     # ----------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the memory to a safetensors file, atomically.
+        """Write the memory to a safetensors file (format version 3, with a SHA-256), atomically.
 
-        The file is written next to ``path`` under a temporary name and moved over ``path``
-        only when complete, so a failure never damages an existing file.
+        The file is written next to ``path`` under a temporary name (``.NAME.PID.RANDOM.tmp``)
+        and moved over ``path`` only when complete and flushed, so a failure never damages an
+        existing file. The file gets the usual permissions, ``0o666`` minus the umask. Before
+        writing, temp files that killed saves left in the same directory are removed (see
+        :func:`remove_stale_temp_files`).
+
+        Raises:
+            ValueError: something exists at ``path`` that is not a regular file: a directory,
+                a device, a socket or FIFO, or a symbolic link (to anything: links are refused,
+                not followed, so a writable path can never be turned against another file).
+            OSError: the directory is missing or not writable, the disk is full, ...; any
+                existing file at ``path`` is then left as it was.
         """
         path = Path(path)
+        check_save_path(path)
         slots = np.flatnonzero(self._index.live[: self._n])
         h, w = self._resolution or (0, 0)
         tensors = {
@@ -713,6 +855,8 @@ class SpatialMemory:
             if self._depth_rows is not None
             else np.empty((0, h, w), dtype=np.float16)
         )
+        if self.config.capacity is not None and len(slots) > self.config.capacity:  # add() never allows this
+            raise RuntimeError(f"memory holds {len(slots)} frames over its capacity {self.config.capacity}")
         query = self._query_intrinsics.to_dict() if self._query_intrinsics else None
         metadata = {
             "format": FORMAT_NAME,
@@ -722,25 +866,37 @@ class SpatialMemory:
             "resolution": json.dumps(list(self._resolution) if self._resolution else None),
             "query_intrinsics": json.dumps(query),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        metadata["sha256"] = payload_sha256(metadata, tensors)
+        remove_stale_temp_files(path.parent)
+        tmp, fd = _create_temp_file(path)
         try:
-            save_file(tensors, tmp, metadata=metadata)
-            with open(tmp, "rb") as f:
+            with os.fdopen(fd, "wb") as f:
+                _write_safetensors(f, tensors, metadata)
+                f.flush()
                 os.fsync(f.fileno())
+            check_save_path(path)  # again, just before the rename: narrows the window for a swap
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
+        _fsync_directory(path.parent)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SpatialMemory:
         """Read a memory written by :meth:`save`.
 
+        The safetensors header is read first (at most :data:`MAX_HEADER_BYTES`) and every
+        tensor's declared dtype, shape and byte range is checked against the metadata and the
+        file's size before any tensor is read, so nothing larger than the file is allocated.
+        Version 3 files must match the SHA-256 in their header; versions 1 and 2 have none and
+        load with an :class:`UnverifiedMemoryWarning`. Every value is then checked against the
+        bounds that :meth:`add` enforces.
+
         Raises:
             FileNotFoundError: no file at ``path``.
-            MemoryFormatError: the file is corrupt, truncated, not a spatial memory, or of a
-                format version this code does not read.
+            MemoryFormatError: the file is corrupt (checksum mismatch), truncated, not a spatial
+                memory, of a format version this code does not read, or holds out-of-bounds or
+                inconsistent values.
         """
         path = Path(path)
         if not path.is_file():
@@ -749,84 +905,100 @@ class SpatialMemory:
         def fail(why: str) -> MemoryFormatError:
             return MemoryFormatError(f"{path} is not a readable spatial memory: {why}")
 
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            meta, entries, data_start = _read_header(f, size, fail)
             if meta.get("format") != FORMAT_NAME:
                 raise fail(f"format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
             version = meta.get("version")
             if version not in READ_VERSIONS:
                 raise fail(f"format version {version!r}; this code reads versions {list(READ_VERSIONS)}")
-            tensors = load_file(str(path))
-        except SafetensorError as e:
-            raise fail(f"not a complete safetensors file ({e})") from e
-        try:
-            config = MemoryConfig.from_dict(json.loads(meta["config"]))
-            next_id = int(meta["next_id"])
-            resolution = json.loads(meta["resolution"])
-            if resolution is not None and not (
-                isinstance(resolution, list) and len(resolution) == 2 and all(_is_int(v) and v > 0 for v in resolution)
-            ):
-                raise ValueError(f"resolution must be null or [height, width], got {resolution!r}")
-            query = json.loads(meta["query_intrinsics"])
-            query = None if query is None else Intrinsics.from_dict(query)
-        except (KeyError, TypeError, ValueError) as e:
-            raise fail(f"bad metadata ({type(e).__name__}: {e})") from e
+            config, next_id, resolution, query = _parse_metadata(meta, fail)
+            expected = dict(_TENSORS)
+            if version != "1":
+                expected.update(_DEPTH_TENSORS)
+            missing = sorted(set(expected) - set(entries))
+            if missing:
+                raise fail(f"missing tensors {missing}")
+            extra = sorted(set(entries) - set(expected))
+            if extra and version not in UNVERIFIED_VERSIONS:
+                raise fail(f"unexpected tensors {extra}")
+            # Declared shapes against the metadata, before reading anything.
+            n = _declared_rows(entries["ids"], fail)
+            h, w = resolution if resolution is not None else (0, 0)
+            for name, (dtype, trailing) in expected.items():
+                code, shape, _ = entries[name]
+                if trailing is None:
+                    trailing = (h, w) if name == "depth" else (h, w, 3)
+                want_rows = shape[0] if (name == "depth" and shape and shape[0] <= n) else n
+                want = (want_rows, *trailing)
+                if code != _ST_CODE[np.dtype(dtype)] or shape != want:
+                    raise fail(f"tensor {name!r} is {code} {shape}, expected {_ST_CODE[np.dtype(dtype)]} {want}")
+            tensors = {name: _read_tensor(f, data_start, entries[name], fail) for name in expected}
 
-        expected = dict(_TENSORS)
-        if version != "1":
-            expected.update(_DEPTH_TENSORS)
-        missing = sorted(set(expected) - set(tensors))
-        if missing:
-            raise fail(f"missing tensors {missing}")
-        n = len(tensors["ids"])
-        h, w = resolution if resolution is not None else (0, 0)
+        if version not in UNVERIFIED_VERSIONS:  # older versions are warned about below, once checked
+            stored = meta.get("sha256")
+            if not (isinstance(stored, str) and _SHA_RE.fullmatch(stored)):
+                raise fail(f"version {version} needs a sha256 of 64 hex digits in its metadata, got {stored!r:.80}")
+            actual = payload_sha256(meta, tensors)
+            if actual != stored:
+                raise fail(
+                    f"checksum mismatch: the header's sha256 is {stored[:16]}... but the contents hash to "
+                    f"{actual[:16]}... (the file is corrupt or was edited)"
+                )
+
         has_depth = np.zeros(n, dtype=bool)
         if version != "1":
             flags = tensors["has_depth"]
-            if flags.dtype != np.uint8 or flags.shape != (n,) or np.any(flags > 1):
-                raise fail(f"tensor 'has_depth' must be {n} uint8 flags of 0 or 1, got {flags.dtype} {flags.shape}")
+            if np.any(flags > 1):
+                raise fail(f"tensor 'has_depth' must be {n} uint8 flags of 0 or 1")
             has_depth = flags.astype(bool)
-        for name, (dtype, trailing) in expected.items():
-            t = tensors[name]
-            rows = int(has_depth.sum()) if name == "depth" else n
-            shape = (rows, *(trailing if trailing is not None else ((h, w) if name == "depth" else (h, w, 3))))
-            if t.dtype != dtype or t.shape != shape:
-                raise fail(f"tensor {name!r} is {t.dtype} {t.shape}, expected {np.dtype(dtype)} {shape}")
+            rows = len(tensors["depth"])
+            if rows != int(has_depth.sum()):
+                raise fail(f"tensor 'depth' has {rows} rows but has_depth flags {int(has_depth.sum())} frames")
         depth = None
         if has_depth.any():
-            stored = tensors["depth"]
-            if np.isnan(stored).any() or (stored <= 0).any():
+            stored_depth = tensors["depth"]
+            if np.isnan(stored_depth).any() or (stored_depth <= 0).any():
                 raise fail("depth values must be > 0 metres or inf (NaN or <= 0 found)")
-            depth = np.concatenate([np.full((1, h, w), np.inf, dtype=np.float16), stored])
+            depth = np.concatenate([np.full((1, h, w), np.inf, dtype=np.float16), stored_depth])
         ids = tensors["ids"]
         if n and (np.any(np.diff(ids) <= 0) or ids[0] < 0 or ids[-1] >= next_id):
             raise fail(f"ids must be increasing in [0, next_id={next_id})")
-        if n and resolution is None:
-            raise fail("frames stored but no resolution recorded")
+        if n and (resolution is None or query is None):
+            raise fail("frames stored but no resolution or query intrinsics recorded")
+        if query is not None and (resolution is None or (query.height, query.width) != (h, w)):
+            raise fail(f"query intrinsics {query.width}x{query.height} (WxH) do not match the resolution {resolution}")
         if config.capacity is not None and n > config.capacity:
             raise fail(f"{n} frames stored but capacity is {config.capacity}")
-        if np.any(tensors["source"] >= len(SOURCES)) or np.any(tensors["step"] < _NO_STEP):
-            raise fail("source codes or steps out of range")
+        if np.any(tensors["source"] >= len(SOURCES)):
+            raise fail("source codes out of range")
+        step = tensors["step"]
+        if np.any(step < _NO_STEP) or np.any(step > MAX_STEP):
+            raise fail(f"steps out of range (-1 for none, else [0, {MAX_STEP}])")
         fov = tensors["fov_y"]
-        if not np.all((fov > 0) & (fov < 180)):
-            raise fail("fov_y values outside (0, 180) degrees")
+        if not np.all((fov >= MIN_FOV_Y) & (fov <= MAX_FOV_Y)):
+            raise fail(f"fov_y values outside [{MIN_FOV_Y:g}, {MAX_FOV_Y:g}] degrees")
         poses = tensors["poses"]
         rot = poses[:, :3, :3]
+        finite = bool(np.all(np.isfinite(poses)))
         rigid = (
-            np.all(np.isfinite(poses))
+            finite
             and np.allclose(poses[:, 3], [0.0, 0.0, 0.0, 1.0], atol=1e-6)
             and np.allclose(rot @ np.swapaxes(rot, 1, 2), np.eye(3), atol=1e-4)
             and np.all(np.linalg.det(rot) > 0)
         )
         if not rigid:
             raise fail("poses are not finite rigid transforms")
+        t = poses[:, :3, 3]
+        if n and not (np.abs(t).max() <= MAX_TRANSLATION and np.all(np.einsum("ni,ni->n", t, t) <= MAX_TRANSLATION**2)):
+            raise fail(f"poses place cameras farther than {MAX_TRANSLATION:g} m from the origin (MAX_TRANSLATION)")
 
         mem = cls(config)
         mem._resolution = None if resolution is None else (int(h), int(w))
         mem._query_intrinsics = query
         mem._frames, mem._poses, mem._ids = tensors["frames"], poses, ids
-        mem._fov, mem._source, mem._step = fov, tensors["source"], tensors["step"]
+        mem._fov, mem._source, mem._step = fov, tensors["source"], step
         mem._has_depth, mem._depth_rows = has_depth, depth
         mem._depth_of = np.zeros(n, dtype=np.int64)
         mem._depth_of[has_depth] = np.arange(1, int(has_depth.sum()) + 1)
@@ -838,6 +1010,13 @@ class SpatialMemory:
         if config.capacity is not None:
             for frame_id in mem._slot_of:
                 mem._relink(frame_id)
+        if version in UNVERIFIED_VERSIONS:
+            warnings.warn(
+                f"{path} is a version {version} spatial memory file without a checksum: it was loaded unverified "
+                f"(save it again to write version {FORMAT_VERSION} with a SHA-256)",
+                UnverifiedMemoryWarning,
+                stacklevel=2,
+            )
         return mem
 
     # ----------------------------------------------------------------------------------
@@ -851,6 +1030,8 @@ class SpatialMemory:
             raise ValueError(f"frame must be uint8 RGB, got dtype {frame.dtype}")
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] == 0 or frame.shape[1] == 0:
             raise ValueError(f"frame must have shape (H, W, 3), got {frame.shape}")
+        if frame.shape[0] > MAX_SIDE or frame.shape[1] > MAX_SIDE:
+            raise ValueError(f"frame shape {frame.shape} exceeds the largest side {MAX_SIDE} pixels")
         if self._resolution is not None and frame.shape[:2] != self._resolution:
             raise ValueError(f"frame shape {frame.shape} does not match this memory's frames {(*self._resolution, 3)}")
         return frame
@@ -901,7 +1082,9 @@ class SpatialMemory:
         if pts is None:
             w, h, f = intrinsics.width, intrinsics.height, intrinsics.focal
             gx = self.config.grid
-            gy = max(1, round(gx * h / w))
+            gy = min(max(1, round(gx * h / w)), 4 * gx)  # capped: a tall query must not blow up the work
+            if len(self._points_cache) >= 64:
+                self._points_cache.clear()
             u = (np.arange(gx) + 0.5) * (w / gx)
             v = (np.arange(gy) + 0.5) * (h / gy)
             uu, vv = np.meshgrid(u, v)
@@ -995,14 +1178,336 @@ def _check_depth(depth: object, shape: tuple[int, int]) -> np.ndarray:
     if (depth <= 0).any():
         raise ValueError(f"depth must be > 0 metres (inf where nothing was hit), got minimum {float(depth.min())}")
     far = depth > MAX_DEPTH
-    out = depth.astype(np.float16)
+    with np.errstate(over="ignore"):  # values beyond float16 become inf, as documented
+        out = depth.astype(np.float16)
     out[far] = np.inf
     # Values that round to 0 in float16 (below 6e-8 m) would read back as a surface at the lens.
     out[out == 0] = np.float16(np.finfo(np.float16).tiny)
     return out
 
 
+def _check_bounded_pose(pose: object, name: str) -> np.ndarray:
+    """A finite rigid pose (see ``check_pose``) whose camera is within MAX_TRANSLATION of the origin."""
+    pose = check_pose(pose, name)
+    dist = math.hypot(*pose[:3, 3].tolist())  # no overflow: hypot scales
+    if not dist <= MAX_TRANSLATION:
+        raise ValueError(
+            f"{name} puts the camera {dist:.3g} m from the origin; poses must be within "
+            f"{MAX_TRANSLATION:g} m of it (MAX_TRANSLATION)"
+        )
+    return pose
+
+
+def _check_fov(fov: object, name: str) -> float:
+    if not (_is_real(fov) and MIN_FOV_Y <= fov <= MAX_FOV_Y):
+        raise ValueError(f"{name} must be a number of degrees in [{MIN_FOV_Y:g}, {MAX_FOV_Y:g}], got {fov!r}")
+    return float(fov)
+
+
 def _check_count(value: object, name: str) -> int:
     if not (_is_int(value) and value >= 0):
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     return int(value)
+
+
+# --------------------------------------------------------------------------------------
+# Files: checksum, header, bounded reads, safe writes
+# --------------------------------------------------------------------------------------
+
+
+_Fail = Callable[[str], MemoryFormatError]
+_Entry = tuple[str, tuple[int, ...], tuple[int, int]]  # safetensors dtype code, shape, (begin, end) in the data
+
+
+def payload_sha256(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> str:
+    """Hex SHA-256 of a memory file's payload: its metadata and tensors, independent of the file layout.
+
+    The hash covers, in this order, each length-prefixed (8-byte little-endian length, then
+    the bytes): every metadata key and value except ``sha256``, sorted by key, as UTF-8; then
+    for every tensor sorted by name: its name, its safetensors dtype code (``"U8"``, ``"F64"``,
+    ...), its shape as JSON (``"[3, 12, 16]"``), and its raw little-endian C-order bytes. The
+    stream starts with the line ``rtfm-spatial-memory payload sha256``. Hashing what the file
+    means rather than its bytes lets the hash sit in the header it covers, and makes it
+    independent of how safetensors lays out and pads the file.
+    """
+    h = hashlib.sha256(b"rtfm-spatial-memory payload sha256\n")
+
+    def put(data: bytes) -> None:
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
+    for key in sorted(k for k in metadata if k != "sha256"):
+        put(key.encode())
+        put(metadata[key].encode())
+    for name in sorted(tensors):
+        a = tensors[name]
+        le = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+        put(name.encode())
+        code = _ST_CODE.get(np.dtype(a.dtype.newbyteorder("=")))
+        if code is None:
+            raise ValueError(f"tensor {name!r} has dtype {a.dtype}, which safetensors does not store")
+        put(code.encode())
+        put(json.dumps([int(d) for d in a.shape]).encode())
+        h.update(le.nbytes.to_bytes(8, "little"))
+        h.update(le.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def _read_header(f: BinaryIO, size: int, fail: _Fail) -> tuple[dict[str, str], dict[str, _Entry], int]:
+    """Parse a safetensors header without trusting it: (metadata, tensor entries, data start).
+
+    Entries map a tensor name to (dtype code, shape, (begin, end) byte offsets in the data
+    section). Checked: the header length (at most MAX_HEADER_BYTES and within the file), JSON
+    of the expected structure, string metadata, known dtypes, shapes whose byte size equals
+    their offsets, and offsets that tile the data section exactly (so the tensors together are
+    exactly as large as the file's data).
+    """
+    if size < 8:
+        raise fail(f"{size} bytes is too short for a safetensors file")
+    n = int.from_bytes(f.read(8), "little")
+    if n < 2 or n > MAX_HEADER_BYTES or n > size - 8:
+        raise fail(f"header length {n} is not in [2, min({MAX_HEADER_BYTES}, file size - 8 = {size - 8})]")
+    raw = f.read(n)
+    if len(raw) != n:
+        raise fail("file is shorter than its header length")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise fail(f"header is not JSON ({type(e).__name__}: {str(e)[:200]})") from e
+    if not isinstance(header, dict):
+        raise fail("header is not a JSON object")
+    meta = header.pop("__metadata__", None)
+    meta = {} if meta is None else meta
+    if not (isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())):
+        raise fail("header metadata is not a map of strings")
+    data_size = size - 8 - n
+    entries = {}
+    for name, e in header.items():
+        if not (isinstance(e, dict) and set(e) == {"dtype", "shape", "data_offsets"}):
+            raise fail(f"tensor {name[:100]!r} has a malformed header entry")
+        code, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
+        if not (isinstance(code, str) and code in _ST_DTYPES):
+            raise fail(f"tensor {name[:100]!r} has an unknown dtype {str(code)[:20]!r}")
+        if not (isinstance(shape, list) and len(shape) <= 8 and all(_is_int(d) and d >= 0 for d in shape)):
+            raise fail(f"tensor {name[:100]!r} has a malformed shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise fail(f"tensor {name[:100]!r} has malformed data offsets")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size:
+            raise fail(f"tensor {name[:100]!r} lies at bytes [{begin}, {end}) outside the {data_size} data bytes")
+        if math.prod(shape) * _ST_DTYPES[code][1] != end - begin:
+            raise fail(f"tensor {name[:100]!r} of shape {shape} {code} does not fill its {end - begin} bytes")
+        entries[name] = (code, tuple(int(d) for d in shape), (int(begin), int(end)))
+    pos = 0
+    for _, _, (begin, end) in sorted(entries.values(), key=lambda e: e[2]):
+        if begin != pos:
+            raise fail("tensor data overlaps or leaves gaps")
+        pos = end
+    if pos != data_size:
+        raise fail(f"tensor data covers {pos} of the file's {data_size} data bytes")
+    return meta, entries, 8 + n
+
+
+def _declared_rows(entry: _Entry, fail: _Fail) -> int:
+    code, shape, _ = entry
+    if code != "I64" or len(shape) != 1:
+        raise fail(f"tensor 'ids' is {code} {list(shape)}, expected I64 (n,)")
+    return shape[0]
+
+
+def _read_tensor(f: BinaryIO, data_start: int, entry: _Entry, fail: _Fail) -> np.ndarray:
+    """One tensor read into a fresh writable array; its size was checked against the file."""
+    code, shape, (begin, end) = entry
+    buf = bytearray(end - begin)
+    f.seek(data_start + begin)
+    if f.readinto(buf) != len(buf):
+        raise fail("file is shorter than its tensors (changed while being read?)")
+    # Little-endian dtypes as the file stores them; numpy handles them natively on any machine.
+    return np.frombuffer(buf, dtype=np.dtype(_ST_DTYPES[code][0])).reshape(shape)
+
+
+def _parse_metadata(meta: dict[str, str], fail: _Fail) -> tuple[MemoryConfig, int, list[int] | None, Intrinsics | None]:
+    """The config, next_id, resolution and query intrinsics of a memory file, all bounded."""
+    try:
+        config = MemoryConfig.from_dict(json.loads(meta["config"]))
+        text = meta["next_id"]
+        if not _NEXT_ID_RE.fullmatch(text) or int(text) >= MAX_ID:
+            raise ValueError(f"next_id must be a decimal integer in [0, {MAX_ID}), got {text[:40]!r}")
+        next_id = int(text)
+        resolution = json.loads(meta["resolution"])
+        if resolution is not None and not (
+            isinstance(resolution, list)
+            and len(resolution) == 2
+            and all(_is_int(v) and 1 <= v <= MAX_SIDE for v in resolution)
+        ):
+            raise ValueError(f"resolution must be null or [height, width] in [1, {MAX_SIDE}], got {resolution!r}")
+        query = json.loads(meta["query_intrinsics"])
+        if query is not None:
+            if not (isinstance(query, dict) and set(query) == {"width", "height", "fov_y"}):
+                raise ValueError(f"query_intrinsics must be null or {{width, height, fov_y}}, got {query!r}")
+            if not all(_is_int(query[k]) and 1 <= query[k] <= MAX_SIDE for k in ("width", "height")):
+                raise ValueError(f"query_intrinsics width and height must be in [1, {MAX_SIDE}], got {query!r}")
+            query = Intrinsics(query["width"], query["height"], _check_fov(query["fov_y"], "query_intrinsics.fov_y"))
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
+        raise fail(f"bad metadata ({type(e).__name__}: {str(e)[:300]})") from e
+    return config, next_id, resolution, query
+
+
+def check_save_path(path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` naming ``path`` unless :meth:`SpatialMemory.save` may write there.
+
+    Nothing, or a regular file, may be at ``path``; a directory, a device, a FIFO, a socket or a
+    symbolic link (to anything: links are not followed) is refused. The parent directory is not
+    checked (a missing or unwritable one fails the save with an ``OSError``).
+    """
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISLNK(mode):
+        kind = "a symbolic link (links are not followed or replaced; save to the real path)"
+    elif stat.S_ISDIR(mode):
+        kind = "a directory"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    elif stat.S_ISFIFO(mode):
+        kind = "a FIFO"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    else:
+        kind = "not a regular file"
+    raise ValueError(f"refusing to save a spatial memory to {path}: it is {kind}; only a regular file is replaced")
+
+
+# This version's temp names, .NAME.PID.RANDOM.tmp; earlier versions' mkstemp names, .NAME.XXXXXXXX.tmp;
+# and the .tmpXXXXXX files that safetensors' save_file (used by earlier versions) writes before renaming.
+_TEMP_RE = re.compile(
+    r"\.(?P<target>.+)\.(?:(?P<pid>[0-9]{1,10})\.[0-9a-f]{12}|[a-z0-9_]{8})\.tmp|\.tmp[A-Za-z0-9]{6}", re.DOTALL
+)
+_TEMP_MARK = b'"format":"' + FORMAT_NAME.encode() + b'"'
+
+
+def _create_temp_file(path: Path) -> tuple[Path, int]:
+    """A new empty file ``.NAME.PID.RANDOM.tmp`` next to ``path`` (mode 0o666 minus the umask) and its fd."""
+    for _ in range(16):
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+        try:
+            # os.open with 0o666 honours the umask (mkstemp would give 0o600), as shards do.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except FileExistsError:
+            continue
+        return tmp, fd
+    raise FileExistsError(f"could not create a unique temp file next to {path}")
+
+
+def _write_safetensors(f: BinaryIO, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Stream ``tensors`` and ``metadata`` to ``f`` in the safetensors format, deterministically.
+
+    Written here rather than by ``safetensors.numpy.save_file``, which writes a temp file of its
+    own (mode 0o600, a name this module does not know) and renames it; and rather than
+    ``safetensors.numpy.save``, which would hold a second copy of the file in memory. The header
+    lists ``format`` first (so a partly written temp file is recognisable), then the other
+    metadata and the tensors sorted by name; the tensors' bytes follow in that order.
+    """
+    meta = {"format": metadata["format"], **{k: metadata[k] for k in sorted(metadata) if k != "format"}}
+    header: dict[str, object] = {"__metadata__": meta}
+    arrays = []
+    offset = 0
+    for name in sorted(tensors):
+        a = tensors[name]
+        code = _ST_CODE[np.dtype(a.dtype.newbyteorder("="))]
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+        header[name] = {"dtype": code, "shape": [int(d) for d in a.shape], "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        arrays.append(a)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes
+    f.write(len(text).to_bytes(8, "little"))
+    f.write(text)
+    for a in arrays:
+        if a.nbytes:
+            f.write(a.reshape(-1).view(np.uint8).data)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: not every platform can)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name != "posix" or pid <= 0:
+        return True  # cannot tell safely (os.kill would terminate on Windows): rely on age alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def remove_stale_temp_files(directory: str | os.PathLike, now: float | None = None) -> list[Path]:
+    """Remove the temp files that interrupted memory saves left in ``directory``; returns them.
+
+    A file is removed only if all of these hold, so another writer's live temp file is never
+    touched:
+
+    - its name is a save's temp name: ``.NAME.PID.RANDOM.tmp`` (this version),
+      ``.NAME.XXXXXXXX.tmp`` (the ``mkstemp`` names of earlier versions) or ``.tmpXXXXXX``
+      (the temp files of ``safetensors.numpy.save_file``, which earlier versions used);
+    - it is a regular file (not a link) that has not been modified for
+      :data:`STALE_TEMP_SECONDS` (a live save writes continuously);
+    - no process with the PID in its name is alive on this machine, or it is older than
+      :data:`STALE_TEMP_MAX_SECONDS` (a PID may have been reused, or belong to another
+      machine sharing the directory, hence the age rule as well);
+    - its first 64 KiB hold a spatial memory header, or it is empty (a save killed before
+      writing; not for ``.tmpXXXXXX`` names, which other programs use too).
+
+    Errors (a file vanishing, no permission) are ignored: cleaning up is best effort.
+    """
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        with os.scandir(directory) as it:
+            candidates = [(e.name, e.path) for e in it if _TEMP_RE.fullmatch(e.name)]
+    except OSError:
+        return removed
+    for name, entry_path in candidates:
+        try:
+            st = os.lstat(entry_path)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            age = now - st.st_mtime
+            if age < STALE_TEMP_SECONDS:
+                continue
+            pid = _TEMP_RE.fullmatch(name)["pid"]
+            if pid is not None and age < STALE_TEMP_MAX_SECONDS and _pid_alive(int(pid)):
+                continue
+            if st.st_size or name.startswith(".tmp"):  # an empty .tmpXXXXXX may be anyone's
+                fd = os.open(entry_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                with os.fdopen(fd, "rb") as f:
+                    head = f.read(1 << 16)
+                if _TEMP_MARK not in head:
+                    continue
+            os.unlink(entry_path)
+            removed.append(Path(entry_path))
+        except OSError:
+            continue
+    return removed

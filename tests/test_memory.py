@@ -16,6 +16,8 @@ from rtfm_env.memory import (
     MemoryConfig,
     MemoryFormatError,
     SpatialMemory,
+    UnverifiedMemoryWarning,
+    payload_sha256,
     pose_keys,
 )
 
@@ -429,10 +431,14 @@ def _meta(path):
         return f.metadata()
 
 
-def _rewrite(src, dst, tensors=None, metadata=None):
+def _rewrite(src, dst, tensors=None, metadata=None, resign=True):
+    """Copy a memory file with some tensors or metadata replaced; re-signed (a valid sha256) unless told not to."""
     t = load_file(str(src))
     t.update(tensors or {})
-    save_file(t, str(dst), metadata={**_meta(src), **(metadata or {})})
+    meta = {**_meta(src), **(metadata or {})}
+    if resign and "sha256" in meta:
+        meta["sha256"] = payload_sha256(meta, t)
+    save_file(t, str(dst), metadata=meta)
 
 
 @pytest.mark.parametrize(
@@ -453,7 +459,10 @@ def _rewrite(src, dst, tensors=None, metadata=None):
     ],
 )
 def test_load_rejects_bad_files(tmp_path, case):
-    """Corrupt, truncated, foreign, future or inconsistent files raise MemoryFormatError naming the file."""
+    """Corrupt, truncated, foreign, future or inconsistent files raise MemoryFormatError naming the file.
+
+    Edited files are re-signed (their sha256 recomputed), so each case reaches the check made for it.
+    """
     good = tmp_path / "good.safetensors"
     filled_memory(12, capacity=12).save(good)
     bad = tmp_path / f"{case}.safetensors"
@@ -469,7 +478,7 @@ def test_load_rejects_bad_files(tmp_path, case):
     elif case == "no_metadata":
         save_file({"weight": np.zeros((3, 3), np.float32)}, str(bad))
     elif case == "future_version":
-        _rewrite(good, bad, metadata={"version": "3"})
+        _rewrite(good, bad, metadata={"version": "4"})
     elif case == "bad_config":
         _rewrite(good, bad, metadata={"config": "{not json"})
     elif case == "wrong_dtype":
@@ -498,7 +507,7 @@ def test_load_missing_file(tmp_path):
         SpatialMemory.load(tmp_path / "nowhere.safetensors")
 
 
-@pytest.mark.parametrize("fail_in", ["save_file", "replace"])
+@pytest.mark.parametrize("fail_in", ["write", "replace"])
 def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch, fail_in):
     """A save that fails midway leaves the previous file intact and no temporary file behind."""
     path = tmp_path / "mem.safetensors"
@@ -506,16 +515,15 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch, fail_in):
     old.save(path)
     before = path.read_bytes()
 
-    def broken_save_file(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
+    def broken_write(f, tensors, metadata):
+        f.write(b"partial")
         raise OSError("disk full")
 
     def broken_replace(src, dst):
         raise OSError("rename failed")
 
-    if fail_in == "save_file":
-        monkeypatch.setattr(memory_module, "save_file", broken_save_file)
+    if fail_in == "write":
+        monkeypatch.setattr(memory_module, "_write_safetensors", broken_write)
     else:
         monkeypatch.setattr(memory_module.os, "replace", broken_replace)
     with pytest.raises(OSError):
@@ -572,8 +580,11 @@ def test_version_1_files_load_without_depth(tmp_path):
     mem.save(good)
     t = load_file(str(good))
     del t["depth"], t["has_depth"]
-    save_file(t, str(old), metadata={**_meta(good), "version": "1"})
-    back = SpatialMemory.load(old)
+    meta = {**_meta(good), "version": "1"}
+    del meta["sha256"]
+    save_file(t, str(old), metadata=meta)
+    with pytest.warns(UnverifiedMemoryWarning, match=r"old.rtfm is a version 1 .*unverified"):
+        back = SpatialMemory.load(old)
     assert len(back) == 6 and not back.has_depth(back.ids).any()
     assert np.isnan(back.depths(back.ids)).all()
     assert np.array_equal(back.frames(back.ids), mem.frames(mem.ids))
