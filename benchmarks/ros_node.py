@@ -13,9 +13,13 @@ host) and this process subscribes to it with rclpy:
   node stamps all of a frame's messages alike) minus the send time. For the ground-truth camera
   the first image whose pixels differ from the standing image is timed as well. The robot is
   stopped and left standing for a random part of a frame period between trials, so the trials
-  sample the phase of the node's timer.
+  sample the phase of the node's timer;
+* flood: the ground-truth camera at 10 Hz while another process (its own rclpy node) sends
+  ``flood_rate`` malformed messages per second, half NaN Twists on ``cmd_vel`` and half
+  ``set_pose`` messages with a zero quaternion; the image rate is measured as above.
 
     .venv/bin/python benchmarks/ros_node.py --out docs/results/ros_node.json   # ~3 min
+    .venv/bin/python benchmarks/ros_node.py --flood-only --out docs/results/ros_node.json   # only the flood row
 
 A smoke run (seconds): ``--cameras ground_truth --rates 10 --seconds 2 --latency-trials 2 --out /tmp/r.json``.
 """
@@ -58,7 +62,9 @@ class RosNodeConfig:
     torch_threads: int = 1  # the node's torch_threads parameter (model camera); 0: torch's default, one per core
     scene: str = "MiniWorld-OneRoom-v0"  # the simulated world
     seed: int = 0  # its layout
-    out: str = "docs/results/ros_node.json"  # JSON output
+    out: str = "runs/ros_node.json"  # JSON output
+    flood_rate: float = 400.0  # malformed messages/s of the flood row (cmd_vel and set_pose); 0: no flood row
+    flood_only: bool = False  # measure only the flood row, replacing it in an existing --out JSON
 
 
 def _stamp_ns(stamp) -> int:
@@ -224,12 +230,109 @@ def measure(camera: str, rate: float, cfg: RosNodeConfig, rng: np.random.Generat
     return result
 
 
+# The flooding peer: its own process and rclpy node, so the node under test shares the CPU with
+# it as with any other peer. It waits for both subscriptions, then sends for `seconds` and prints
+# how many messages it sent and over how long.
+FLOODER = r"""
+import math, sys, time
+import rclpy
+from geometry_msgs.msg import PoseStamped, Twist
+rate, seconds = float(sys.argv[1]), float(sys.argv[2])
+rclpy.init()
+node = rclpy.create_node("rtfm_bench_flooder")
+cmd, pose = node.create_publisher(Twist, "cmd_vel", 10), node.create_publisher(PoseStamped, "set_pose", 10)
+twist = Twist()
+twist.linear.x = math.nan
+bad = PoseStamped()
+bad.header.frame_id = "odom"
+bad.pose.orientation.w = 0.0  # zero quaternion: refused by the node
+end = time.monotonic() + 60.0
+while cmd.get_subscription_count() == 0 or pose.get_subscription_count() == 0:
+    assert time.monotonic() < end, "the node's subscriptions never matched"
+    rclpy.spin_once(node, timeout_sec=0.05)
+print("matched", flush=True)
+sent, start = 0, time.monotonic()
+while (now := time.monotonic()) < start + seconds:
+    due = int((now - start) * rate)
+    while sent < due:
+        (cmd if sent % 2 == 0 else pose).publish(twist if sent % 2 == 0 else bad)
+        sent += 1
+    time.sleep(0.002)
+print(f"sent {sent} {time.monotonic() - start}", flush=True)
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_flood(cfg: RosNodeConfig) -> dict:
+    """Image rate of the ground-truth camera at 10 Hz while a peer floods it with malformed messages."""
+    rate = 10.0
+    s = _Session("ground_truth", rate, cfg)
+    flooder = None
+    try:
+        s.spin_until(lambda: bool(s.images) and bool(s.odoms), START_TIMEOUT, "the first frame")
+        env = dict(os.environ, ROS_DOMAIN_ID=str(s.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+        length = cfg.seconds + 2.0  # 1 s to settle before the window and 1 s after it
+        flooder = subprocess.Popen(
+            [sys.executable, "-c", FLOODER, str(cfg.flood_rate), str(length)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        line = flooder.stdout.readline().strip()
+        assert line == "matched", f"the flooder did not start: {line}"
+        s.spin_for(1.0)
+        start, cpu0, t0 = len(s.images), _cpu_seconds(s.proc.pid), time.monotonic()
+        s.spin_for(cfg.seconds)
+        window = s.images[start:]
+        cpu_percent = 100.0 * (_cpu_seconds(s.proc.pid) - cpu0) / (time.monotonic() - t0)
+        out, _ = flooder.communicate(timeout=60.0)
+        sent, seconds = out.split("sent ", 1)[1].split()[:2]
+        alive = s.proc.poll() is None
+        s.log.seek(0)
+        log_lines = len(s.log.read().splitlines())
+    finally:
+        if flooder is not None and flooder.poll() is None:
+            flooder.kill()
+        s.close()
+    arrival = np.array([t for t, _ in window])
+    stamps = np.array([_stamp_ns(m.header.stamp) for _, m in window], dtype=np.float64) * 1e-9
+    return {
+        "camera": "ground_truth",
+        "rate_hz_configured": rate,
+        "flood_msgs_per_s_target": cfg.flood_rate,
+        "flood_msgs_per_s_sent": int(sent) / float(seconds),
+        "node_alive_after": alive,
+        "node_cpu_percent": cpu_percent,  # of one core, over the measurement window
+        "node_log_lines": log_lines,  # everything the node printed from start to the end of the flood
+        "published": _interval_stats(stamps, 1.0 / rate),
+        "received": _interval_stats(arrival, 1.0 / rate),
+    }
+
+
 def main(cfg: RosNodeConfig) -> dict:
-    """Measure every (camera, rate) and write the JSON; returns the result dict."""
+    """Measure every (camera, rate) and the flood row and write the JSON; returns the result dict.
+
+    With ``flood_only`` the other rows are taken from the existing ``out`` file (if any).
+    """
     rng = np.random.default_rng(0)
-    runs = [measure(camera, rate, cfg, rng) for camera in cfg.cameras for rate in cfg.rates]
-    result = {"benchmark": "ros_node", "config": asdict(cfg), "machine": machine_info(), "runs": runs}
-    write_atomic(Path(cfg.out), json.dumps(result, indent=2))
+    out = Path(cfg.out)
+    if cfg.flood_only:
+        result = json.loads(out.read_text()) if out.exists() else {"benchmark": "ros_node", "runs": []}
+        result.setdefault("config", asdict(cfg))
+        result["flood_config"] = asdict(cfg)
+        result["flood_machine"] = machine_info()
+    else:
+        runs = [measure(camera, rate, cfg, rng) for camera in cfg.cameras for rate in cfg.rates]
+        result = {"benchmark": "ros_node", "config": asdict(cfg), "machine": machine_info(), "runs": runs}
+    if cfg.flood_rate > 0:
+        result["flood"] = measure_flood(cfg)
+    write_atomic(out, json.dumps(result, indent=2))
     return result
 
 
@@ -238,8 +341,9 @@ def _parse() -> RosNodeConfig:
     d = RosNodeConfig()
     p.add_argument("--cameras", nargs="+", default=d.cameras, choices=["ground_truth", "model"])
     p.add_argument("--rates", nargs="+", type=float, default=d.rates)
-    for name in ("seconds", "latency_trials", "size", "torch_threads", "scene", "seed", "out"):
+    for name in ("seconds", "latency_trials", "size", "torch_threads", "scene", "seed", "out", "flood_rate"):
         p.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(d, name)), default=getattr(d, name))
+    p.add_argument("--flood-only", action="store_true", help="measure only the flood row, into an existing --out")
     return RosNodeConfig(**vars(p.parse_args()))
 
 
@@ -256,6 +360,15 @@ def table(result: dict) -> str:
             f"| {r['camera']} | {r['rate_hz_configured']:g} | {pub['rate_hz']:.2f} | {rec['rate_hz']:.2f} "
             f"| {rec['interval_std_ms']:.1f} | {rec['deviation_p95_ms']:.1f} / {rec['deviation_max_ms']:.1f} "
             f"| {lat['mean']:.0f} / {lat['p95']:.0f} |"
+        )
+    if "flood" in result:
+        f = result["flood"]
+        pub, rec = f["published"], f["received"]
+        rows.append(
+            f"| {f['camera']} + flood of {f['flood_msgs_per_s_sent']:.0f} malformed msg/s "
+            f"| {f['rate_hz_configured']:g} | {pub['rate_hz']:.2f} | {rec['rate_hz']:.2f} "
+            f"| {rec['interval_std_ms']:.1f} "
+            f"| {rec['deviation_p95_ms']:.1f} / {rec['deviation_max_ms']:.1f} | - |"
         )
     return "\n".join(rows)
 

@@ -26,7 +26,7 @@ import transforms3d  # noqa: E402
 from geometry_msgs.msg import PoseStamped, Twist  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.parameter import Parameter, parameter_value_to_python  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
@@ -142,12 +142,21 @@ class NodeProcess:
         self.spin_until(future.done, 30.0, f"the {service} response")
         return future.result()
 
-    def set_param(self, name: str, value: object) -> None:
-        """Set one of the node's parameters at run time."""
+    def set_param(self, name: str, value: object, expect_success: bool = True) -> str:
+        """Set one of the node's parameters at run time; assert the outcome; return the refusal's reason."""
         assert self.params.wait_for_services(timeout_sec=10.0), "parameter services not available"
         future = self.params.set_parameters([Parameter(name, value=value)])
         self.spin_until(future.done, 10.0, f"setting {name}")
-        assert all(r.successful for r in future.result().results), future.result()
+        (result,) = future.result().results
+        assert result.successful is expect_success, (name, value, result)
+        return result.reason
+
+    def get_param(self, name: str) -> object:
+        """The current value of one of the node's parameters."""
+        assert self.params.wait_for_services(timeout_sec=10.0), "parameter services not available"
+        future = self.params.get_parameters([name])
+        self.spin_until(future.done, 10.0, f"getting {name}")
+        return parameter_value_to_python(future.result().values[0])
 
     def images_keep_coming(self) -> None:
         """Assert that the node still publishes frames."""
@@ -416,6 +425,9 @@ def test_fuzz_twists_keep_node_alive(camera_node):
         ({"world": "walk"}, "parameter world"),  # the ground-truth camera has no memory to fill
         ({"record_bag": "/tmp"}, "exists already"),  # bags are never overwritten
         ({"publish_clock": "true", "use_sim_time": "true"}, "use_sim_time"),
+        ({"width": 100000}, "width must be in [1, 1024], got 100000"),  # not a traceback and exit 1
+        ({"max_linear_speed": -1.0, "cmd_vel_timeout": ".nan"}, "cmd_vel_timeout must be finite"),
+        ({"world_path": "/dev/null"}, "not a regular file"),
     ],
 )
 def test_bad_start_parameters_exit_with_clear_error(params, message):
@@ -463,13 +475,23 @@ def test_model_camera_saves_and_loads_worlds_and_restarts_from_one(camera_node, 
     assert set(saved.sources(saved.ids)) == {"observed", "generated"}
     before = good.read_bytes()
 
-    # Unwritable targets: a path under a file, and an existing directory. Nothing is written.
-    for bad in (good / "sub.safetensors", tmp_path):
-        n.set_param("world_path", str(bad))
-        response = n.call("save_world")
-        assert not response.success and "save_world failed" in response.message and str(bad) in response.message
-        n.images_keep_coming()
-    assert good.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["world.safetensors"]
+    # Unwritable targets are refused when set: a path under a file, an existing directory, a device,
+    # a missing directory, a symlink to a directory. world_path keeps its value.
+    (tmp_path / "link").symlink_to(tmp_path)
+    for bad in (good / "sub.safetensors", tmp_path, "/dev/null", tmp_path / "no" / "w.rtfm", tmp_path / "link"):
+        reason = n.set_param("world_path", str(bad), expect_success=False)
+        assert "world_path" in reason and str(bad) in reason, reason
+    assert n.get_param("world_path") == str(good)
+    # A path that becomes a directory after it was set: save_world checks again and writes nothing.
+    later = tmp_path / "later.safetensors"
+    n.set_param("world_path", str(later))
+    later.mkdir()
+    response = n.call("save_world")
+    assert not response.success and "save_world failed" in response.message and "directory" in response.message
+    n.images_keep_coming()
+    later.rmdir()
+    (tmp_path / "link").unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["world.safetensors"]
 
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(before[: len(before) // 2])

@@ -38,7 +38,9 @@ Worlds. With a memory camera (:class:`~rtfm_env.cameras.MemoryCamera`: ``model``
 frames. What it holds at start and at each ``reset`` is the ``world`` parameter: a regime of
 :mod:`rtfm_env.worlds` (``image``, ``walk``, ``scan``) or a world file; empty is the camera's
 default. ``save_world`` writes the memory to the ``world_path`` parameter (a safetensors file,
-written atomically: a failed save leaves an existing file as it was); ``load_world`` replaces
+written atomically: a failed save leaves an existing file as it was; a path that is, or has
+become, a directory, device or other non-regular file, or whose directory is missing, is
+refused when set and again at the save); ``load_world`` replaces
 the memory with that file's (the robot stays where it is, and the scene's walls still apply; the
 reprojection camera needs a file with depth). ``scene`` may name such a file instead of a
 MiniWorld id (any name with a directory part or a suffix, or an existing file: ``world.rtfm``
@@ -54,9 +56,15 @@ node shuts down.
 Bad input never stops the node: a non-finite command stops the robot and is logged, a finite
 but excessive one is clamped to ``max_linear_speed`` / ``max_angular_speed``, a malformed
 ``set_pose`` is logged and ignored, and a failed ``save_world`` / ``load_world`` answers
-``success=False`` with the reason while frames keep coming. A bad start configuration
-(unknown scene, missing checkpoint or world file, a parameter the camera does not take, an
-existing bag path) is logged and the process exits with status 2.
+``success=False`` with the reason while frames keep coming. Logs of bad input are throttled
+(one line per kind every :data:`LOG_THROTTLE_S` seconds, counting the lines held back), so a
+flood of malformed messages costs the node little. Every parameter is checked
+(:func:`parameter_problem`: type, finiteness, range; ``world_path`` as :func:`world_path_problem`):
+a run-time set of a bad value is refused (``successful=False`` with the reason) and the old
+value stays, and a malformed request to the parameter service is answered, not raised. A bad
+start configuration (a parameter out of range, unknown scene, missing checkpoint or world file,
+a parameter the camera does not take, an existing bag path) is logged and the process exits
+with status 2. SIGINT and SIGTERM stop the node between frames and exit 0.
 
 Rendering happens in the spin thread, which is the thread that created the scene's GL
 context; the node must therefore run in a single-threaded executor (``main`` does).
@@ -69,8 +77,11 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import stat
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,11 +92,13 @@ import torch
 import transforms3d
 from geometry_msgs.msg import PoseStamped, TransformStamped, Twist, TwistStamped
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.executors import ExternalShutdownException
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException, NameValidationException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
@@ -116,11 +129,63 @@ __all__ = [
     "depth_image_msg",
     "transform_msg",
     "STARTUP_ERROR_EXIT",
+    "BOUNDS",
+    "parameter_problem",
+    "world_path_problem",
+    "spin_until_stopped",
 ]
 
 STARTUP_ERROR_EXIT = 2  # process exit status when the node's parameters cannot start a simulation
 LOG_THROTTLE_S = 2.0  # seconds between repeats of one bad-input log line
 LEVEL_TOLERANCE = 1e-3  # |sin| of roll/pitch accepted in a set_pose: the base stays on the floor
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The interval a numeric parameter must lie in; ``low_open`` / ``high_open`` exclude that end."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        """Whether ``value`` (finite) lies in the interval."""
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        """The interval in the usual notation, e.g. ``(0, 1000]``."""
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+#: Ranges of the numeric parameters. Sizes are bounded so that a typo cannot ask for gigabytes
+#: (a 1024x1024 frame is 3 MiB, already 256 times the default 64x64 frames); speeds to far
+#: beyond any indoor robot's, so that no command drives the pose towards an overflow; the rest
+#: to what the cameras and MiniWorld can use. ``ros2 param describe`` shows each range.
+BOUNDS: dict[str, Bound] = {
+    "seed": Bound(0, 2**31 - 1),  # MiniWorld / numpy layout seeds
+    "k": Bound(0, 64),  # context frames per generated frame; the shipped models attend to far fewer
+    "sampling_steps": Bound(0, 1000),
+    "torch_threads": Bound(0, 256),
+    "rate_hz": Bound(0.0, 1000.0, low_open=True),
+    "width": Bound(1, 1024),
+    "height": Bound(1, 1024),
+    "fov": Bound(0.0, 180.0, low_open=True, high_open=True),  # a pinhole camera sees less than 180 degrees
+    "max_linear_speed": Bound(0.0, 100.0),  # m/s; 0 holds the robot still
+    "max_angular_speed": Bound(0.0, 100.0),  # rad/s
+    "cmd_vel_timeout": Bound(0.0, 3600.0),  # s; 0 keeps the last command
+}
+#: How parameter_problem names the type a parameter takes.
+_ROS_TYPE = {
+    bool: "a bool",
+    int: "an integer",
+    float: "a double (a number with a decimal point: 2.0, not 2)",
+    str: "a string",
+}
+MAX_STRING_LENGTH = 4096  # characters of a string parameter (PATH_MAX on Linux)
+FRAME_PARAMETERS = ("odom_frame", "base_frame", "camera_frame")
 
 
 @dataclass(frozen=True)
@@ -210,6 +275,67 @@ CAMERA_ONLY_PARAMETERS: dict[str, tuple[str, ...]] = {
 }
 
 
+def world_path_problem(value: object) -> str | None:
+    """Why ``value`` cannot be the ``world_path`` that ``save_world`` writes, or None if it can.
+
+    Empty means unset. Otherwise the path (``~`` expanded) must be a regular file or a symlink
+    to one, or not exist yet inside an existing directory: a device, directory, FIFO, socket or
+    dangling symlink would be replaced or written through by a save.
+    """
+    if not isinstance(value, str):
+        return f"world_path must be a string, got {type(value).__name__} {value!r}"
+    text = value.strip()
+    if not text:
+        return None
+    if len(text) > MAX_STRING_LENGTH or "\0" in text:
+        return f"world_path must be a path of at most {MAX_STRING_LENGTH} characters without NUL bytes"
+    path = Path(text).expanduser()
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: a link to a regular file is that file
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"world_path {path} is a symlink to nothing ({os.readlink(path)}); point it at a regular file"
+        if not path.parent.is_dir():
+            return f"world_path {path}: its directory {path.parent} does not exist"
+        return None
+    except NotADirectoryError:
+        return f"world_path {path}: a part of {path.parent} is a file, not a directory"
+    except OSError as e:
+        return f"world_path {path} cannot be checked: {e}"
+    if not stat.S_ISREG(mode):
+        kind = "directory" if stat.S_ISDIR(mode) else "device, FIFO or socket"
+        return f"world_path {path} exists and is a {kind}, not a regular file: save_world would replace it"
+    return None
+
+
+def parameter_problem(name: str, value: object) -> str | None:
+    """Why ``value`` cannot be the value of the node parameter ``name``, or None if it can.
+
+    Checks the type (the default's; a bool is not an int), finiteness and :data:`BOUNDS` of
+    numbers, the length of strings, the frame ids and the ``world_path``. The checks that need
+    more than the value (an existing scene, a camera's own parameters) happen at start.
+    """
+    if name not in PARAMETERS:
+        return f"{name} is not a parameter of the camera node; parameters: {sorted(PARAMETERS)}"
+    expected = type(PARAMETERS[name].default)
+    if type(value) is not expected:
+        return f"{name} must be {_ROS_TYPE[expected]}, got {type(value).__name__} {value!r}"
+    if expected in (int, float):
+        if not math.isfinite(value):
+            return f"{name} must be finite, got {value!r}"
+        bound = BOUNDS.get(name)
+        if bound is not None and value not in bound:
+            return f"{name} must be in {bound}, got {value!r}"
+    elif expected is str:
+        if name == "world_path":
+            return world_path_problem(value)
+        if len(value) > MAX_STRING_LENGTH or "\0" in value:
+            return f"{name} must be at most {MAX_STRING_LENGTH} characters without NUL bytes"
+        if name in FRAME_PARAMETERS and (not value.strip() or any(c.isspace() for c in value)):
+            return f"{name} must be a frame id without spaces, got {value!r}"
+    return None
+
+
 def is_world_file(scene: str) -> bool:
     """Whether a ``scene`` parameter names a saved world file rather than a MiniWorld env id.
 
@@ -263,6 +389,46 @@ def transform_msg(matrix: np.ndarray, parent: str, child: str, stamp: Any) -> Tr
     return t
 
 
+class ThrottledLog:
+    """Logs at most one line per key every ``period`` seconds, saying how many it held back.
+
+    rclpy's ``throttle_duration_sec`` also throttles, but silently: an operator cannot tell one
+    bad message from a flood of them. Holding a line back costs a dictionary lookup, so a
+    flood of malformed messages costs the node next to nothing in logging.
+
+    Args:
+        logger: an rclpy logger.
+        period: seconds between two lines of one key.
+    """
+
+    def __init__(self, logger: Any, period: float) -> None:
+        self._logger, self._period = logger, period
+        self._state: dict[str, tuple[float, int]] = {}  # key -> (time of the last line, lines held back)
+
+    def __call__(self, key: str, level: str, message: str) -> bool:
+        """Log ``message`` at ``level`` (``info``, ``warning``, ``error``) unless ``key`` logged recently.
+
+        Returns:
+            whether the line was logged.
+        """
+        now = time.monotonic()
+        last, held = self._state.get(key, (-math.inf, 0))
+        if now - last < self._period:
+            self._state[key] = (last, held + 1)
+            return False
+        if held:
+            message += f" (and {held} more like it in the last {now - last:.1f} s)"
+        # One call site per severity: rclpy's logger refuses one site logging at several severities.
+        if level == "error":
+            self._logger.error(message)
+        elif level == "warning":
+            self._logger.warning(message)
+        else:
+            self._logger.info(message)
+        self._state[key] = (now, 0)
+        return True
+
+
 class StartupError(RuntimeError):
     """The node's parameters cannot start a simulation (unknown scene, missing checkpoint, ...)."""
 
@@ -296,16 +462,24 @@ class CameraNode(Node):
         self.camera: Camera | None = None
         self._bag: BagRecorder | None = None
         for name, p in PARAMETERS.items():
-            descriptor = ParameterDescriptor(description=p.description, read_only=p.read_only)
+            bound = f" (range {BOUNDS[name]})" if name in BOUNDS else ""
+            descriptor = ParameterDescriptor(description=p.description + bound, read_only=p.read_only)
             try:
                 self.declare_parameter(name, p.default, descriptor)
             except InvalidParameterTypeException as e:
                 raise StartupError(f"parameter {name} must be a {type(p.default).__name__}: {e}") from e
         par = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self._frames = {k: str(par[k]) for k in ("odom_frame", "base_frame", "camera_frame")}
+        problems = [why for name, value in par.items() if (why := parameter_problem(name, value)) is not None]
+        if problems:
+            raise StartupError("; ".join(problems))
+        self._throttle = ThrottledLog(self.get_logger(), LOG_THROTTLE_S)
+        # The run-time parameters, as last accepted: read on every cmd_vel and frame.
+        self._live = {name: par[name] for name, p in PARAMETERS.items() if not p.read_only}
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._guard_parameter_services()
+        self._frames = {k: str(par[k]) for k in FRAME_PARAMETERS}
         self.rate_hz = float(par["rate_hz"])
-        if not (math.isfinite(self.rate_hz) and 0.0 < self.rate_hz <= 1000.0):
-            raise StartupError(f"rate_hz must be in (0, 1000], got {par['rate_hz']!r}")
         self.dt = 1.0 / self.rate_hz  # seconds of motion integrated per frame
         self._dt_ns = round(1e9 / self.rate_hz)  # simulated nanoseconds per frame (/clock)
         self.publish_clock = bool(par["publish_clock"])
@@ -320,7 +494,7 @@ class CameraNode(Node):
         # Absolute, so that logs and reset name the file the node read whatever the reader's directory.
         self.world_file = Path(scene_name).expanduser().absolute() if is_world_file(scene_name) else None
         self.world_name = str(self.world_file) if self.world_file is not None else scene_name
-        self.seed = int(par["seed"]) if isinstance(par["seed"], int) else -1  # checked in _make_world
+        self.seed = int(par["seed"])
 
         self.scene, self.camera = self._make_world(par)
         self.depth = bool(par["publish_depth"]) and self.camera.has_depth
@@ -358,7 +532,11 @@ class CameraNode(Node):
         )
         ns = str(par["camera_namespace"]).strip("/")
         prefix = f"{ns}/" if ns else ""
-        self.image_pub = self.create_publisher(Image, f"{prefix}image_raw", image_qos)
+        try:
+            self.image_pub = self.create_publisher(Image, f"{prefix}image_raw", image_qos)
+        except NameValidationException as e:
+            self.destroy_node()
+            raise StartupError(f"camera_namespace {par['camera_namespace']!r} is not a valid ROS namespace: {e}") from e
         self.info_pub = self.create_publisher(CameraInfo, f"{prefix}camera_info", image_qos)
         self.depth_pub = self.depth_info_pub = None
         if self.depth:
@@ -387,6 +565,8 @@ class CameraNode(Node):
             except BagError as e:
                 self.destroy_node()
                 raise StartupError(str(e)) from e
+            for stale in self._bag.removed_stale:
+                self.get_logger().info(f"removed {stale}, the staging directory of a recording that was killed")
         self._tf = self._make_tf_broadcaster(bool(par["publish_tf"]), prefix)
         self.timer = self.create_timer(self.dt, self._on_timer)
         world = ""
@@ -402,10 +582,91 @@ class CameraNode(Node):
 
     # -- setup -----------------------------------------------------------------------------
 
+    def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Refuse a run-time set with any bad value (see :func:`parameter_problem`); the old values stay."""
+        problems = []
+        for param in params:
+            if param.name == "use_sim_time" and (why := self._sim_time_problem(param.value)) is not None:
+                problems.append(why)
+            elif param.name in PARAMETERS and PARAMETERS[param.name].read_only:
+                problems.append(f"{param.name} is read-only: it is fixed when the node starts")
+            elif param.name in PARAMETERS and (why := parameter_problem(param.name, param.value)) is not None:
+                problems.append(why)
+        if not problems:
+            return SetParametersResult(successful=True)
+        reason = "; ".join(problems)
+        self._throttle("parameter", "warning", f"parameter set refused, values unchanged: {reason}")
+        return SetParametersResult(successful=False, reason=reason)
+
+    def _sim_time_problem(self, value: object) -> str | None:
+        """Why use_sim_time cannot become ``value`` now: the node's timer would wait for the /clock it publishes."""
+        if value is True and getattr(self, "publish_clock", False):
+            return (
+                "use_sim_time cannot be true while this node publishes /clock (publish_clock): its frame timer "
+                "would wait for its own clock and frames would stop"
+            )
+        return None
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        """Take accepted run-time values (already checked by :meth:`_check_parameters`)."""
+        for param in params:
+            if param.name in self._live:
+                self._live[param.name] = param.value
+
+    def _guard_parameter_services(self) -> None:
+        """Check set_parameters requests from peers before rclpy applies them, and never raise on one.
+
+        rclpy's parameter service converts each request with ``Parameter.from_parameter_msg``,
+        which raises on an unknown type code: the exception would leave the executor and stop
+        the node. It also refuses a wrong type or a read-only parameter with reasons that do not
+        name the parameter. Each parameter of a request is therefore checked here first
+        (:meth:`_request_problem`); a refused one is answered ``successful=False`` with the
+        reason, and only the others reach rclpy (and :meth:`_check_parameters`).
+        """
+        for service in self.services:
+            kind = service.srv_name.rsplit("/", 1)[-1]
+            if kind not in ("set_parameters", "set_parameters_atomically"):
+                continue
+            inner = service.callback
+
+            def guarded(request: Any, response: Any, inner: Callable = inner, kind: str = kind) -> Any:
+                problems = [self._request_problem(p) for p in request.parameters]
+                refused = [why for why in problems if why is not None]
+                if refused:
+                    self._throttle("parameter", "warning", f"parameter set refused, values unchanged: {refused[0]}")
+                if kind == "set_parameters_atomically":
+                    if refused:
+                        response.result = SetParametersResult(successful=False, reason="; ".join(refused))
+                        return response
+                    return inner(request, response)
+                # set_parameters: each parameter on its own, answers in the order asked.
+                passed = [p for p, why in zip(request.parameters, problems, strict=True) if why is None]
+                answers = iter(inner(type(request)(parameters=passed), type(response)()).results if passed else [])
+                response.results = [
+                    next(answers) if why is None else SetParametersResult(successful=False, reason=why)
+                    for why in problems
+                ]
+                return response
+
+            service.callback = guarded
+
+    def _request_problem(self, msg: Any) -> str | None:
+        """Why one rcl_interfaces/Parameter of a peer's request must be refused, or None to let rclpy set it."""
+        try:
+            param = Parameter.from_parameter_msg(msg)
+        except (ValueError, TypeError) as e:
+            return f"{msg.name}: malformed value (type code {msg.value.type}: {e}); nothing was set"
+        if msg.name == "use_sim_time":
+            return self._sim_time_problem(param.value)
+        if msg.name not in PARAMETERS:
+            return None  # undeclared: rclpy answers
+        if PARAMETERS[msg.name].read_only:
+            return f"{msg.name} is read-only: it is fixed when the node starts"
+        if param.type_ == Parameter.Type.NOT_SET:
+            return f"{msg.name} cannot be deleted: the node needs a value"
+        return parameter_problem(msg.name, param.value)
+
     def _make_world(self, par: dict[str, Any]) -> tuple[MiniWorldScene | None, Camera]:
-        for name in ("width", "height", "k", "sampling_steps", "seed", "torch_threads"):
-            if not isinstance(par[name], int) or par[name] < 0:
-                raise StartupError(f"parameter {name} must be a non-negative integer, got {par[name]!r}")
         name = str(par["camera"])
         if name not in CAMERAS:
             raise StartupError(f"unknown camera {name!r}; valid cameras: {sorted(CAMERAS)}")
@@ -516,18 +777,16 @@ class CameraNode(Node):
         self._cmd_time = self.get_clock().now()
         if not (math.isfinite(v) and math.isfinite(omega)):
             self._cmd = (0.0, 0.0)
-            self.get_logger().error(
-                f"cmd_vel with non-finite values (linear.x={v}, angular.z={omega}): stopping the robot",
-                throttle_duration_sec=LOG_THROTTLE_S,
-            )
+            bad = f"cmd_vel with non-finite values (linear.x={v}, angular.z={omega}): stopping the robot"
+            self._throttle("cmd_vel", "error", bad)
             return
-        vmax = float(self.get_parameter("max_linear_speed").value)
-        wmax = float(self.get_parameter("max_angular_speed").value)
+        vmax, wmax = self._live["max_linear_speed"], self._live["max_angular_speed"]  # checked: finite, >= 0
         if abs(v) > vmax or abs(omega) > wmax:
-            self.get_logger().warning(
+            self._throttle(
+                "cmd_vel_limit",
+                "warning",
                 f"cmd_vel (linear.x={v:.3g}, angular.z={omega:.3g}) beyond the limits ({vmax:g} m/s, {wmax:g} rad/s):"
                 " clamped",
-                throttle_duration_sec=LOG_THROTTLE_S,
             )
         self._cmd = (float(np.clip(v, -vmax, vmax)), float(np.clip(omega, -wmax, wmax)))
 
@@ -535,10 +794,13 @@ class CameraNode(Node):
         try:
             self.state = self._state_from_base_pose(msg)
         except ValueError as e:
-            self.get_logger().error(f"set_pose ignored: {e}")
+            self._throttle("set_pose", "error", f"set_pose ignored: {e}")
             return
         self._cmd = (0.0, 0.0)
-        self.get_logger().info(f"teleported to ({self.state.x:.2f}, {self.state.z:.2f}, yaw {self.state.yaw:.2f})")
+        # Throttled too: a peer may stream valid poses as fast as malformed ones.
+        self._throttle(
+            "teleport", "info", f"teleported to ({self.state.x:.2f}, {self.state.z:.2f}, yaw {self.state.yaw:.2f})"
+        )
 
     def _state_from_base_pose(self, msg: PoseStamped) -> RobotState:
         frame = msg.header.frame_id
@@ -568,7 +830,8 @@ class CameraNode(Node):
         if success:
             self.get_logger().info(message)
         else:
-            self.get_logger().error(message)
+            # Each caller gets its reason in the response; the log is throttled against a flood of calls.
+            self._throttle(f"service:{message.split(' ', 1)[0]}", "error", message)
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -583,12 +846,15 @@ class CameraNode(Node):
         )
 
     def _world_file_parameter(self) -> Path:
-        path = str(self.get_parameter("world_path").value).strip()
+        """The world_path parameter as a path, checked again now (the file system may have changed since the set)."""
+        path = str(self._live["world_path"]).strip()
         if not path:
             raise ValueError(
                 f"the world_path parameter is empty; set it first: ros2 param set {self.get_fully_qualified_name()} "
                 "world_path /path/to/world.safetensors"
             )
+        if (why := world_path_problem(path)) is not None:
+            raise ValueError(why)
         return Path(path).expanduser()
 
     def _no_world_reason(self) -> str | None:
@@ -630,7 +896,7 @@ class CameraNode(Node):
         return self._answer(response, True, f"loaded the world ({len(self.camera.memory)} frames) from {path}")
 
     def _on_timer(self) -> None:
-        timeout = float(self.get_parameter("cmd_vel_timeout").value)
+        timeout = self._live["cmd_vel_timeout"]  # checked: finite, >= 0
         now = self.get_clock().now()
         if timeout > 0 and (now - self._cmd_time).nanoseconds * 1e-9 > timeout:
             self._cmd = (0.0, 0.0)
@@ -743,26 +1009,66 @@ class CameraNode(Node):
         super().destroy_node()
 
 
+def spin_until_stopped(node: Node, done: Callable[[], bool] = lambda: False, poll_s: float = 0.1) -> str | None:
+    """Spin ``node`` until SIGINT or SIGTERM arrives, ``done()`` holds or the context shuts down.
+
+    rclpy must have been initialised with ``SignalHandlerOptions.NO``: rclpy's own handlers
+    shut the context down at once, so a frame being published when the signal arrives fails
+    (an exception, exit 1) and the caller can no longer finish cleanly. Here a signal only sets
+    a flag that the loop reads between callbacks; a second signal of the same kind, while
+    finishing, ends the process the default way.
+
+    Returns:
+        the name of the signal that stopped the spin, or None.
+    """
+    received: list[str] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C still ends a stuck shutdown
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    executor = SingleThreadedExecutor(context=node.context)  # one thread: GL stays on it
+    executor.add_node(node)
+    try:
+        # Signal handlers run between callbacks: each wait lasts at most poll_s.
+        while not received and not done() and node.context.ok():
+            executor.spin_once(timeout_sec=poll_s)
+    except ExternalShutdownException:
+        pass
+    finally:
+        executor.remove_node(node)
+        executor.shutdown()
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is on_signal:  # not received: back to the caller's handler
+                signal.signal(sig, handler)
+    return received[0] if received else None
+
+
 def main(args: list[str] | None = None) -> int:
-    """Run the node until Ctrl-C or an external shutdown; the ``rtfm-camera`` entry point.
+    """Run the node until Ctrl-C (SIGINT), SIGTERM or an external shutdown; the ``rtfm-camera`` entry point.
 
     Returns:
         0 on a clean shutdown, :data:`STARTUP_ERROR_EXIT` if the parameters cannot start a simulation.
     """
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
+    stop: list[int] = []
+    # Until the spin takes over, a signal (while torch and MiniWorld load) also stops cleanly.
+    early = {sig: signal.signal(sig, lambda signum, _: stop.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         node = CameraNode()
-        rclpy.spin(node)  # the default single-threaded executor: GL stays on this thread
+        if not stop:
+            spin_until_stopped(node)
     except StartupError as e:
         rclpy.logging.get_logger("rtfm_camera").error(f"cannot start: {e}")
         return STARTUP_ERROR_EXIT
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
     finally:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in early.items():
+            signal.signal(sig, handler)
     return 0
 
 

@@ -11,6 +11,11 @@ Everything the node publishes is recorded: images, camera info, odometry, pose, 
 /clock and /tf where the node publishes them. While it runs, the node listens to ``cmd_vel``
 like any camera node, so a teleop or planner can drive it.
 
+SIGINT (Ctrl-C) or SIGTERM ends the recording early as a clean stop: the frame in progress
+completes, the bag is finished, the summary is printed and the exit status is 0. A recording
+killed outright leaves a staging directory, which the next recording into the same parent
+directory removes (:func:`rtfm_env.ros.bag.remove_stale_staging`).
+
 Imports go one way: this module imports :mod:`rtfm_env.ros.camera_node` (which imports
 :mod:`rtfm_env.ros.bag`), and no module imports this one. It imports ``rclpy`` and the node only
 in :func:`run`, so ``rtfm-env --help`` works without the ``ros`` extra.
@@ -61,24 +66,29 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{kv!r}: the bag is set by --out and --storage")
 
     import rclpy
+    from rclpy.signals import SignalHandlerOptions
 
-    from rtfm_env.ros.camera_node import STARTUP_ERROR_EXIT, CameraNode, StartupError
+    from rtfm_env.ros.camera_node import STARTUP_ERROR_EXIT, CameraNode, StartupError, spin_until_stopped
 
     ros_args = ["--ros-args", "-p", f"record_bag:={args.out}", "-p", f"bag_storage:={args.storage}"]
     for kv in args.param:
         ros_args += ["-p", kv]
-    rclpy.init(args=["rtfm-env", *ros_args])
+    # Signals are handled by spin_until_stopped, between frames, rather than by rclpy, whose
+    # handlers shut the context down under a frame being published (exit 1, no summary).
+    rclpy.init(args=["rtfm-env", *ros_args], signal_handler_options=SignalHandlerOptions.NO)
     node = None
+    stopped_by = None
     try:
         node = CameraNode()
         end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
-        while rclpy.ok() and time.monotonic() < end and not (0 < args.frames <= node.frames_published):
-            rclpy.spin_once(node, timeout_sec=0.01)
+        stopped_by = spin_until_stopped(
+            node,
+            done=lambda: time.monotonic() >= end or 0 < args.frames <= node.frames_published,
+            poll_s=0.01,
+        )
     except StartupError as e:
         rclpy.logging.get_logger("rtfm_camera").error(f"cannot start: {e}")
         return STARTUP_ERROR_EXIT
-    except KeyboardInterrupt:
-        pass
     finally:
         if node is not None:
             node.destroy_node()  # finishes the bag
@@ -86,5 +96,6 @@ def run(args: argparse.Namespace) -> int:
     if node is None:
         return 0
     counts = ", ".join(f"{topic} {n}" for topic, n in node.bag_counts.items())
-    print(f"recorded {node.frames_published} frames to {args.out}: {counts}")
+    early = f" (stopped early by {stopped_by})" if stopped_by else ""
+    print(f"recorded {node.frames_published} frames to {args.out}{early}: {counts}", flush=True)
     return 0
