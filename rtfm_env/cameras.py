@@ -28,7 +28,7 @@ import torch
 from rtfm_env import worlds
 from rtfm_env.geometry import Intrinsics, check_pose
 from rtfm_env.memory import SpatialMemory
-from rtfm_env.model.checkpoint import CONFIG_FILE
+from rtfm_env.model.checkpoint import CONFIG_FILE, CONFIG_MAXIMA
 from rtfm_env.model.sampler import FrameModel
 from rtfm_env.scenes.base import Scene
 from rtfm_env.worlds import DEFAULT_WORLD, turn_in_place
@@ -409,18 +409,18 @@ class ModelCamera(MemoryCamera):
             :data:`DEFAULT_CHECKPOINT`, or a loaded :class:`FrameModel` to share (its device and
             precision are then kept, and ``device`` and ``autocast`` must be None).
         k: context frames per generated frame, 1 to the model's ``max_context``.
-        steps: Euler sampling steps; None for the model's ``sample_steps``.
+        steps: Euler sampling steps, 1 to 1000; None for the model's ``sample_steps``.
         context_strategy: one of :data:`CONTEXT_STRATEGIES`.
         seed_views: ground-truth frames stored at reset (the start and turns in place).
         memory_capacity: frames the memory keeps at most (it evicts the most redundant,
             generated ones first); None keeps every frame. At least ``seed_views``.
-        seed: seed of the flow-noise generator until a reset gives one.
+        seed: seed of the flow-noise generator until a reset gives one, in [0, 2**64).
         autocast: inference precision, a key of :data:`AUTOCAST_DTYPES`; None picks
             :func:`default_autocast` for the device (bf16 where the hardware has it, else float32).
         device: where to run the model; None picks CUDA when available, else the CPU.
         resolution: the frame size the camera will be used at, ``int`` (square) or
-            ``(height, width)``; when given, a checkpoint for another size fails here
-            rather than at the first reset.
+            ``(height, width)``, at most 1024 x 1024; when given, a checkpoint for another size
+            fails here rather than at the first reset.
         gelu: the network's GELU form, ``"tanh"`` (as trained) or ``"none"`` (erf, within bf16
             rounding of it and faster on the CPU); None: the precision's default (see
             :meth:`FrameModel.from_pretrained`).
@@ -458,16 +458,32 @@ class ModelCamera(MemoryCamera):
         world: str | os.PathLike = DEFAULT_WORLD,
     ) -> None:
         super().__init__(world=world, seed_views=seed_views, memory_capacity=memory_capacity)
-        if context_strategy not in CONTEXT_STRATEGIES:
+        if not isinstance(context_strategy, str) or context_strategy not in CONTEXT_STRATEGIES:
             raise ValueError(
                 f"unknown context strategy {context_strategy!r}; valid strategies: {list(CONTEXT_STRATEGIES)}"
             )
-        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        if autocast is not None and (not isinstance(autocast, str) or autocast not in AUTOCAST_DTYPES):
             raise ValueError(f"unknown autocast {autocast!r}; valid: {list(AUTOCAST_DTYPES)}")
-        if steps is not None and not (_is_int(steps) and steps >= 1):
-            raise ValueError(f"steps must be None (the model's default) or an integer >= 1, got {steps!r}")
-        if not (_is_int(seed) and seed >= 0):
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        most_steps = CONFIG_MAXIMA["sample_steps"]
+        if steps is not None and not (_is_int(steps) and 1 <= steps <= most_steps):
+            raise ValueError(f"steps must be None (the model's default) or an integer in [1, {most_steps}], "
+                             f"got {steps!r}")
+        if not (_is_int(seed) and 0 <= seed < 2**64):
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike, FrameModel)):
+            raise ValueError(f"checkpoint must be None, a checkpoint directory or a FrameModel, got {checkpoint!r}")
+        if isinstance(device, (bool, np.bool_)):
+            raise ValueError(f"device must be None, a device name such as 'cpu' or a torch.device, got {device!r}")
+        if resolution is not None:
+            size = (resolution, resolution) if _is_int(resolution) else resolution
+            if isinstance(size, (Sequence, np.ndarray)) and not isinstance(size, (str, bytes)):
+                size = tuple(size)
+            if not (isinstance(size, tuple) and len(size) == 2 and all(_is_int(v) and v >= 1 for v in size)):
+                raise ValueError(f"resolution must be an int or (height, width) of positive ints, got {resolution!r}")
+            most = (CONFIG_MAXIMA["height"], CONFIG_MAXIMA["width"])
+            if size[0] > most[0] or size[1] > most[1]:
+                raise ValueError(f"resolution must be at most {most[0]}x{most[1]} pixels (height x width), "
+                                 f"got {resolution!r}")
 
         if not isinstance(compile, bool):
             raise ValueError(f"compile must be True or False, got {compile!r}")
@@ -505,9 +521,6 @@ class ModelCamera(MemoryCamera):
         # The noise is drawn on the CPU and moved, so a seed gives the same noise on any device.
         self.generator = torch.Generator().manual_seed(self.seed)
         if resolution is not None:
-            size = (resolution, resolution) if _is_int(resolution) else tuple(resolution)
-            if len(size) != 2 or not all(_is_int(v) and v >= 1 for v in size):
-                raise ValueError(f"resolution must be an int or (height, width) of positive ints, got {resolution!r}")
             self._check_size(int(size[0]), int(size[1]), "the camera is asked for")
 
     # -- Camera interface ------------------------------------------------------------------
@@ -724,8 +737,10 @@ class ReprojectionCamera(MemoryCamera):
         self.depth_tolerance = float(depth_tolerance)
         if not (_is_int(k) and 1 <= k <= 64):
             raise ValueError(f"k must be an integer in [1, 64], got {k!r}")
-        if splat not in ("nearest", "bilinear"):
+        if not isinstance(splat, str) or splat not in ("nearest", "bilinear"):
             raise ValueError(f"unknown splat {splat!r}; valid: ['nearest', 'bilinear']")
+        if isinstance(device, (bool, np.bool_)):
+            raise ValueError(f"device must be None, a device name such as 'cpu' or a torch.device, got {device!r}")
         self.k = int(k)
         self.splat = splat
         self.device = torch.device("cpu" if device is None else device)

@@ -253,3 +253,28 @@ def test_vector_env_batches_reprojection_with_depth(monkeypatch):
         assert calls == [3] and obs["depth"].shape == (3, 64, 64) and obs in envs.observation_space
     finally:
         envs.close()
+
+
+@pytest.mark.parametrize("resolution", [64, (64, 64), [64, 64], np.array([64, 64]), np.int64(64)],
+                         ids=["int", "tuple", "list", "array", "np-int"])
+def test_model_camera_still_takes_every_resolution_form(resolution):
+    """Issue 15's bounds leave the valid forms of resolution as they were."""
+    camera = make_camera("model", resolution=resolution)
+    assert camera.model.config.height == 64
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("model", dict(steps=10**9), r"integer in \[1, 1000\], got 1000000000"),
+        ("model", dict(resolution=True), "resolution must be an int or"),
+        ("model", dict(seed=True), r"seed must be an integer in \[0, 2\*\*64\)"),
+        ("reprojection", dict(k=True), r"k must be an integer in \[1, 64\]"),
+        ("nearest", dict(seed_views=10**6), r"seed_views must be an integer in \[1, 360\]"),
+    ],
+    ids=["steps", "resolution", "seed", "k", "seed-views"],
+)
+def test_make_camera_refuses_bools_and_huge_sizes(name, kwargs, message):
+    """make_camera (the env's and the ROS node's route) gives the constructors' clear errors."""
+    with pytest.raises(ValueError, match=message):
+        make_camera(name, **kwargs)

@@ -407,7 +407,9 @@ def test_render_without_mode_warns(env):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("action", [7, 4, -1, 1.5, "forward", np.float32(1.0), None, np.array([1])])
+@pytest.mark.parametrize(
+    "action", [7, 4, -1, 1.5, "forward", np.float32(1.0), None, np.array([1]), True, False, np.True_]
+)
 def test_action_outside_space_raises(env, action):
     """An action outside Discrete(4) raises ValueError naming the valid actions."""
     env.reset(seed=0)
@@ -482,6 +484,12 @@ def test_model_options_need_the_model_camera(env_id):
         ({"render_mode": "depth"}, "render_mode"),
         ({"success_distance": 0.0}, "success_distance"),
         ({"success_distance": math.nan}, "success_distance"),
+        ({"fov": True}, "fov"),
+        ({"resolution": True}, "resolution"),
+        ({"resolution": 10**9}, r"resolution must be an integer in \[8, 1024\]"),
+        ({"render_mode": 5}, r"unknown render_mode 5; valid: \[None, 'rgb_array'\]"),
+        ({"scene_seed": True}, "scene_seed"),
+        ({"max_steps": True}, "max_steps"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):

@@ -250,10 +250,10 @@ def test_model_camera_frames_match_the_single_env(make_vec, checkpoint, env_id):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("num_envs", [0, -2, 2.5, True, "3", None])
+@pytest.mark.parametrize("num_envs", [0, -2, 2.5, True, "3", None, 10**6])
 def test_rejects_bad_num_envs(num_envs):
-    """num_envs that is not an integer >= 1 raises ValueError naming it."""
-    with pytest.raises(ValueError, match="num_envs must be an integer >= 1"):
+    """num_envs that is not an integer in [1, MAX_NUM_ENVS] raises ValueError naming it and the bound."""
+    with pytest.raises(ValueError, match=r"num_envs must be an integer in \[1, 1024\]"):
         gym.make_vec("RTFM/PointNav-v0", num_envs=num_envs)
 
 
@@ -296,11 +296,15 @@ def test_step_before_reset_and_after_close_raise(make_vec):
     [
         (dict(seed=[1, 2]), ValueError, "one entry per env"),
         (dict(seed="7"), TypeError, "seed must be None, an int or a list"),
+        (dict(seed=True), TypeError, "seed must be None, an int or a list"),
+        (dict(seed=[0, True, 2]), ValueError, r"seed\[1\] must be None or an integer >= 0, got True"),
+        (dict(seed=-1), ValueError, "seed must be None, an integer >= 0"),
         (dict(options={"reset_mask": np.zeros(N, bool)}), ValueError, "resets no env"),
         (dict(options={"reset_mask": [True] * N}), ValueError, "bool numpy array of shape"),
         (dict(options={"start": 1}), ValueError, "takes no options"),
     ],
-    ids=["seed-count", "seed-type", "empty-mask", "list-mask", "unknown-option"],
+    ids=["seed-count", "seed-type", "seed-bool", "seed-list-bool", "seed-negative", "empty-mask", "list-mask",
+         "unknown-option"],
 )
 def test_reset_rejects_bad_seeds_and_options(make_vec, kwargs, error, match):
     """Bad seeds and reset options raise with a message naming the problem."""

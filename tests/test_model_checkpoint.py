@@ -1,7 +1,10 @@
 """Tests for rtfm_env.model.checkpoint: atomic safetensors + JSON checkpoints and their errors."""
 
+import hashlib
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,14 +173,19 @@ def _edit_record(path, **changes):
     (path / ck.CONFIG_FILE).write_text(json.dumps(record))
 
 
+def _write_weights(path, data):
+    """Replace the weights file with ``data`` and record its true size and SHA-256."""
+    (path / ck.WEIGHTS_FILE).write_bytes(data)
+    _edit_record(path, weights={"file": ck.WEIGHTS_FILE, "dtype": "float32", "bytes": len(data),
+                                "sha256": hashlib.sha256(data).hexdigest()})
+
+
 def _foreign_weights(path):
-    safetensors.torch.save_file({"encoder.weight": torch.zeros(3, 3)}, path / ck.WEIGHTS_FILE)
-    _edit_record(path, weights=None)
+    _write_weights(path, safetensors.torch.save({"encoder.weight": torch.zeros(3, 3)}))
 
 
 def _garbage_weights(path):
-    (path / ck.WEIGHTS_FILE).write_bytes(b"\x00\x01 this is not a safetensors file" * 10)
-    _edit_record(path, weights=None)
+    _write_weights(path, b"\x00\x01 this is not a safetensors file" * 10)
 
 
 def _other_save(path):
@@ -221,3 +229,243 @@ def test_from_pretrained_propagates_checkpoint_errors(tmp_path):
     """FrameModel.from_pretrained on a missing directory raises CheckpointError."""
     with pytest.raises(ck.CheckpointError, match="does not exist"):
         FrameModel.from_pretrained(tmp_path / "nothing")
+
+
+# -- issue 15: strict records, trained-config checks and bounds before allocation -------------
+
+
+@pytest.mark.parametrize("version", [0, -1, 2, True, False, "1", 1.0, None, [1]],
+                         ids=["0", "-1", "2", "true", "false", "str", "float", "missing", "list"])
+def test_load_refuses_any_version_but_the_exact_int(saved, version):
+    """format_version must be exactly a readable JSON integer; true, 1.0 and "1" are refused."""
+    path, _ = saved
+    _edit_record(path, format_version=version)
+    with pytest.raises(ck.CheckpointError, match=r"format_version .*reads the integer version\(s\) \[1\]"):
+        ck.load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ("x", "records no size and SHA-256"),
+        ({}, "records no size and SHA-256"),
+        ({"bytes": 1}, "records no size and SHA-256"),
+        ({"sha256": "ab" * 32}, "records no size and SHA-256"),
+        ({"bytes": True, "sha256": "ab" * 32}, "weights size of True"),
+        ({"bytes": -1, "sha256": "ab" * 32}, "weights size of -1"),
+        ({"bytes": 1.5, "sha256": "ab" * 32}, "weights size of 1.5"),
+        ({"bytes": 10, "sha256": "zz"}, "SHA-256 of 'zz'"),
+        ({"bytes": 10, "sha256": "AB" * 32}, "64 lowercase hex"),
+        ({"bytes": 10, "sha256": None}, "SHA-256 of None"),
+        ({"file": "other.safetensors", "bytes": 10, "sha256": "ab" * 32}, "names weights file"),
+        ({"dtype": "int8", "bytes": 10, "sha256": "ab" * 32}, "weights dtype 'int8'"),
+    ],
+    ids=["string", "empty", "no-sha", "no-bytes", "bool-bytes", "negative-bytes", "float-bytes", "bad-hex",
+         "upper-hex", "null-sha", "other-file", "int-dtype"],
+)
+def test_load_refuses_weights_records_that_cannot_verify(saved, weights, message):
+    """A weights entry without a usable size and SHA-256 no longer disables the check: it is refused."""
+    path, _ = saved
+    _edit_record(path, weights=weights)
+    with pytest.raises(ck.CheckpointError, match=message):
+        ck.load_checkpoint(path)
+
+
+def test_load_refuses_a_missing_weights_record(saved):
+    path, _ = saved
+    _edit_record(path, weights=None)
+    with pytest.raises(ck.CheckpointError, match="records no size and SHA-256"):
+        ck.load_checkpoint(path)
+
+
+def test_read_verified_safetensors_refuses_a_record_without_sha(saved):
+    """The shared reader (also used by PPO and training state) refuses a record it cannot verify."""
+    path, _ = saved
+    with pytest.raises(ck.CheckpointError, match="records no size and SHA-256"):
+        ck.read_verified_safetensors(path / ck.WEIGHTS_FILE, {"bytes": 5}, path / ck.CONFIG_FILE)
+    with pytest.raises(ck.CheckpointError, match="records no size and SHA-256"):
+        ck.read_verified_safetensors(path / ck.WEIGHTS_FILE, "x", path / ck.CONFIG_FILE)
+
+
+def test_save_stores_the_trained_config_in_the_weights(saved):
+    path, _ = saved
+    with safetensors.safe_open(path / ck.WEIGHTS_FILE, "pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata["model_config"]) == CFG.to_dict()
+    assert metadata["format_version"] == str(ck.FORMAT_VERSION)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"height": 32},
+        {"width": 8},
+        {"height": 32, "width": 32},
+        {"pos_embed": False},
+        {"max_context": 16},
+        {"max_context": 1},
+        {"moment_scale": 0.5},
+        {"flow_sigma": 0.4},
+        {"flow_start": "noise"},
+        {"nearest_rotation_weight": 2.0},
+        {"logit_std": 2.0},
+        {"t0_fraction": 0.5},
+        {"logit_mean": 0},
+        {"mlp_ratio": 4},
+    ],
+    ids=lambda e: ",".join(f"{k}={v!r}" for k, v in e.items()),
+)
+def test_load_refuses_config_edits_that_keep_the_shapes(saved, edit):
+    """Fields whose edit changes no tensor shape but the weights' meaning must match the trained ones."""
+    path, _ = saved
+    _edit_record(path, model_config=edit)
+    with pytest.raises(ck.CheckpointError, match=r"differs from the model_config its weights were trained with in "
+                                                 rf"\{{'{next(iter(edit))}'.*only the sampler defaults"):
+        ck.load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [{"pos_embed": 1}, {"qk_norm": 1}, {"height": 16.0}, {"moment_scale": True}, {"flow_start": 0},
+     {"sample_sigma": False}, {"sample_steps": 1.0}, {"mlp_ratio": "4"}],
+    ids=lambda e: f"{next(iter(e))}={next(iter(e.values()))!r}",
+)
+def test_load_refuses_coerced_config_types(saved, edit):
+    """A value of another JSON type than its field's (1 for true, 16.0 for 16) is refused, not coerced."""
+    path, _ = saved
+    _edit_record(path, model_config=edit)
+    with pytest.raises(ck.CheckpointError, match=rf"invalid model_config: {next(iter(edit))} = .* is not a JSON"):
+        ck.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("edit", [{"sample_steps": 3}, {"sample_sigma": 0.0}, {"sample_sigma": None}],
+                         ids=["steps", "sigma-0", "sigma-none"])
+def test_sampler_defaults_may_be_edited(saved, edit):
+    """The sampler defaults are the documented overridable fields of config.json."""
+    path, expected = saved
+    _edit_record(path, model_config=edit)
+    loaded = ck.load_checkpoint(path)
+    assert all(getattr(loaded.config, k) == v for k, v in edit.items())
+    assert set(ck.OVERRIDABLE_FIELDS) == {"sample_steps", "sample_sigma"}
+
+
+@pytest.mark.parametrize(
+    "edit, bound",
+    [
+        ({"dim": 65536, "heads": 4}, "dim = 65536 exceeds the maximum 4096"),
+        ({"depth": 10**6}, "depth = 1000000 exceeds the maximum 64"),
+        ({"heads": 128, "dim": 256}, "heads = 128 exceeds the maximum 64"),
+        ({"patch": 128, "height": 128, "width": 128}, "exceeds the maximum"),
+        ({"height": 10**9}, "height = 1000000000 exceeds the maximum 1024"),
+        ({"width": 2048}, "width = 2048 exceeds the maximum 1024"),
+        ({"max_context": 10**6}, "max_context = 1000000 exceeds the maximum 1024"),
+        ({"mlp_ratio": 1e6}, "mlp_ratio = 1000000.0 exceeds the maximum 16.0"),
+        ({"sample_steps": 10**9}, "sample_steps = 1000000000 exceeds the maximum 1000"),
+    ],
+    ids=["dim", "depth", "heads", "patch", "height", "width", "max-context", "mlp-ratio", "sample-steps"],
+)
+def test_load_bounds_sizes_before_any_allocation(saved, monkeypatch, edit, bound):
+    """A config claiming a huge network is refused before any network is built or weight read."""
+    path, _ = saved
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a network was built before the config was bounded")
+
+    monkeypatch.setattr(ck, "FrameNetwork", no_build)
+    monkeypatch.setattr(ck, "read_verified_safetensors", no_build)
+    _edit_record(path, model_config=edit)
+    with pytest.raises(ck.CheckpointError, match=bound):
+        ck.load_checkpoint(path)
+
+
+def test_load_checks_the_parameter_count_against_the_file_before_reading(saved, monkeypatch):
+    """A header that lists every tensor of a big config over a file without their data is refused unread."""
+    path, _ = saved
+    big = model_config("T", height=16, width=16, patch=4, dim=1024, depth=4, heads=8)
+    with torch.device("meta"):
+        shapes = {k: list(v.shape) for k, v in FrameNetwork(big).state_dict().items()}
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        n = math.prod(shape) * 4
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header).encode()
+    data = len(blob).to_bytes(8, "little") + blob + b"\0" * 64  # a few bytes instead of ~200 MB
+    _write_weights(path, data)
+    _edit_record(path, model_config={"dim": 1024, "depth": 4, "heads": 8})
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the weights were read before their size was checked")
+
+    monkeypatch.setattr(ck, "read_verified_safetensors", no_read)
+    with pytest.raises(ck.CheckpointError, match=r"is \d+ bytes but the \d+ parameters that the model_config"):
+        ck.load_checkpoint(path)
+
+
+def test_load_refuses_an_oversized_header(saved):
+    path, _ = saved
+    _write_weights(path, (2**62).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ck.CheckpointError, match="not a readable safetensors file: header length"):
+        ck.load_checkpoint(path)
+
+
+def _strip_trained_config(path):
+    """Rewrite the weights without the trained-config metadata, as saves before issue 15 made them."""
+    state = safetensors.torch.load_file(path / ck.WEIGHTS_FILE)
+    data = safetensors.torch.save(state, metadata={"format": ck.FORMAT, "format_version": "1"})
+    _write_weights(path, data)
+
+
+def test_checkpoints_saved_before_the_metadata_still_load(saved):
+    """A checkpoint without the trained config in its weights loads as before (shapes checked only)."""
+    path, expected = saved
+    _strip_trained_config(path)
+    loaded = ck.load_checkpoint(path)
+    assert loaded.config == CFG
+    np.testing.assert_array_equal(frames_from(loaded.model), expected)
+
+
+DEFAULT = Path(__file__).resolve().parents[1] / "rtfm_env" / "model" / "checkpoints" / "default"
+
+
+def test_the_shipped_checkpoint_loads_and_is_known():
+    """The shipped checkpoint (saved before the metadata) loads unchanged and its trained config is known."""
+    record = json.loads((DEFAULT / ck.CONFIG_FILE).read_text())
+    trained = ck.KNOWN_TRAINED_CONFIGS[record["weights"]["sha256"]]
+    assert {k: v for k, v in record["model_config"].items() if k not in ck.OVERRIDABLE_FIELDS} == trained
+    assert ck.load_checkpoint(DEFAULT).config.to_dict() == record["model_config"]
+
+
+@pytest.mark.parametrize("edit", [{"height": 128, "width": 128}, {"pos_embed": False}, {"max_context": 32}],
+                         ids=["resolution", "pos-embed", "max-context"])
+def test_an_edited_copy_of_the_shipped_checkpoint_is_refused(tmp_path, edit):
+    """Its known trained config catches edits of the shipped checkpoint's config.json too."""
+    copy = tmp_path / "default"
+    shutil.copytree(DEFAULT, copy)
+    _edit_record(copy, model_config=edit)
+    with pytest.raises(ck.CheckpointError, match="differs from the model_config its weights were trained with"):
+        ck.load_checkpoint(copy)
+    _edit_record(copy, model_config=json.loads((DEFAULT / ck.CONFIG_FILE).read_text())["model_config"])
+    _edit_record(copy, model_config={"sample_steps": 4})
+    assert ck.load_checkpoint(copy).config.sample_steps == 4
+
+
+def test_from_pretrained_overrides_max_context(saved):
+    """max_context is changed through from_pretrained, not config.json; it is bounded."""
+    path, _ = saved
+    assert FrameModel.from_pretrained(path, max_context=16).config.max_context == 16
+    assert FrameModel.from_pretrained(path, max_context=np.int64(3)).config.max_context == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_context=True), r"max_context must be None or an integer in \[1, 1024\], got True"),
+    (dict(max_context=0), r"in \[1, 1024\], got 0"),
+    (dict(max_context=10**6), r"in \[1, 1024\], got 1000000"),
+    (dict(max_context=2.0), r"in \[1, 1024\], got 2.0"),
+    (dict(compile=1), "compile must be True or False"),
+    (dict(autocast_dtype="bf16"), "autocast_dtype must be a torch.dtype"),
+], ids=["mc-bool", "mc-0", "mc-huge", "mc-float", "compile-int", "autocast-str"])
+def test_from_pretrained_refuses_bad_arguments(saved, kwargs, message):
+    path, _ = saved
+    with pytest.raises(ValueError, match=message):
+        FrameModel.from_pretrained(path, **kwargs)

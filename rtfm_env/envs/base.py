@@ -25,7 +25,42 @@ from rtfm_env.geometry import DiscreteAction, RobotState
 from rtfm_env.scenes import MiniWorldScene
 from rtfm_env.scenes.base import Scene
 
-__all__ = ["RTFMEnv"]
+__all__ = ["RTFMEnv", "MAX_RESOLUTION", "RENDER_MODES", "DEPTH_RANGE"]
+
+#: Metres: the depth observation's maximum; farther surfaces, and rays that hit nothing, read this.
+DEPTH_RANGE = 100.0
+
+#: Largest ``resolution`` (pixels per side of the square view) an env accepts: beyond it every
+#: frame, map and observation buffer would take gigabytes.
+MAX_RESOLUTION = 1024
+
+
+class _RenderModes(list):
+    """The env's render modes: a list whose ``in`` refuses a render mode that is not a string.
+
+    ``gymnasium.make`` tests ``render_mode in metadata["render_modes"]`` and, for a mode not
+    there, calls ``render_mode.endswith``: an int would end in an AttributeError. Answering
+    here with the ValueError that names the valid modes is the clear error instead.
+    """
+
+    def __contains__(self, mode: object) -> bool:
+        if mode is not None and not isinstance(mode, str):
+            raise ValueError(f"unknown render_mode {mode!r}; valid: {[None, *self]}")
+        return super().__contains__(mode)
+
+
+#: The render modes of every rtfm-sim env (besides None).
+RENDER_MODES = _RenderModes(["rgb_array"])
+
+
+def _is_int(value: object) -> bool:
+    """A Python or numpy integer, not a bool (True is an int in Python)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: object) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def _parameters(cls: type) -> set[str]:
@@ -57,9 +92,11 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
       walk, as a robot's recording), ``"image"`` (the start's single frame, as RTFM from one
       image; with ``seed_views`` > 1, turns in place) or a path.
     - ``depth``: True adds a ``depth`` observation, (H, W) float32 metres along the optical axis,
-      ``inf`` where nothing was hit and 0 where the camera knows nothing (a reprojection pixel
-      no stored frame covers). Only for cameras with depth (ground truth, reprojection).
-    - ``resolution``: pixels of the square view; ``fov``: vertical field of view, degrees.
+      clipped at :data:`DEPTH_RANGE` (100 m, which is also what a ray that hit nothing reads) and 0
+      where the camera knows nothing (a reprojection pixel no stored frame covers). Only for
+      cameras with depth (ground truth, reprojection).
+    - ``resolution``: pixels of the square view, 8 to :data:`MAX_RESOLUTION` (1024); ``fov``:
+      vertical field of view, degrees, in (0, 180). Neither takes a bool.
     - ``max_steps``: actions before truncation (500, as Habitat).
     - ``scene_seed``: ``None`` for a new layout every reset, an int to keep one layout.
     - ``render_mode``: ``None`` or ``"rgb_array"`` (the view beside the top-down map with the
@@ -75,10 +112,12 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
       the network through torch.compile: about 1.2x the frames/s on the CPU after seconds of
       compiling per batch shape; needs a C++ compiler).
 
-    An argument no id knows raises ``TypeError`` listing the valid ones.
+    An argument no id knows raises ``TypeError`` listing the valid ones; a bad value of a known
+    one raises ``ValueError`` naming what is valid (its bound, or the valid choices). A bool is
+    never taken for a number: not as an action, a ``fov``, a ``resolution`` or a seed.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata = {"render_modes": RENDER_MODES, "render_fps": 10}
 
     def __new__(cls, *args: Any, **kwargs: Any) -> RTFMEnv:
         """Refuse unknown keyword arguments before any work, naming the valid ones.
@@ -136,8 +175,9 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         """
         if not isinstance(task, Task):
             raise TypeError(f"task must be a rtfm_env.envs.tasks.Task, got {type(task).__name__}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"unknown render_mode {render_mode!r}; valid: {[None, *self.metadata['render_modes']]}")
+        modes = list(self.metadata["render_modes"])
+        if render_mode is not None and (not isinstance(render_mode, str) or render_mode not in modes):
+            raise ValueError(f"unknown render_mode {render_mode!r}; valid: {[None, *modes]}")
         if not isinstance(scene, str):
             raise TypeError(f"scene must be a scene id string such as 'MiniWorld-FourRooms-v0', got {scene!r}")
         if not isinstance(camera, str):
@@ -174,15 +214,13 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             raise ValueError(
                 f"depth=True needs a camera with depth; camera={camera!r} has none; cameras with depth: {with_depth}"
             )
-        if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 8:
-            raise ValueError(f"resolution must be an integer >= 8 pixels, got {resolution!r}")
-        if not isinstance(fov, (int, float, np.number)) or not 0.0 < float(fov) < 180.0:
+        if not (_is_int(resolution) and 8 <= resolution <= MAX_RESOLUTION):
+            raise ValueError(f"resolution must be an integer in [8, {MAX_RESOLUTION}] pixels, got {resolution!r}")
+        if not (_is_number(fov) and 0.0 < float(fov) < 180.0):
             raise ValueError(f"fov must be a vertical field of view in (0, 180) degrees, got {fov!r}")
-        if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        if not (_is_int(max_steps) and max_steps >= 1):
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-        if scene_seed is not None and (
-            isinstance(scene_seed, bool) or not isinstance(scene_seed, (int, np.integer)) or scene_seed < 0
-        ):
+        if scene_seed is not None and not (_is_int(scene_seed) and scene_seed >= 0):
             raise ValueError(f"scene_seed must be None (a new layout every reset) or an int >= 0, got {scene_seed!r}")
 
         self.task = task
@@ -211,7 +249,7 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
                 "rgb": spaces.Box(0, 255, shape=(self.resolution, self.resolution, 3), dtype=np.uint8),
                 "pose": spaces.Box(-pose_high, pose_high, dtype=np.float32),
                 **(
-                    {"depth": spaces.Box(0.0, np.inf, shape=(self.resolution, self.resolution), dtype=np.float32)}
+                    {"depth": spaces.Box(0.0, DEPTH_RANGE, shape=(self.resolution, self.resolution), dtype=np.float32)}
                     if depth
                     else {}
                 ),
@@ -243,7 +281,9 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         """
         if options:
             raise ValueError(f"reset() takes no options; got {sorted(options)}")
-        super().reset(seed=seed)
+        if seed is not None and not (_is_int(seed) and seed >= 0):
+            raise ValueError(f"seed must be None or an integer >= 0, got {seed!r} ({type(seed).__name__})")
+        super().reset(seed=None if seed is None else int(seed))
         layout_seed = self.scene_seed if self.scene_seed is not None else int(self.np_random.integers(2**31 - 1))
         start = self.scene.reset(layout_seed)
         self._episode = Episode(states=[start], scene_seed=layout_seed)
@@ -288,7 +328,8 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             raise RuntimeError(
                 "step() called after the episode ended (terminated or truncated); call env.reset() first"
             )
-        if not self.action_space.contains(action):
+        # Discrete.contains takes True for 1; a bool is not an action (the vector env agrees).
+        if isinstance(action, (bool, np.bool_)) or not self.action_space.contains(action):
             valid = ", ".join(f"{i} ({name})" for i, name in enumerate(self.task.action_names))
             raise ValueError(
                 f"action {action!r} ({type(action).__name__}) is not in the action space {self.action_space}; "
@@ -402,8 +443,9 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             raise RuntimeError(
                 f"camera {type(self.camera).__name__} returned depth of shape {depth.shape}; expected {expected}"
             )
-        # NaN (nothing known there) becomes 0, so the observation stays inside its Box(0, inf).
-        return np.where(np.isnan(depth), np.float32(0.0), depth)
+        # NaN (nothing known there) becomes 0 and anything past the range (inf: nothing hit) reads
+        # the range, as a depth sensor's maximum, so the observation stays inside its finite Box.
+        return np.where(np.isnan(depth), np.float32(0.0), np.minimum(depth, np.float32(DEPTH_RANGE)))
 
     def _check_frame(self, frame: np.ndarray) -> np.ndarray:
         expected = (self.resolution, self.resolution, 3)

@@ -23,9 +23,20 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 
 from rtfm_env.cameras import ModelCamera, ReprojectionCamera, observe_many, reproject_many
-from rtfm_env.envs.base import RTFMEnv
+from rtfm_env.envs.base import RENDER_MODES, RTFMEnv
 
-__all__ = ["RTFMVectorEnv", "PointNavVectorEnv", "ImageNavVectorEnv", "ExploreVectorEnv", "RevisitVectorEnv"]
+__all__ = [
+    "RTFMVectorEnv",
+    "PointNavVectorEnv",
+    "ImageNavVectorEnv",
+    "ExploreVectorEnv",
+    "RevisitVectorEnv",
+    "MAX_NUM_ENVS",
+]
+
+#: Most envs one vector env holds: each has its own scene (a MiniWorld env and GL context) and
+#: camera, so far more would exhaust memory long before anything ran.
+MAX_NUM_ENVS = 1024
 
 
 class RTFMVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
@@ -67,7 +78,7 @@ class RTFMVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
 
     ## Arguments
 
-    - ``num_envs``: N, an integer >= 1.
+    - ``num_envs``: N, an integer in [1, :data:`MAX_NUM_ENVS`] (1024).
     - every other keyword: passed to each single env (``scene``, ``camera``, ``resolution``,
       ``max_steps``, ``checkpoint``, ``k``, ...; see the task's env class).
 
@@ -81,7 +92,7 @@ class RTFMVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
     """
 
     metadata: dict[str, Any] = {
-        "render_modes": ["rgb_array"],
+        "render_modes": RENDER_MODES,
         "render_fps": 10,
         "autoreset_mode": AutoresetMode.NEXT_STEP,
     }
@@ -100,12 +111,14 @@ class RTFMVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
             **kwargs: the single env's keyword arguments.
 
         Raises:
-            ValueError: ``num_envs`` is not an integer >= 1.
+            ValueError: ``num_envs`` is not an integer in [1, :data:`MAX_NUM_ENVS`].
             TypeError: no entry point, or one that does not build an :class:`RTFMEnv`.
         """
         super().__init__()
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        if isinstance(num_envs, (bool, np.bool_)) or not isinstance(num_envs, (int, np.integer)) or not (
+            1 <= num_envs <= MAX_NUM_ENVS
+        ):
+            raise ValueError(f"num_envs must be an integer in [1, {MAX_NUM_ENVS}], got {num_envs!r}")
         if entry_point is None:
             if self.env_id is None:
                 raise TypeError(
@@ -171,14 +184,20 @@ class RTFMVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
         self._check_open()
         if seed is None:
             seeds: list[int | None] = [None] * self.num_envs
-        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+            if seed < 0:
+                raise ValueError(f"seed must be None, an integer >= 0 or a list of num_envs of them, got {seed!r}")
             seeds = [int(seed) + i for i in range(self.num_envs)]
-        elif isinstance(seed, Sequence) and not isinstance(seed, str):
+        elif isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
             seeds = list(seed)
             if len(seeds) != self.num_envs:
                 raise ValueError(
                     f"seed as a list must have one entry per env (num_envs={self.num_envs}), got {len(seeds)}"
                 )
+            bad = [i for i, s in enumerate(seeds) if s is not None and (
+                isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 0)]
+            if bad:
+                raise ValueError(f"seed[{bad[0]}] must be None or an integer >= 0, got {seeds[bad[0]]!r}")
         else:
             raise TypeError(f"seed must be None, an int or a list of num_envs ints/None, got {seed!r}")
         options = dict(options or {})

@@ -393,23 +393,33 @@ class FrameModel:
                 weight depends on it (every context token gets the same type embedding and its
                 own rays), so any number runs, but views beyond the number trained with are out
                 of the training distribution and attention cost grows with their square. The
-                evaluator uses it to show what attending to every stored frame costs.
+                evaluator uses it to show what attending to every stored frame costs. This is
+                the one way to change it: a ``max_context`` edited in ``config.json`` away from
+                the trained value is refused at load (see :mod:`rtfm_env.model.checkpoint`).
+                At most ``CONFIG_MAXIMA["max_context"]`` (1024).
 
         Raises:
-            CheckpointError: if the directory is missing, incomplete, corrupt or inconsistent.
-            ValueError: an unknown ``gelu``.
+            CheckpointError: if the directory is missing, incomplete, corrupt or inconsistent,
+                or its config.json was edited away from the trained config.
+            ValueError: an unknown ``gelu``, a ``max_context`` that is a bool, not an int or
+                outside [1, 1024], or a non-bool ``compile``.
             RuntimeError: ``compile`` failed (the message says why).
         """
-        from rtfm_env.model.checkpoint import load_checkpoint
+        from rtfm_env.model.checkpoint import CONFIG_MAXIMA, load_checkpoint
 
         if gelu is not None and gelu not in GELU_FORMS:
             raise ValueError(f"unknown gelu {gelu!r}; valid: {list(GELU_FORMS)} (or None for the precision's default)")
-        if max_context is not None and (isinstance(max_context, bool) or not isinstance(max_context, int)
-                                        or max_context < 1):
-            raise ValueError(f"max_context must be None or an integer >= 1, got {max_context!r}")
+        most = CONFIG_MAXIMA["max_context"]
+        if max_context is not None and (isinstance(max_context, bool) or not isinstance(max_context, (int, np.integer))
+                                        or not 1 <= max_context <= most):
+            raise ValueError(f"max_context must be None or an integer in [1, {most}], got {max_context!r}")
+        if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
+            raise ValueError(f"autocast_dtype must be a torch.dtype or None, got {autocast_dtype!r}")
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
         network = load_checkpoint(directory, device=device).model
         if max_context is not None:
-            network.config = dataclasses.replace(network.config, max_context=max_context)
+            network.config = dataclasses.replace(network.config, max_context=int(max_context))
         if autocast_dtype is not None:
             network.cast_linear_weights(autocast_dtype)  # same outputs, no per-forward weight casts
         network.set_gelu(gelu if gelu is not None else ("tanh" if autocast_dtype is None else "none"))

@@ -48,9 +48,10 @@ from rtfm_env.geometry import (
 )
 from rtfm_env.scenes.base import Action, Scene, TopDownMap
 
-__all__ = ["MiniWorldScene", "miniworld_env_ids", "resolve_env_id", "pool_stats"]
+__all__ = ["MiniWorldScene", "miniworld_env_ids", "resolve_env_id", "pool_stats", "MAX_IMAGE_SIDE"]
 
 MAP_PIXELS = 512  # pixels, side of the frame buffer the top-down map image is rendered into
+MAX_IMAGE_SIDE = 4096  # pixels; larger frame buffers fail or take gigabytes in the GL driver
 MAX_SUBSTEP = 0.05  # metres between collision checks along one move (robot radius is 0.4 m)
 MAX_RENDER_PITCH = math.radians(89.0)  # radians; MiniWorld's look-at camera degenerates at +-90
 ROLL_TOLERANCE = 1e-6  # |y component| of the camera's x axis accepted as "no roll"
@@ -481,9 +482,9 @@ class MiniWorldScene(Scene):
 
     Args:
         env_id: a MiniWorld env id (``"MiniWorld-Maze-v0"``) or its short name (``"Maze"``).
-        width: rendered image width, pixels.
-        height: rendered image height, pixels.
-        fov_y: vertical field of view of rendered images, degrees.
+        width: rendered image width, pixels, 1 to :data:`MAX_IMAGE_SIDE` (4096).
+        height: rendered image height, pixels, 1 to :data:`MAX_IMAGE_SIDE` (4096).
+        fov_y: vertical field of view of rendered images, degrees, in (0, 180).
         kinematics: step sizes of the discrete actions and the pitch limit.
         cell: metres per cell of the free-space grid used for geodesic distance and sampling.
         cam_height: metres above the floor of the camera in states returned by :meth:`reset`
@@ -512,8 +513,14 @@ class MiniWorldScene(Scene):
     ) -> None:
         self.env_id = resolve_env_id(env_id)
         for name, val in (("width", width), ("height", height)):
-            if isinstance(val, bool) or not isinstance(val, int | np.integer) or val <= 0:
-                raise ValueError(f"{name} must be a positive integer number of pixels, got {val!r}")
+            if isinstance(val, bool) or not isinstance(val, int | np.integer) or not 0 < val <= MAX_IMAGE_SIDE:
+                raise ValueError(f"{name} must be an integer number of pixels in [1, {MAX_IMAGE_SIDE}], got {val!r}")
+        # A bool is not a number here: fov_y=True would silently be a 1-degree view.
+        for name, val in (("fov_y", fov_y), ("cell", cell), ("cam_height", cam_height)):
+            if isinstance(val, bool | np.bool_) or not isinstance(val, int | float | np.integer | np.floating):
+                raise ValueError(f"{name} must be a number, got {val!r}")
+        if not (math.isfinite(float(fov_y)) and 0.0 < float(fov_y) < 180.0):
+            raise ValueError(f"fov_y must be in (0, 180) degrees, got {fov_y!r}")
         self.intrinsics = Intrinsics(int(width), int(height), float(fov_y))
         if not isinstance(kinematics, KinematicsConfig):
             raise TypeError(f"kinematics must be a KinematicsConfig, got {type(kinematics).__name__}")
