@@ -456,6 +456,10 @@ class SpatialMemory:
         self._n = 0  # slots used, live or dead; slot order is id order
         self._slot_of: dict[int, int] = {}
         self._next_id = 0
+        #: Arrays saved beside the frames (a world file's free-space grid, ...); see :meth:`save`.
+        self.attachments: dict[str, np.ndarray] = {}
+        #: A JSON object saved with the memory (where a world came from, ...); see :meth:`save`.
+        self.info: dict = {}
         self._points_cache: dict[Intrinsics, np.ndarray] = {}
         # Eviction state (only with a capacity): each live frame's link to its nearest other
         # frame, found when it was added or when its previous nearest was evicted, and a heap
@@ -820,8 +824,19 @@ class SpatialMemory:
     # Files
     # ----------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(
+        self,
+        path: str | os.PathLike,
+        attachments: dict[str, np.ndarray] | None = None,
+        info: dict | None = None,
+    ) -> None:
         """Write the memory to a safetensors file (format version 3, with a SHA-256), atomically.
+
+        A world file is a memory with attachments: arrays stored beside the frames (tensors
+        ``attach.NAME``, e.g. a recorded world's free-space grid) and an ``info`` JSON object
+        (e.g. where the world came from), both covered by the checksum. They default to the
+        memory's own :attr:`attachments` and :attr:`info` (those it was loaded with), so saving
+        a loaded world keeps them.
 
         The file is written next to ``path`` under a temporary name (``.NAME.PID.RANDOM.tmp``)
         and moved over ``path`` only when complete and flushed, so a failure never damages an
@@ -838,6 +853,8 @@ class SpatialMemory:
         """
         path = Path(path)
         check_save_path(path)
+        attachments = _check_attachments(self.attachments if attachments is None else attachments)
+        info = _check_info(self.info if info is None else info)
         slots = np.flatnonzero(self._index.live[: self._n])
         h, w = self._resolution or (0, 0)
         tensors = {
@@ -857,6 +874,7 @@ class SpatialMemory:
         )
         if self.config.capacity is not None and len(slots) > self.config.capacity:  # add() never allows this
             raise RuntimeError(f"memory holds {len(slots)} frames over its capacity {self.config.capacity}")
+        tensors.update({ATTACHMENT_PREFIX + name: np.ascontiguousarray(a) for name, a in attachments.items()})
         query = self._query_intrinsics.to_dict() if self._query_intrinsics else None
         metadata = {
             "format": FORMAT_NAME,
@@ -866,6 +884,8 @@ class SpatialMemory:
             "resolution": json.dumps(list(self._resolution) if self._resolution else None),
             "query_intrinsics": json.dumps(query),
         }
+        if info:
+            metadata["info"] = json.dumps(info, sort_keys=True)
         metadata["sha256"] = payload_sha256(metadata, tensors)
         remove_stale_temp_files(path.parent)
         tmp, fd = _create_temp_file(path)
@@ -920,9 +940,18 @@ class SpatialMemory:
             missing = sorted(set(expected) - set(entries))
             if missing:
                 raise fail(f"missing tensors {missing}")
-            extra = sorted(set(entries) - set(expected))
+            attached = sorted(
+                name for name in entries if name.startswith(ATTACHMENT_PREFIX) and version not in UNVERIFIED_VERSIONS
+            )
+            extra = sorted(set(entries) - set(expected) - set(attached))
             if extra and version not in UNVERIFIED_VERSIONS:
                 raise fail(f"unexpected tensors {extra}")
+            for name in attached:
+                code, shape, _ = entries[name]
+                if not _ATTACHMENT_NAME.fullmatch(name[len(ATTACHMENT_PREFIX) :]) or len(shape) > 3:
+                    raise fail(f"attachment {name[:100]!r} has a bad name or more than 3 dimensions")
+                if code not in {_ST_CODE[np.dtype(t)] for t in ATTACHMENT_DTYPES}:
+                    raise fail(f"attachment {name[:100]!r} has dtype {code!r}; attachments are {ATTACHMENT_DTYPES}")
             # Declared shapes against the metadata, before reading anything.
             n = _declared_rows(entries["ids"], fail)
             h, w = resolution if resolution is not None else (0, 0)
@@ -934,7 +963,7 @@ class SpatialMemory:
                 want = (want_rows, *trailing)
                 if code != _ST_CODE[np.dtype(dtype)] or shape != want:
                     raise fail(f"tensor {name!r} is {code} {shape}, expected {_ST_CODE[np.dtype(dtype)]} {want}")
-            tensors = {name: _read_tensor(f, data_start, entries[name], fail) for name in expected}
+            tensors = {name: _read_tensor(f, data_start, entries[name], fail) for name in [*expected, *attached]}
 
         if version not in UNVERIFIED_VERSIONS:  # older versions are warned about below, once checked
             stored = meta.get("sha256")
@@ -994,7 +1023,14 @@ class SpatialMemory:
         if n and not (np.abs(t).max() <= MAX_TRANSLATION and np.all(np.einsum("ni,ni->n", t, t) <= MAX_TRANSLATION**2)):
             raise fail(f"poses place cameras farther than {MAX_TRANSLATION:g} m from the origin (MAX_TRANSLATION)")
 
+        try:
+            info = _check_info(json.loads(meta["info"])) if "info" in meta else {}
+        except (ValueError, TypeError) as e:
+            raise fail(f"bad info metadata ({e})") from e
+
         mem = cls(config)
+        mem.attachments = {name[len(ATTACHMENT_PREFIX) :]: tensors[name] for name in attached}
+        mem.info = info
         mem._resolution = None if resolution is None else (int(h), int(w))
         mem._query_intrinsics = query
         mem._frames, mem._poses, mem._ids = tensors["frames"], poses, ids
@@ -1217,6 +1253,44 @@ def _check_count(value: object, name: str) -> int:
 
 _Fail = Callable[[str], MemoryFormatError]
 _Entry = tuple[str, tuple[int, ...], tuple[int, int]]  # safetensors dtype code, shape, (begin, end) in the data
+
+
+#: Attachments are stored as tensors named with this prefix (see :meth:`SpatialMemory.save`).
+ATTACHMENT_PREFIX = "attach."
+#: The dtypes an attachment may have.
+ATTACHMENT_DTYPES = ("uint8", "int64", "float32", "float64")
+#: At most this many bytes of attachments, and of ``info`` JSON, per file.
+MAX_ATTACHMENT_BYTES = 256 * 2**20
+MAX_INFO_BYTES = 64 * 2**10
+_ATTACHMENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _check_attachments(attachments: object) -> dict[str, np.ndarray]:
+    if not isinstance(attachments, dict):
+        raise ValueError(f"attachments must be a dict of name -> numpy array, got {type(attachments).__name__}")
+    total = 0
+    for name, a in attachments.items():
+        if not (isinstance(name, str) and _ATTACHMENT_NAME.fullmatch(name)):
+            raise ValueError(f"attachment name {name!r} must match {_ATTACHMENT_NAME.pattern}")
+        if not isinstance(a, np.ndarray) or a.dtype.name not in ATTACHMENT_DTYPES or a.ndim > 3:
+            raise ValueError(
+                f"attachment {name!r} must be a numpy array of at most 3 dimensions with dtype in {ATTACHMENT_DTYPES}"
+            )
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise ValueError(f"attachment {name!r} holds NaN or infinite values")
+        total += a.nbytes
+    if total > MAX_ATTACHMENT_BYTES:
+        raise ValueError(f"attachments hold {total} bytes, more than {MAX_ATTACHMENT_BYTES}")
+    return dict(attachments)
+
+
+def _check_info(info: object) -> dict:
+    if not isinstance(info, dict):
+        raise ValueError(f"info must be a JSON object (dict), got {type(info).__name__}")
+    text = json.dumps(info, sort_keys=True, allow_nan=False)
+    if len(text.encode()) > MAX_INFO_BYTES:
+        raise ValueError(f"info is {len(text.encode())} bytes of JSON, more than {MAX_INFO_BYTES}")
+    return json.loads(text)
 
 
 def payload_sha256(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> str:

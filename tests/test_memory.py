@@ -681,3 +681,27 @@ def test_depth_costs_nothing_for_frames_without_it(tmp_path):
     mem.save(path)
     back = SpatialMemory.load(path)
     assert np.array_equal(back.depths(back.ids), mem.depths(mem.ids), equal_nan=True)
+
+
+def test_world_attachments_and_info_round_trip(tmp_path):
+    """A world file's arrays and info are saved beside the frames, checksummed, and kept by a re-save."""
+    mem = filled_memory(5)
+    grid = (np.arange(12).reshape(3, 4) % 2).astype(np.uint8)
+    info = {"kind": "recorded", "source": "bag", "bounds": [0.0, 1.5]}
+    path = tmp_path / "world.rtfm"
+    mem.save(path, attachments={"free_space": grid}, info=info)
+    back = SpatialMemory.load(path)
+    assert np.array_equal(back.attachments["free_space"], grid) and back.info == info
+    again = tmp_path / "again.rtfm"
+    back.save(again)  # a loaded world keeps its attachments
+    assert np.array_equal(SpatialMemory.load(again).attachments["free_space"], grid)
+    assert SpatialMemory.load(again).info == info
+    plain = tmp_path / "plain.rtfm"
+    mem.save(plain)
+    assert SpatialMemory.load(plain).attachments == {} and SpatialMemory.load(plain).info == {}
+    for bad in ({"Free": grid}, {"g": grid.astype(np.int8)}, {"g": np.full(3, np.nan, np.float32)}, {"g": [1]}):
+        with pytest.raises(ValueError, match="attachment"):
+            mem.save(tmp_path / "bad.rtfm", attachments=bad)
+    with pytest.raises(ValueError, match="info must be a JSON object"):
+        mem.save(tmp_path / "bad.rtfm", info=["x"])
+    assert not (tmp_path / "bad.rtfm").exists()
