@@ -9,13 +9,18 @@ APT_PACKAGES := libegl1 libgl1-mesa-dri g++
 # The stamp names what was installed, so editing setup.py, this file or EXTRAS re-installs.
 STAMP := $(VENV)/.installed-$(shell (cat setup.py Makefile; echo "$(EXTRAS)") | sha1sum | cut -c1-12)
 
-.PHONY: demo test bootstrap apt lint clean
+.PHONY: demo test fuzz bootstrap apt lint clean
 
 demo: bootstrap
 	$(PY) -m rtfm_env.cli demo --out demo_out
 
 test: bootstrap
 	$(PY) -m pytest -q tests
+
+# >= 1,000 generated inputs per interface (env, vector env, memory API and files, checkpoints, shards, ROS);
+# writes docs/results/fuzz.md and fuzz.json. `make test` runs a bounded slice (tests/fuzz/test_fuzz.py).
+fuzz: bootstrap
+	OMP_NUM_THREADS=1 $(PY) tests/fuzz/run.py --inputs 1000 --out docs/results/fuzz
 
 lint: bootstrap
 	$(VENV)/bin/ruff check rtfm_env tests benchmarks agents

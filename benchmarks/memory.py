@@ -50,7 +50,7 @@ class BenchConfig:
     capacity: int = 10_000  # frames kept by the memory of the eviction run
     capacity_adds: int = 30_000  # adds made to that memory (all after the first `capacity` evict)
     seed: int = 0
-    out: str = "docs/results/memory.json"  # JSON path; the Markdown table goes next to it
+    out: str = "runs/memory.json"  # JSON path; the Markdown table goes next to it
 
 
 def random_poses(rng: np.random.Generator, n: int, area: float) -> np.ndarray:

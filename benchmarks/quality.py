@@ -56,7 +56,7 @@ class QualityConfig:
     context_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # views for the sweep
     seed: int = 0  # dataset draw and flow noise
     threads: int = 0  # torch threads; 0 keeps torch's default
-    out: str = "docs/results/quality.json"  # JSON path; the PNG grid goes beside it
+    out: str = "runs/quality.json"  # JSON path; the PNG grid goes beside it
 
 
 def _draw(ds: PosedFrameDataset, n: int, seed: int) -> list[dict]:

@@ -67,7 +67,7 @@ class SpeedConfig:
     threads: int = 0  # torch threads; 0 keeps torch's default
     world: str = "scan"  # what the cameras' memory holds at reset (the default regime)
     reprojection_k: int = 4  # stored frames warped per reprojection frame (0 skips the reprojection camera)
-    out: str = "docs/results/speed.json"  # JSON output
+    out: str = "runs/speed.json"  # JSON output
 
 
 #: Inference variants of one checkpoint: ModelCamera options.

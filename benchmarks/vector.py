@@ -76,7 +76,7 @@ class VectorBenchConfig:
     max_steps: int = 500  # actions per episode before truncation
     threads: int = 1  # torch threads per process (async workers too); 0 keeps torch's default
     seed: int = 0
-    out: str = "docs/results/vector.json"  # JSON path; the Markdown table goes next to it
+    out: str = "runs/vector.json"  # JSON path; the Markdown table goes next to it
 
 
 def _rss_mb() -> float:

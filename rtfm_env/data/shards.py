@@ -137,6 +137,13 @@ def _no_depth_message(path: Path, version: int) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def _json_int(value: object) -> int:
+    """An integer field of a shard's JSON: an int, not a bool, a float or inf (which int() would coerce or overflow)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r:.40}")
+    return value
+
+
 @dataclass(frozen=True)
 class EpisodeInfo:
     """Metadata of one recorded episode."""
@@ -150,7 +157,10 @@ class EpisodeInfo:
     @classmethod
     def from_dict(cls, d: dict) -> EpisodeInfo:
         """Parse the JSON form; raises KeyError/TypeError/ValueError on bad fields."""
-        return cls(int(d["episode"]), int(d["seed"]), int(d["trajectory_seed"]), str(d["kind"]), int(d["n_frames"]))
+        return cls(
+            _json_int(d["episode"]), _json_int(d["seed"]), _json_int(d["trajectory_seed"]), str(d["kind"]),
+            _json_int(d["n_frames"]),
+        )
 
 
 @dataclass
@@ -204,8 +214,8 @@ class ShardEntry:
     def from_dict(cls, d: dict) -> ShardEntry:
         """Parse the JSON form; raises KeyError/TypeError/ValueError on bad fields."""
         return cls(
-            str(d["file"]), str(d["env_id"]), str(d["split"]), int(d["shard_index"]), int(d["episodes"]),
-            int(d["frames"]), int(d["bytes"]), str(d["sha256"]),
+            str(d["file"]), str(d["env_id"]), str(d["split"]), _json_int(d["shard_index"]), _json_int(d["episodes"]),
+            _json_int(d["frames"]), _json_int(d["bytes"]), str(d["sha256"]),
         )
 
 
@@ -474,7 +484,7 @@ def read_shard_header(path: str | os.PathLike) -> ShardHeader:
     try:
         intr = Intrinsics.from_dict(meta["intrinsics"])
         episodes = tuple(EpisodeInfo.from_dict(e) for e in meta["episodes"])
-        env_id, split, shard_index = str(meta["env_id"]), str(meta["split"]), int(meta["shard_index"])
+        env_id, split, shard_index = str(meta["env_id"]), str(meta["split"]), _json_int(meta["shard_index"])
     except (KeyError, TypeError, ValueError) as e:
         raise bad(f"shard metadata is incomplete or malformed ({type(e).__name__}: {e})") from None
     if split not in SPLITS:

@@ -465,6 +465,38 @@ def _target_row(t: dict, run: str) -> list[str]:
             "met" if t["met"] else f"**missed by {t['gap']:.2f}**", str(t["n"]), run]
 
 
+#: Columns of the headline table that opens report.md (and that ``rtfm-env eval`` prints).
+HEADLINE_HEADER = ("headline", "measured", "target", "verdict", "n", "run")
+
+
+def _headline_rows(results: dict, companions: list[tuple[str, dict]] | tuple = (), link: bool = False) -> list:
+    """The rows of the headline table: this run's targets, then every companion's."""
+    rows = [_target_row(t, "this run") for t in results["summary"]["headline"]["targets"]]
+    for rel, other in companions:
+        run = f"[{rel}]({rel}/report.md)" if link else rel
+        rows += [_target_row(t, run) for t in other["summary"]["headline"]["targets"]]
+    return rows
+
+
+def headline_lines(results: dict, out: str | os.PathLike) -> list[str]:
+    """The headline table of ``out/report.md`` as plain text lines, one per row, companions included.
+
+    What ``rtfm-env eval revisit`` and ``rtfm-env eval report`` print: the same rows as the
+    report's first table (built by the same code), so the terminal and the page cannot disagree.
+
+    Args:
+        results: the content of results.json (its ``companions`` are read from ``out``).
+        out: the evaluation directory.
+
+    Raises:
+        FileNotFoundError: a companion listed in ``results`` has no results.json.
+    """
+    lines = []
+    for name, measured, target, verdict, n, run in _headline_rows(results, _companions(results, Path(out))):
+        lines.append(f"{name}: {measured} (target {target}: {verdict.strip('*')}; n = {n}; {run})")
+    return lines
+
+
 def _blocks(results: dict, plots: dict[str, bool], companions: list[tuple[str, dict]] = ()) -> list[tuple]:
     """The report as blocks.
 
@@ -490,11 +522,9 @@ def _blocks(results: dict, plots: dict[str, bool], companions: list[tuple[str, d
     if not gt:
         b.append(("p", "**Ground-truth metrics are unavailable**: this is a saved world with no scene to render, "
                        "so only revisit consistency (first visit vs revisit) and cost are reported."))
-    rows = [_target_row(t, "this run") for t in head["targets"]]
-    for rel, other in companions:
-        rows += [_target_row(t, f"[{rel}]({rel}/report.md)") for t in other["summary"]["headline"]["targets"]]
+    rows = _headline_rows(results, companions, link=True)
     if rows:
-        b.append(("table", ["headline", "measured", "target", "verdict", "n", "run"], rows))
+        b.append(("table", list(HEADLINE_HEADER), rows))
     for rel, other in companions:
         oc = other["config"]
         b.append(("p", f"[{rel}]({rel}/report.md): the same checkpoint (weights SHA-256 "

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from rtfm_env.data.shards import atomic_write_bytes, sha256_file
 from rtfm_env.eval.metrics import PSNR_CAP, per_step, revisit_consistency
-from rtfm_env.eval.report import all_cap, strip_entries, summarize, write_report
+from rtfm_env.eval.report import all_cap, headline_lines, strip_entries, summarize, write_report
 from rtfm_env.eval.results import (
     CONFIG_FILE,
     EPISODE_FORMAT,
@@ -796,8 +796,7 @@ def run(args: argparse.Namespace) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"rtfm-env eval {args.eval_command}: error: {msg}", file=sys.stderr)
         return 2
-    head = results["summary"]["headline"]
     print(f"{args.out}: {n_episodes(results)} episodes; report {Path(args.out) / 'report.md'}")
-    for line in head.get("lines", []):
+    for line in headline_lines(results, args.out):  # the report's headline table, companions included
         print("  " + line)
     return 0

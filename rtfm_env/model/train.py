@@ -858,6 +858,12 @@ def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
         step, wall_before = resumed.step, float(resumed.extra.get("wall_s", 0.0))
     elif cfg.init_from:
         _init_from(cfg.init_from, network, ema, mcfg)
+    if step >= cfg.steps:
+        # A finished run: nothing to train, so no loss to report (the log keeps the run's rows).
+        if rank0:
+            print(f"train: the run in {out} is finished (step {step} of {cfg.steps}); checkpoint {last}. "
+                  f"Raise --steps to train further, or give another --out for a new run.", flush=True)
+        return TrainResult(step, last, out / LOG_FILE, math.nan, math.nan, network, ema.module)
     loss_model: nn.Module = _FlowLoss(network)
     if proc.distributed:
         loss_model = DistributedDataParallel(loss_model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -967,8 +973,12 @@ def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
 
     samples_per_s = run_samples / run_seconds if run_seconds > 0 else math.nan
     if rank0:
-        print(f"train: step {step} of {cfg.steps}, loss {last_loss:.4g}, {samples_per_s:.1f} samples/s; "
-              f"checkpoint {last}", flush=True)
+        if math.isfinite(last_loss):
+            print(f"train: step {step} of {cfg.steps}, loss {last_loss:.4g}, {samples_per_s:.1f} samples/s; "
+                  f"checkpoint {last}", flush=True)
+        else:  # stopped (--until) where a checkpoint already was: no step ran in this call
+            print(f"train: stopped at step {step} of {cfg.steps} without training a step; checkpoint {last}",
+                  flush=True)
     return TrainResult(step, last if (last.is_symlink() or last.exists()) else None, log_path, last_loss,
                        samples_per_s, network, ema.module)
 
