@@ -49,6 +49,14 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "--duration seconds or --frames frames. The bag "
         "appears at --out only once finished. The node listens to cmd_vel meanwhile.",
     ),
+    "world": (
+        "rtfm_env.world_build",
+        "build a world file from a bag, nerfstudio or MiniWorld",
+        "Worlds built from recordings. 'rtfm-env world build --from bag DIR | --from nerfstudio DIR | "
+        "--from scene ID --out WORLD' writes, atomically, a world file: the recording's posed RGB-D frames "
+        "(resized to --res), its free-space map (from depth, or a corridor around the camera path) and where it "
+        "came from. Drive it with world=WORLD in gym.make or rtfm-camera. Format: docs/WORLDS.md.",
+    ),
     "eval": (
         "rtfm_env.eval.revisit",
         "evaluate cameras: revisit consistency and cost per frame",
