@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import inspect
 import os
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rtfm_env import viz
+from rtfm_env import viz, worlds
 from rtfm_env.cameras import CAMERAS, Camera, make_camera
 from rtfm_env.envs.tasks import WORLD_BOUND, Episode, Task
 from rtfm_env.geometry import DiscreteAction, RobotState
 from rtfm_env.scenes import MiniWorldScene
 from rtfm_env.scenes.base import Scene
+from rtfm_env.scenes.recorded import NoFreeSpaceError, RecordedScene, looks_like_file
 
-__all__ = ["RTFMEnv", "MAX_RESOLUTION", "RENDER_MODES", "DEPTH_RANGE"]
+__all__ = ["RTFMEnv", "MAX_RESOLUTION", "RENDER_MODES", "DEPTH_RANGE", "DEFAULT_SCENE"]
+
+#: The scene of ``scene=None`` unless ``world`` is a world file with a free-space map.
+DEFAULT_SCENE = "MiniWorld-FourRooms-v0"
 
 #: Metres: the depth observation's maximum; farther surfaces, and rays that hit nothing, read this.
 DEPTH_RANGE = 100.0
@@ -63,6 +68,15 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
+def _scene_file(scene: str | os.PathLike | None) -> Path | None:
+    """The world file a ``scene`` argument names, or None for a MiniWorld id (or None)."""
+    if scene is None:
+        return None
+    if isinstance(scene, os.PathLike) or looks_like_file(str(scene)):
+        return Path(scene).expanduser()
+    return None
+
+
 def _parameters(cls: type) -> set[str]:
     """The keyword arguments a camera class's constructor takes."""
     return set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -77,8 +91,11 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
 
     Every env id takes these ``gym.make`` arguments besides its task's own:
 
-    - ``scene``: a MiniWorld env id (default ``MiniWorld-FourRooms-v0``: four 6 m rooms joined
-      by doorways, so geodesic and straight-line distances differ, and frames are cheap).
+    - ``scene``: a MiniWorld env id, or the path of a world file with a free-space map (built by
+      ``rtfm-env world build``: a :class:`~rtfm_env.scenes.recorded.RecordedScene`). None (the
+      default) is ``MiniWorld-FourRooms-v0`` (four 6 m rooms joined by doorways, so geodesic and
+      straight-line distances differ, and frames are cheap), unless ``world`` is a world file
+      with a free-space map: then the scene is that recorded world.
     - ``camera``: a name from :data:`rtfm_env.cameras.CAMERAS`: ``"ground_truth"`` (the
       scene's renderer), ``"model"`` (:class:`rtfm_env.cameras.ModelCamera`: the frame model
       generates each frame from a spatial memory), ``"reprojection"``
@@ -91,6 +108,17 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
       dense coverage scan of the layout, the most faithful camera), ``"walk"`` (one exploration
       walk, as a robot's recording), ``"image"`` (the start's single frame, as RTFM from one
       image; with ``seed_views`` > 1, turns in place) or a path.
+
+      Recorded worlds: with ``world=FILE`` (or ``scene=FILE``) naming a world file that carries
+      a free-space map, and no MiniWorld ``scene``, the robot moves in the recording itself:
+      collisions, geodesic distances, starts and goals come from the file's grid (starts and
+      goals in the cells the recording crossed), and the camera's memory at every reset is the
+      file. Such a world has no ground-truth renderer, so it needs a memory camera
+      (``camera="reprojection"`` or ``"model"``); its frames fix the view's size
+      (``resolution`` must equal it) and field of view (``fov`` is not used). A world file
+      without a free-space map (a memory saved with ``save_world``) has no physics of its own:
+      a MiniWorld ``scene`` (default FourRooms) gives the walls, as for a memory saved from that
+      scene; build a map with ``rtfm-env world build`` to move in the recording instead.
     - ``depth``: True adds a ``depth`` observation, (H, W) float32 metres along the optical axis,
       clipped at :data:`DEPTH_RANGE` (100 m, which is also what a ray that hit nothing reads) and 0
       where the camera knows nothing (a reprojection pixel no stored frame covers). Only for
@@ -150,7 +178,7 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     def __init__(
         self,
         task: Task,
-        scene: str = "MiniWorld-FourRooms-v0",
+        scene: str | os.PathLike | None = None,
         camera: str = "ground_truth",
         resolution: int = 64,
         fov: float = 60.0,
@@ -178,12 +206,25 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         modes = list(self.metadata["render_modes"])
         if render_mode is not None and (not isinstance(render_mode, str) or render_mode not in modes):
             raise ValueError(f"unknown render_mode {render_mode!r}; valid: {[None, *modes]}")
-        if not isinstance(scene, str):
-            raise TypeError(f"scene must be a scene id string such as 'MiniWorld-FourRooms-v0', got {scene!r}")
+        if scene is not None and (isinstance(scene, bool) or not isinstance(scene, (str, os.PathLike))):
+            raise TypeError(
+                f"scene must be a MiniWorld id such as 'MiniWorld-FourRooms-v0' or a world file's path, got {scene!r}"
+            )
         if not isinstance(camera, str):
             raise TypeError(f"camera must be a camera name such as 'ground_truth', got {camera!r}")
         if camera not in CAMERAS:
             raise ValueError(f"unknown camera {camera!r}; valid cameras: {sorted(CAMERAS)}")
+        scene_file = _scene_file(scene)
+        if scene_file is not None and not scene_file.is_file():
+            raise ValueError(f"scene {str(scene)!r} names no world file (no file at {scene_file})")
+        if scene_file is not None and world is None and camera != "ground_truth":
+            world = scene_file  # a recorded scene's camera shows its own file
+        recording = scene_file if scene_file is not None else worlds.world_path(world)
+        if camera == "ground_truth" and recording is not None:
+            raise ValueError(
+                f"world {recording} is a recording: it has no ground-truth renderer; use camera='reprojection' "
+                "or 'model'"
+            )
         camera_options = {
             "checkpoint": checkpoint,
             "k": k,
@@ -237,7 +278,7 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         if camera == "model":
             camera_kwargs["resolution"] = self.resolution
         self.camera: Camera = make_camera(camera, **camera_kwargs)
-        self.scene: Scene = MiniWorldScene(scene, width=self.resolution, height=self.resolution, fov_y=self.fov)
+        self.scene: Scene = self._make_scene(scene, scene_file)
 
         self.action_space = task.action_space
         # Rotation entries lie in [-1, 1] and translations within the world; the bottom row
@@ -397,6 +438,43 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     # ----------------------------------------------------------------------------------
     # Helpers
     # ----------------------------------------------------------------------------------
+
+    def _make_scene(self, scene: str | os.PathLike | None, scene_file: Path | None) -> Scene:
+        """The scene the class docstring describes: MiniWorld, or a recorded world from a world file.
+
+        Raises:
+            ValueError: a world file whose map is malformed, whose frames are not the view's size,
+                or a regime world (which renders the scene) on a recorded world.
+        """
+        camera_file = worlds.world_path(getattr(self.camera, "world", None))
+        if scene_file is not None:
+            recorded = RecordedScene(scene_file)  # NoFreeSpaceError says how to build a map
+        elif scene is None and camera_file is not None:
+            try:
+                recorded = RecordedScene(camera_file)
+            except NoFreeSpaceError:
+                recorded = None  # a saved memory: FourRooms gives the walls, as before world files had maps
+        else:
+            recorded = None
+        if recorded is None:
+            env_id = DEFAULT_SCENE if scene is None else str(scene)
+            return MiniWorldScene(env_id, width=self.resolution, height=self.resolution, fov_y=self.fov)
+        if camera_file is None:
+            raise ValueError(
+                f"world {self.camera.world!r} is a regime that renders the scene, and scene {recorded.path} is a "
+                "recording without a renderer: drop world= (the camera then shows the scene's file) or give a file"
+            )
+        size = (recorded.intrinsics.width, recorded.intrinsics.height)
+        if size != (self.resolution, self.resolution):
+            raise ValueError(
+                f"world {recorded.path} holds {size[0]}x{size[1]} frames, and the env's views are "
+                f"resolution x resolution = {self.resolution}x{self.resolution}: pass resolution={size[0]} "
+                "(a recorded world's frames fix the view's size)"
+                if size[0] == size[1]
+                else f"world {recorded.path} holds {size[0]}x{size[1]} frames, not square: the env's views are "
+                "square; rebuild the world at a square resolution"
+            )
+        return recorded
 
     @property
     def episode(self) -> Episode:

@@ -24,6 +24,11 @@ class ImageNavTask(NavigationTask):
     headings a turn step apart, the one whose field of view has the longest mean free-space
     ray on the scene's floor grid. So the image shows the room around the goal, not a wall
     close up (goals often lie near walls). Rewards, success and metrics are PointNav's.
+
+    A scene without a ground-truth renderer (a recorded world) cannot take the goal image
+    itself. With ``goal_from_camera`` set (as :class:`ImageNavEnv` sets it) the image is then
+    left to the env, which takes it with its camera at :attr:`goal_state` once the camera is
+    reset (:attr:`goal_pending` until then); otherwise the reset raises.
     """
 
     view_rays = 9  # rays across the horizontal field of view that score a heading
@@ -42,6 +47,8 @@ class ImageNavTask(NavigationTask):
         self.resolution = int(resolution)  # pixels
         self.goal_image: np.ndarray | None = None
         self.goal_state: RobotState | None = None
+        self.goal_from_camera = False  # whether a scene without a renderer leaves the goal image to the env
+        self.goal_pending = False  # whether the env still has to supply this episode's goal image
 
     def observation_spaces(self) -> dict[str, spaces.Space]:
         """``imagegoal``: the goal image, (resolution, resolution, 3) uint8."""
@@ -58,15 +65,29 @@ class ImageNavTask(NavigationTask):
         yaw = float(headings[int(np.argmax(lengths.reshape(angles.shape).mean(axis=1)))])
         self.goal_state = episode.start.replace(x=float(self.goal[0]), z=float(self.goal[1]), yaw=yaw)
         image = scene.render(self.goal_state.pose())
+        self.goal_image, self.goal_pending = None, False
         if image is None:
+            if self.goal_from_camera:
+                self.goal_pending = True  # the env's camera shows it, once reset (ImageNavEnv.reset)
+                return
             raise RuntimeError(f"scene {scene.env_id!r} has no ground-truth renderer to take the goal image with")
         expected = (self.resolution, self.resolution, 3)
         if image.shape != expected or image.dtype != np.uint8:
             raise RuntimeError(f"scene rendered a {image.dtype} {image.shape} goal image; expected {expected} uint8")
         self.goal_image = image
 
+    def set_goal_image(self, image: np.ndarray) -> None:
+        """Supply the pending goal image of this episode ((resolution, resolution, 3) uint8)."""
+        expected = (self.resolution, self.resolution, 3)
+        image = np.asarray(image)
+        if image.shape != expected or image.dtype != np.uint8:
+            raise RuntimeError(f"the camera gave a {image.dtype} {image.shape} goal image; expected {expected} uint8")
+        self.goal_image, self.goal_pending = image.copy(), False
+
     def observation(self, state: RobotState) -> dict[str, np.ndarray]:
-        """The goal image (a fresh copy)."""
+        """The goal image (a fresh copy); zeros while the env has yet to supply it (``goal_pending``)."""
+        if self.goal_pending:
+            return {"imagegoal": np.zeros((self.resolution, self.resolution, 3), dtype=np.uint8)}
         if self.goal_image is None:
             raise RuntimeError("ImageNavTask has no goal image yet: call reset(scene, episode, rng) first")
         return {"imagegoal": self.goal_image.copy()}
@@ -91,9 +112,13 @@ class ImageNavEnv(RTFMEnv):
     ImageNav (Zhu et al., 2017, "Target-driven Visual Navigation in Indoor Scenes using Deep
     Reinforcement Learning"; Habitat's ImageNav) in a MiniWorld scene. The robot sees its
     first-person view and, all episode long, an image taken at the goal; it must find that
-    place and stop there. The goal image is always the scene's ground truth at the goal pose,
-    with either camera: with ``camera="model"`` the robot's own views are generated, the target
-    it is shown is real. The goal pose is the goal point at the robot's camera height, facing
+    place and stop there. The goal image is the scene's ground truth at the goal pose, with
+    either camera: with ``camera="model"`` the robot's own views are generated, the target it is
+    shown is real. In a recorded world (a world file with a free-space map, which has no ground
+    truth) the goal image is the env's own camera's view at the goal pose, taken right after the
+    camera's reset: reprojected from the recording with ``camera="reprojection"``, generated
+    with ``camera="model"`` (and then kept in its memory, so the place looks like the goal image
+    when the robot gets there). The goal pose is the goal point at the robot's camera height, facing
     the most open direction (of the 24 headings a 15-degree turn apart, the one whose field of
     view reaches farthest across free floor), so the image shows the room, not a wall.
 
@@ -154,3 +179,14 @@ class ImageNavEnv(RTFMEnv):
         """Build the env; see the class docstring's Arguments section."""
         task = ImageNavTask(resolution, success_distance=success_distance)
         super().__init__(task, resolution=resolution, **kwargs)
+        task.goal_from_camera = True  # a recorded world's goal image comes from the camera (reset)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """:meth:`RTFMEnv.reset`; in a scene without a renderer, the camera then takes the goal image."""
+        observation, info = super().reset(seed=seed, options=options)
+        if self.task.goal_pending:
+            self.task.set_goal_image(self.camera.observe(self.task.goal_state.pose()[None])[0])
+            observation["imagegoal"] = self.task.goal_image.copy()
+        return observation, info

@@ -79,8 +79,11 @@ class RTFMVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
     ## Arguments
 
     - ``num_envs``: N, an integer in [1, :data:`MAX_NUM_ENVS`] (1024).
-    - every other keyword: passed to each single env (``scene``, ``camera``, ``resolution``,
-      ``max_steps``, ``checkpoint``, ``k``, ...; see the task's env class).
+    - every other keyword: passed to each single env (``scene``, ``camera``, ``world``,
+      ``resolution``, ``max_steps``, ``checkpoint``, ``k``, ...; see the task's env class). With
+      ``world=FILE`` naming a world file with a free-space map (``rtfm-env world build``) every
+      env moves in that recording, each with its own :class:`~rtfm_env.scenes.recorded.RecordedScene`
+      and a memory camera reloading the file at each of its resets.
 
     ``reset(seed=s)`` seeds env i with ``s + i``; ``reset(seed=[s0, ..., sN-1])`` seeds each;
     ``reset(options={"reset_mask": mask})`` resets only the envs where the bool mask is True.

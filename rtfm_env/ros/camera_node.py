@@ -1,7 +1,7 @@
 """The rtfm-sim camera as a ROS 2 node: a simulated camera driven by ``cmd_vel``.
 
 Every ``1 / rate_hz`` seconds the node integrates the latest velocity command over one frame
-period with the scene's collision test (:meth:`MiniWorldScene.move`), asks its camera for the
+period with the scene's collision test (:meth:`Scene.move`), asks its camera for the
 frame at the new pose and publishes, all with one stamp:
 
 * ``<camera_ns>/image_raw`` (sensor_msgs/Image, rgb8) and ``<camera_ns>/camera_info``
@@ -44,10 +44,22 @@ refused when set and again at the save); ``load_world`` replaces
 the memory with that file's (the robot stays where it is, and the scene's walls still apply; the
 reprojection camera needs a file with depth). ``scene`` may name such a file instead of a
 MiniWorld id (any name with a directory part or a suffix, or an existing file: ``world.rtfm``
-and ``./world.rtfm`` alike): the node then starts at the world's first stored frame and moves
-without collisions, since a stored world has no ground-truth geometry; ``reset`` reloads the
-file. With ``camera:=ground_truth`` there is no stored world, only the scene itself
-(re-created exactly from its id and seed), so both services answer ``success=False`` saying so.
+and ``./world.rtfm`` alike). With ``camera:=ground_truth`` there is no stored world, only the
+scene itself (re-created exactly from its id and seed), so both services answer
+``success=False`` saying so.
+
+Recorded worlds. A world file built by ``rtfm-env world build`` carries a free-space map, and
+the node then drives in the recording itself (a :class:`~rtfm_env.scenes.recorded.RecordedScene`):
+with ``scene:=FILE``, or with ``world:=FILE`` while ``scene`` keeps its default, cmd_vel moves
+the robot with collisions against the file's grid (checked along each frame's arc), ``set_pose``
+refuses occupied cells, and the start (and ``reset``) is a known-free point of the recording
+drawn from ``seed``; the camera's memory is the file at every reset. Such a world has no
+ground-truth renderer, so it takes a memory camera (``reprojection`` publishes depth too), and
+its frames fix the image size and field of view (``width``, ``height`` and ``fov`` are then
+ignored, with a warning). To drive a recorded world's frames between a MiniWorld scene's walls
+instead, name the scene (``scene:=OneRoom``). A world file without a map (a memory saved by
+``save_world``) has no geometry: with ``scene:=FILE`` the node starts at its first stored frame
+and moves without collisions; ``reset`` reloads the file.
 
 Recording. With ``record_bag`` set to a new directory, everything the node publishes is also
 written to a rosbag2 bag (MCAP by default, see :mod:`rtfm_env.ros.bag`), finished when the
@@ -117,6 +129,8 @@ from rtfm_env.geometry import (
 )
 from rtfm_env.ros.bag import STORAGE, BagError, BagRecorder
 from rtfm_env.scenes import MiniWorldScene
+from rtfm_env.scenes.base import Scene
+from rtfm_env.scenes.recorded import NoFreeSpaceError, RecordedScene
 
 __all__ = [
     "CameraNode",
@@ -204,15 +218,17 @@ MEMORY_CAMERAS: tuple[str, ...] = tuple(sorted(n for n, c in CAMERAS.items() if 
 PARAMETERS: dict[str, Param] = {
     "scene": Param(
         "MiniWorld-OneRoom-v0",
-        "MiniWorld env id or short name (e.g. Maze) of the simulated world, or a saved world file to move in "
-        f"without walls (a memory camera: {', '.join(MEMORY_CAMERAS)})",
+        "MiniWorld env id or short name (e.g. Maze) of the simulated world, or a world file (a memory camera: "
+        f"{', '.join(MEMORY_CAMERAS)}): with a free-space map (rtfm-env world build) the robot collides with its "
+        "grid, without one it moves without walls",
     ),
     "seed": Param(0, "layout seed of the scene; reset returns to this layout's start"),
     "camera": Param("ground_truth", f"what renders frames: one of {sorted(CAMERAS)}"),
     "world": Param(
         "",
         "what a memory camera's memory holds at start and reset: a regime (image, walk, scan) or a world file; "
-        f"empty: the camera's default ({worlds.DEFAULT_WORLD}). Memory cameras: {', '.join(MEMORY_CAMERAS)}",
+        f"empty: the camera's default ({worlds.DEFAULT_WORLD}). Memory cameras: {', '.join(MEMORY_CAMERAS)}. "
+        "A world file with a free-space map is also the scene, unless scene is set",
     ),
     "checkpoint": Param("", "frame-model checkpoint directory (camera=model); empty uses the shipped one"),
     "k": Param(
@@ -275,6 +291,10 @@ CAMERA_ONLY_PARAMETERS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Kernel file systems whose "files" are views of processes and devices, never a place to save a world.
+_VIRTUAL_FILE_SYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
 def world_path_problem(value: object) -> str | None:
     """Why ``value`` cannot be the ``world_path`` that ``save_world`` writes, or None if it can.
 
@@ -290,6 +310,9 @@ def world_path_problem(value: object) -> str | None:
     if len(text) > MAX_STRING_LENGTH or "\0" in text:
         return f"world_path must be a path of at most {MAX_STRING_LENGTH} characters without NUL bytes"
     path = Path(text).expanduser()
+    resolved = Path(os.path.realpath(path))
+    if any(resolved.is_relative_to(root) for root in _VIRTUAL_FILE_SYSTEMS):
+        return f"world_path {path} lies in a virtual file system ({resolved}); give a file on a disk"
     try:
         mode = os.stat(path).st_mode  # follows symlinks: a link to a regular file is that file
     except FileNotFoundError:
@@ -297,6 +320,8 @@ def world_path_problem(value: object) -> str | None:
             return f"world_path {path} is a symlink to nothing ({os.readlink(path)}); point it at a regular file"
         if not path.parent.is_dir():
             return f"world_path {path}: its directory {path.parent} does not exist"
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return f"world_path {path}: its directory {path.parent} is not writable"
         return None
     except NotADirectoryError:
         return f"world_path {path}: a part of {path.parent} is a file, not a directory"
@@ -441,9 +466,10 @@ class CameraNode(Node):
         **kwargs: passed to :class:`rclpy.node.Node` (e.g. ``parameter_overrides``).
 
     Attributes:
-        scene: the MiniWorld scene (walls and ground truth), or None when ``scene`` names a saved
-            world file.
-        world_file: that file, or None.
+        scene: the MiniWorld scene (walls and ground truth), the recorded world of a world file
+            with a free-space map, or None when ``scene`` names a world file without a map.
+        world_file: the world file the robot moves in (``scene:=FILE``, or ``world:=FILE`` with a
+            map), or None.
         camera: what renders the frames.
         depth: whether the node publishes depth (``publish_depth`` and the camera has depth).
         state: the robot's current state in the world frame.
@@ -458,7 +484,7 @@ class CameraNode(Node):
 
     def __init__(self, node_name: str = "rtfm_camera", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self.scene: MiniWorldScene | None = None
+        self.scene: Scene | None = None
         self.camera: Camera | None = None
         self._bag: BagRecorder | None = None
         for name, p in PARAMETERS.items():
@@ -666,18 +692,24 @@ class CameraNode(Node):
             return f"{msg.name} cannot be deleted: the node needs a value"
         return parameter_problem(msg.name, param.value)
 
-    def _make_world(self, par: dict[str, Any]) -> tuple[MiniWorldScene | None, Camera]:
+    def _make_world(self, par: dict[str, Any]) -> tuple[Scene | None, Camera]:
         name = str(par["camera"])
         if name not in CAMERAS:
             raise StartupError(f"unknown camera {name!r}; valid cameras: {sorted(CAMERAS)}")
-        self._check_camera_parameters(name, par)
         world = str(par["world"]).strip()
-        scene = None
+        if name not in MEMORY_CAMERAS and world and world not in worlds.WORLD_KINDS:
+            raise StartupError(
+                f"world {world} is a recording: it has no ground-truth renderer; use -p camera:=reprojection or "
+                f"-p camera:=model (camera is {name!r})"
+            )
+        self._check_camera_parameters(name, par)
+        scene: Scene | None = None
         if self.world_file is not None:
             if name not in MEMORY_CAMERAS:
                 raise StartupError(
-                    f"scene {self.world_file} is a saved world file, which only a memory camera "
-                    f"({', '.join(MEMORY_CAMERAS)}) can show: add -p camera:=model, for instance (camera is {name!r})"
+                    f"scene {self.world_file} is a saved world file, a recording with no ground-truth renderer, which "
+                    f"only a memory camera ({', '.join(MEMORY_CAMERAS)}) can show: add -p camera:=model or "
+                    f"-p camera:=reprojection (camera is {name!r})"
                 )
             if world:
                 raise StartupError(
@@ -689,7 +721,16 @@ class CameraNode(Node):
                     f"no saved world file at {self.world_file} (the scene parameter names a path; relative paths "
                     "are from the node's working directory)"
                 )
-        else:
+            # A world with a free-space map is a scene with walls; a saved memory without one moves freely.
+            scene = self._recorded_scene(self.world_file)
+            if scene is not None:
+                world = str(self.world_file)
+        elif world and world not in worlds.WORLD_KINDS and str(par["scene"]).strip() == PARAMETERS["scene"].default:
+            # world:=FILE with the default scene: a file with a free-space map is the scene itself.
+            scene = self._recorded_scene(Path(world).expanduser())
+            if scene is not None:
+                self.world_file = Path(world).expanduser().absolute()
+        if scene is None and self.world_file is None:
             try:
                 scene = MiniWorldScene(self.world_name, int(par["width"]), int(par["height"]), float(par["fov"]))
             except (ValueError, KeyError) as e:
@@ -720,6 +761,25 @@ class CameraNode(Node):
                 scene.close()
             raise StartupError(f"cannot make camera {name!r}: {e}") from e
         return scene, camera
+
+    @staticmethod
+    def _recorded_scene(path: Path) -> RecordedScene | None:
+        """The recorded world in the world file ``path``, or None when the file has no free-space map.
+
+        Raises:
+            StartupError: no such file, or a file that is not a readable world.
+        """
+        if not path.is_file():
+            raise StartupError(
+                f"no world file at {path} (relative paths are from the node's working directory; regimes: "
+                f"{', '.join(worlds.WORLD_KINDS)})"
+            )
+        try:
+            return RecordedScene(path)
+        except NoFreeSpaceError:
+            return None
+        except (OSError, ValueError) as e:
+            raise StartupError(f"cannot read the world in {path}: {e}") from e
 
     @staticmethod
     def _check_camera_parameters(camera: str, par: dict[str, Any]) -> None:

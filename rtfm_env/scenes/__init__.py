@@ -1,4 +1,7 @@
-"""Scenes: the physics of a world and its ground-truth renderer.
+"""Scenes: the physics of a world and, where it has one, its ground-truth renderer.
+
+:class:`MiniWorldScene` wraps a MiniWorld env (walls, ground truth); :class:`RecordedScene` is a
+world built from a recording (``rtfm-env world build``): its free-space grid, no renderer.
 
 Importing this package sets ``pyglet.options["headless"] = True`` before MiniWorld (and
 ``pyglet.gl``) is first imported, so MiniWorld renders through EGL without a display on any
@@ -18,11 +21,15 @@ if os.environ.get("RTFM_HEADLESS", "1") != "0":
 
 from rtfm_env.scenes.base import Scene, TopDownMap  # noqa: E402
 from rtfm_env.scenes.miniworld import MiniWorldScene, miniworld_env_ids, resolve_env_id  # noqa: E402
+from rtfm_env.scenes.recorded import NoFreeSpaceError, RecordedScene, WorldFileError  # noqa: E402
 
 __all__ = [
     "Scene",
     "TopDownMap",
     "MiniWorldScene",
+    "RecordedScene",
+    "WorldFileError",
+    "NoFreeSpaceError",
     "TRAIN_IDS",
     "HELDOUT_IDS",
     "miniworld_env_ids",

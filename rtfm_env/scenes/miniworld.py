@@ -6,7 +6,8 @@ MiniWorld's own collision test (``env.intersect`` with the agent's radius, evalu
 points along a move at once), and :meth:`MiniWorldScene.render` draws the ground truth from any
 roll-free camera-to-world pose by placing MiniWorld's agent camera there. For planning and
 metrics the scene rasterises the same collision test into a free-space grid and runs Dijkstra
-over it (16-connected, no corner cutting) for geodesic distances and shortest paths.
+over it (16-connected, no corner cutting; :mod:`rtfm_env.scenes.grid`, shared with recorded worlds)
+for geodesic distances and shortest paths.
 
 MiniWorld envs are expensive to create and leak GL memory even after ``close()``, so they live
 in a module-level pool keyed by (env id, width, height): a scene acquires an env of its own
@@ -19,13 +20,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
-import itertools
 import math
 import threading
 import types
 import weakref
-from collections import OrderedDict
-from collections.abc import Sequence
 
 import gymnasium as gym
 import miniworld  # noqa: F401  (registers the MiniWorld-* ids with Gymnasium)
@@ -33,32 +31,31 @@ import numpy as np
 from miniworld.miniworld import MiniWorldEnv
 from miniworld.opengl import FrameBuffer
 from pyglet import gl
-from scipy import ndimage, sparse
-from scipy.sparse import csgraph
 
 from rtfm_env.geometry import (
-    DiscreteAction,
     Intrinsics,
     KinematicsConfig,
     RobotState,
     angle_difference,
-    apply_discrete,
-    apply_velocity,
     pose_to_state,
 )
+from rtfm_env.scenes import grid
 from rtfm_env.scenes.base import Action, Scene, TopDownMap
+from rtfm_env.scenes.grid import FreeSpace
+from rtfm_env.scenes.motion import MAX_SUBSTEP, checked_move
 
 __all__ = ["MiniWorldScene", "miniworld_env_ids", "resolve_env_id", "pool_stats", "MAX_IMAGE_SIDE"]
 
 MAP_PIXELS = 512  # pixels, side of the frame buffer the top-down map image is rendered into
 MAX_IMAGE_SIDE = 4096  # pixels; larger frame buffers fail or take gigabytes in the GL driver
-MAX_SUBSTEP = 0.05  # metres between collision checks along one move (robot radius is 0.4 m)
 MAX_RENDER_PITCH = math.radians(89.0)  # radians; MiniWorld's look-at camera degenerates at +-90
 ROLL_TOLERANCE = 1e-6  # |y component| of the camera's x axis accepted as "no roll"
 INSIDE_TOLERANCE = 1e-9  # metres; a point on a room's edge counts as inside (portals are edges)
-FIELD_CACHE_SIZE = 16  # distance fields (one per goal cell) kept per layout
 GOAL_TRIES = 32  # candidate goals checked against geodesic_distance in sample_goal
 Z_NEAR, Z_FAR = 0.04, 100.0  # metres, MiniWorld's perspective clip planes (render_obs)
+
+#: The grid graph (:class:`rtfm_env.scenes.grid.FreeSpace`), under the name it had here.
+_FreeSpace = FreeSpace
 
 
 # --------------------------------------------------------------------------------------
@@ -228,20 +225,6 @@ def pool_stats() -> dict[str, dict[str, int]]:
 # Free space
 # --------------------------------------------------------------------------------------
 
-#: Grid moves (d_row, d_col) and the cells the straight line between the two cell centres
-#: passes through; a move is allowed only where those are free too, so paths never cut corners.
-#: Knight moves make the grid 16-connected: distances err by at most ~2.7% instead of 8.2%.
-_MOVES: tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...] = (
-    (0, 1, ()),
-    (1, 0, ()),
-    (1, 1, ((0, 1), (1, 0))),
-    (1, -1, ((0, -1), (1, 0))),
-    (1, 2, ((0, 1), (1, 1))),
-    (2, 1, ((1, 0), (1, 1))),
-    (1, -2, ((0, -1), (1, -1))),
-    (2, -1, ((1, 0), (1, -1))),
-)
-
 
 class _Obstacles:
     """MiniWorld's collision test for a robot of radius ``radius``, vectorised over many points.
@@ -340,141 +323,9 @@ def _rasterise_free(env: MiniWorldEnv, radius: float, cell: float) -> tuple[np.n
     return inside & ~blocked, origin_x, origin_z
 
 
-class _FreeSpace:
-    """A free-space grid with a 16-connected graph over its free cells and cached distance fields."""
-
-    def __init__(self, free: np.ndarray, origin_x: float, origin_z: float, cell: float) -> None:
-        self.free = free
-        self.origin_x, self.origin_z, self.cell = origin_x, origin_z, cell
-        rows, cols = free.shape
-        self.node = np.full(free.shape, -1, dtype=np.int64)
-        self.num_nodes = int(free.sum())
-        self.node[free] = np.arange(self.num_nodes)
-        self.node_row, self.node_col = np.nonzero(free)
-        if self.num_nodes:
-            # For every cell, the index of the nearest free cell: points in walls snap there.
-            _, self.nearest = ndimage.distance_transform_edt(~free, return_indices=True)
-        self.graph = self._build_graph()
-        self._fields: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-
-    def _build_graph(self) -> sparse.csr_matrix:
-        rows, cols = self.free.shape
-        pad = 2
-        free_p = np.pad(self.free, pad, constant_values=False)
-        node_p = np.pad(self.node, pad, constant_values=-1)
-
-        def shifted(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
-            return a[pad + dr : pad + dr + rows, pad + dc : pad + dc + cols]
-
-        src, dst, weight = [], [], []
-        for dr, dc, via in _MOVES:
-            ok = self.free & shifted(free_p, dr, dc)
-            for vr, vc in via:
-                ok &= shifted(free_p, vr, vc)
-            src.append(self.node[ok])
-            dst.append(shifted(node_p, dr, dc)[ok])
-            weight.append(np.full(int(ok.sum()), self.cell * math.hypot(dr, dc)))
-        n = self.num_nodes
-        return sparse.csr_matrix((np.concatenate(weight), (np.concatenate(src), np.concatenate(dst))), shape=(n, n))
-
-    def snap(self, xz: np.ndarray) -> int | None:
-        """Graph node of the free cell containing ``xz``, or of the nearest free cell; None if none is free."""
-        if not self.num_nodes:
-            return None
-        rows, cols = self.free.shape
-        r = min(max(int(math.floor((xz[1] - self.origin_z) / self.cell)), 0), rows - 1)
-        c = min(max(int(math.floor((xz[0] - self.origin_x) / self.cell)), 0), cols - 1)
-        if not self.free[r, c]:
-            r, c = int(self.nearest[0, r, c]), int(self.nearest[1, r, c])
-        return int(self.node[r, c])
-
-    def centre(self, node: int | np.ndarray) -> np.ndarray:
-        """World (x, z) of the centre of node(s): (2,) or (N, 2)."""
-        x = self.origin_x + (self.node_col[node] + 0.5) * self.cell
-        z = self.origin_z + (self.node_row[node] + 0.5) * self.cell
-        return np.stack([x, z], axis=-1).astype(np.float64)
-
-    def cell_is_free(self, xz: np.ndarray) -> np.ndarray:
-        """Whether the cells containing points (N, 2) are free (False outside the grid)."""
-        c = np.floor((xz[:, 0] - self.origin_x) / self.cell).astype(np.int64)
-        r = np.floor((xz[:, 1] - self.origin_z) / self.cell).astype(np.int64)
-        rows, cols = self.free.shape
-        ok = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
-        out = np.zeros(len(xz), dtype=bool)
-        out[ok] = self.free[r[ok], c[ok]]
-        return out
-
-    def line_of_sight(self, a: np.ndarray, b: np.ndarray) -> bool:
-        """Whether every cell the straight segment a-b passes through is free.
-
-        Exact: the segment is cut where it crosses grid lines, and the midpoint of every piece
-        lies in exactly one of the cells it visits.
-        """
-        ga = (np.asarray(a, dtype=np.float64) - (self.origin_x, self.origin_z)) / self.cell
-        gb = (np.asarray(b, dtype=np.float64) - (self.origin_x, self.origin_z)) / self.cell
-        cuts = [np.array([0.0, 1.0])]
-        for axis in (0, 1):
-            lo, hi = sorted((ga[axis], gb[axis]))
-            lines = np.arange(math.floor(lo) + 1, math.ceil(hi))
-            if len(lines):
-                cuts.append((lines - ga[axis]) / (gb[axis] - ga[axis]))
-        t = np.unique(np.concatenate(cuts))
-        t = np.concatenate([[0.0], 0.5 * (t[:-1] + t[1:]), [1.0]])[:, None]
-        pts = ga + t * (gb - ga)
-        cells = (pts * self.cell) + (self.origin_x, self.origin_z)
-        return bool(self.cell_is_free(cells).all())
-
-    def field(self, goal: int) -> tuple[np.ndarray, np.ndarray]:
-        """Distances (metres) from every node to ``goal`` and each node's next node towards it."""
-        if goal in self._fields:
-            self._fields.move_to_end(goal)
-            return self._fields[goal]
-        dist, pred = csgraph.dijkstra(self.graph, directed=False, indices=goal, return_predecessors=True)
-        self._fields[goal] = (dist, pred)
-        if len(self._fields) > FIELD_CACHE_SIZE:
-            self._fields.popitem(last=False)
-        return dist, pred
-
-    def path(self, start: int, goal: int) -> list[int] | None:
-        """Nodes from ``start`` to ``goal`` along the graph, or None if unreachable."""
-        dist, pred = self.field(goal)
-        if not np.isfinite(dist[start]):
-            return None
-        nodes = [start]
-        while nodes[-1] != goal:
-            nodes.append(int(pred[nodes[-1]]))
-        return nodes
-
-
 # --------------------------------------------------------------------------------------
 # The scene
 # --------------------------------------------------------------------------------------
-
-
-def _check_xz(p: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(p, dtype=np.float64)
-    if arr.shape != (2,):
-        raise ValueError(f"{name} must be a floor point (x, z) of shape (2,), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values: {arr.tolist()}")
-    return arr
-
-
-def _through_grid(a: np.ndarray, b: np.ndarray, grid_distance: float) -> float:
-    """Geodesic distance between points without a clear straight line, from their cells' grid distance.
-
-    Points in one cell (or off-centre in theirs) can be farther apart than their cell centres'
-    grid distance; a path is never shorter than the straight line.
-    """
-    if not math.isfinite(grid_distance):
-        return math.inf
-    return max(float(grid_distance), float(np.hypot(*(b - a))))
-
-
-def _check_rng(rng: np.random.Generator) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
-    return rng
 
 
 class MiniWorldScene(Scene):
@@ -539,7 +390,7 @@ class MiniWorldScene(Scene):
         self.radius = float(self._env.agent.radius)  # metres; some envs change it per layout (reset)
         self._start: RobotState | None = None
         self._obstacles: _Obstacles | None = None
-        self._free_space: _FreeSpace | None = None
+        self._free_space: FreeSpace | None = None
         self._map_image: np.ndarray | None = None
 
     def __repr__(self) -> str:
@@ -671,54 +522,15 @@ class MiniWorldScene(Scene):
             ValueError: an unknown discrete id, a non-integer id, or a NaN/inf/negative-dt command.
         """
         self._layout_env()
-        if not isinstance(state, RobotState):
-            raise TypeError(f"state must be a RobotState, got {type(state).__name__}")
-        if isinstance(action, Sequence | np.ndarray) and np.ndim(action) == 1:
-            if len(action) != 3:
-                raise ValueError(f"a continuous action is (v, omega, dt), got {len(action)} values: {action!r}")
-            v, omega, dt = (float(a) for a in action)
-            target = apply_velocity(state, v, omega, dt)
-            # Past one full turn an arc only revisits points already checked.
-            horizon = dt if abs(omega) < 1e-9 else min(dt, 2.0 * math.pi / abs(omega))
-            if not math.isfinite(abs(v) * horizon):
-                raise ValueError(f"velocity command travels an infinite distance: v={v}, dt={dt}")
-            n = max(1, math.ceil(abs(v) * horizon / MAX_SUBSTEP))
-            substates = (apply_velocity(state, v, omega, horizon * k / n) for k in range(1, n + 1))
-            points = itertools.chain(((s.x, s.z) for s in substates), [(target.x, target.z)])
-        else:
-            target = apply_discrete(state, self._check_discrete(action), self.kinematics)
-            target = target.replace(x=float(target.x), z=float(target.z))
-            n = max(1, math.ceil(math.hypot(target.x - state.x, target.z - state.z) / MAX_SUBSTEP))
-            dx, dz = target.x - state.x, target.z - state.z
-            points = iter([(state.x + dx * k / n, state.z + dz * k / n) for k in range(1, n + 1)])
-        if (target.x, target.z) == (state.x, state.z):
-            return target, False
-        # In chunks, so a long command stops soon after its first blocked point.
-        while chunk := list(itertools.islice(points, 64)):
-            if not self._obstacles.free(np.array(chunk)).all():
-                return target.replace(x=state.x, z=state.z), True
-        return target, False
-
-    @staticmethod
-    def _check_discrete(action: object) -> int:
-        names = dict(enumerate(DiscreteAction.NAMES))
-        if isinstance(action, bool) or not (
-            isinstance(action, int | np.integer)
-            or (isinstance(action, np.ndarray) and action.ndim == 0 and np.issubdtype(action.dtype, np.integer))
-        ):
-            raise ValueError(f"a discrete action must be an integer id, got {action!r}; valid: {names}")
-        a = int(action)
-        if a not in names:
-            raise ValueError(f"unknown discrete action {a}; valid: {names}")
-        return a
+        return checked_move(state, action, self.kinematics, self._obstacles.free, MAX_SUBSTEP)
 
     # -- free space and distances ----------------------------------------------------------
 
-    def _grid(self) -> _FreeSpace:
+    def _grid(self) -> FreeSpace:
         env = self._layout_env()
         if self._free_space is None:
             free, ox, oz = _rasterise_free(env, self.radius, self.cell)
-            self._free_space = _FreeSpace(free, ox, oz, self.cell)
+            self._free_space = FreeSpace(free, ox, oz, self.cell)
         return self._free_space
 
     def geodesic_distance(self, a: np.ndarray, b: np.ndarray) -> float:
@@ -729,14 +541,7 @@ class MiniWorldScene(Scene):
         Euclidean distance). Points in occupied cells use the nearest free cell. The distance
         field of each goal cell is cached, so repeated queries to one goal cost O(1).
         """
-        a, b = _check_xz(a, "a"), _check_xz(b, "b")
-        fs = self._grid()
-        na, nb = fs.snap(a), fs.snap(b)
-        if na is None or nb is None:
-            return math.inf
-        if fs.line_of_sight(a, b):
-            return float(np.hypot(*(b - a)))
-        return _through_grid(a, b, float(fs.field(nb)[0][na]))
+        return grid.geodesic_distance(self._grid(), a, b)
 
     def shortest_path(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Waypoints (N, 2) of floor points (x, z) from ``a`` to ``b``; (0, 2) if unreachable.
@@ -745,25 +550,7 @@ class MiniWorldScene(Scene):
         previous kept one to the next crosses only free cells. Endpoints in occupied cells are
         replaced by the nearest free cell's centre.
         """
-        a, b = _check_xz(a, "a"), _check_xz(b, "b")
-        fs = self._grid()
-        na, nb = fs.snap(a), fs.snap(b)
-        if na is None or nb is None:
-            return np.zeros((0, 2))
-        nodes = fs.path(na, nb)
-        if nodes is None:
-            return np.zeros((0, 2))
-        points = fs.centre(np.asarray(nodes if len(nodes) > 1 else nodes * 2))
-        if fs.cell_is_free(a[None])[0]:
-            points[0] = a
-        if fs.cell_is_free(b[None])[0]:
-            points[-1] = b
-        kept = [points[0]]
-        for i in range(1, len(points) - 1):
-            if not fs.line_of_sight(kept[-1], points[i + 1]):
-                kept.append(points[i])
-        kept.append(points[-1])
-        return np.stack(kept)
+        return grid.shortest_path(self._grid(), a, b)
 
     def top_down_map(self) -> TopDownMap:
         """The free-space grid and MiniWorld's top view of the same extent (without the agent)."""
@@ -778,7 +565,7 @@ class MiniWorldScene(Scene):
             image=self._map_image.copy(),
         )
 
-    def _render_map(self, fs: _FreeSpace) -> np.ndarray:
+    def _render_map(self, fs: FreeSpace) -> np.ndarray:
         env = self._env
         img, scale = env.render_top_view(env.vis_fb, render_agent=False, return_scale=True)
         rows, cols = fs.free.shape
@@ -796,7 +583,7 @@ class MiniWorldScene(Scene):
         Restricting to the start's connected free space keeps the robot out of pockets it
         could never leave (e.g. between two boxes and a wall). Height ``cam_height``, pitch 0.
         """
-        rng = _check_rng(rng)
+        rng = grid.check_rng(rng)
         fs = self._grid()
         start = fs.snap(np.array([self._start.x, self._start.z]))
         if start is None:
@@ -826,31 +613,4 @@ class MiniWorldScene(Scene):
             ValueError: a bad range or start point.
             RuntimeError: no free point other than the start is reachable.
         """
-        rng = _check_rng(rng)
-        start = _check_xz(start_xz, "start_xz")
-        min_d, max_d = float(min_d), float(max_d)
-        if not (math.isfinite(min_d) and math.isfinite(max_d) and 0.0 <= min_d <= max_d):
-            raise ValueError(f"need finite 0 <= min_d <= max_d, got min_d={min_d}, max_d={max_d}")
-        fs = self._grid()
-        ns = fs.snap(start)
-        dist = fs.field(ns)[0] if ns is not None else np.zeros(0)
-        reachable = np.isfinite(dist) & (dist > 0.0)
-        if not reachable.any():
-            raise RuntimeError(f"no free point is reachable from {start.tolist()} in {self!r}")
-        gap = np.maximum(np.maximum(min_d - dist, dist - max_d), 0.0)
-        best = float(gap[reachable].min())
-        candidates = np.flatnonzero(reachable & (gap <= best + self.cell))
-        # The grid distance of a candidate and geodesic_distance (exact where the way is straight)
-        # differ by up to a few percent, so keep the draw whose geodesic distance fits best.
-        goal, goal_gap = fs.centre(int(candidates[0])), math.inf
-        for _ in range(max(1, int(tries))):
-            node = int(rng.choice(candidates))
-            g = fs.centre(node)
-            # geodesic_distance(start, g) without a new field: the graph is undirected.
-            d = float(np.hypot(*(g - start))) if fs.line_of_sight(start, g) else _through_grid(start, g, dist[node])
-            g_gap = max(min_d - d, d - max_d, 0.0)
-            if g_gap < goal_gap:
-                goal, goal_gap = g, g_gap
-            if goal_gap <= best:
-                break
-        return goal
+        return grid.sample_goal(self._grid(), rng, start_xz, min_d, max_d, tries, repr(self))
