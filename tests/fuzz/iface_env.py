@@ -24,7 +24,8 @@ KWARGS: dict[str, tuple[list[Any], list[Any]]] = {
     "scene_seed": ([0, 7], [True, -1, 1.5, NAN, "0", 2**70]),
     "render_mode": ([None, "rgb_array"], [5, "x", True, "RGB"]),
     "depth": ([True, False], ["yes", 2, None, NAN]),
-    "scene": (["MiniWorld-OneRoom-v0", "MiniWorld-FourRooms-v0"], ["MiniWorld-Nope-v0", "", 5, None,
+    # None is the default scene (FourRooms, or the map of a world file given as world=)
+    "scene": (["MiniWorld-OneRoom-v0", "MiniWorld-FourRooms-v0", None], ["MiniWorld-Nope-v0", "", 5,
                                                                      "MiniWorld-OneRoom-v0 ", "../../etc/passwd"]),
     "camera": (["ground_truth", "reprojection", "nearest"], ["", "Model", 3, None, "ground_truth\x00"]),
     "world": (["image", "walk"], ["", "scan ", 5, True, "missing.rtfm", "/dev/null", "."]),

@@ -187,7 +187,8 @@ def _param_case(rng: np.random.Generator, ctx: dict[str, Any]) -> Case:
         valid = False
     elif isinstance(value, float) and (not math.isfinite(value) or value < 0 or value > 1e6):
         valid = False
-    elif name == "world_path" and value in (str(ctx["workdir"]), "/dev/null", "/proc/self/mem", "\x00"):
+    # A ROS string ends at its first NUL byte (CDR), so "\x00" reaches the node as "" (unset): valid.
+    elif name == "world_path" and value in (str(ctx["workdir"]), "/dev/null", "/proc/self/mem"):
         valid = False
     else:
         valid = None
