@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import memory as memory_bench  # noqa: E402
 import quality as quality_bench  # noqa: E402
+import recorded_worlds as recorded_worlds_bench  # noqa: E402
 import speed as speed_bench  # noqa: E402
 import vector as vector_bench  # noqa: E402
 import world_reset as world_reset_bench  # noqa: E402
@@ -163,3 +164,19 @@ def test_world_reset_benchmark_times_each_regime(tmp_path):
     assert "| walk |" in out.with_suffix(".md").read_text()
     with pytest.raises(ValueError, match=r"unknown regime \['maze'\]"):
         world_reset_bench.main(world_reset_bench.WorldResetConfig(regimes="maze", out=str(out)))
+
+
+def test_recorded_worlds_benchmark_scores_a_built_world(tmp_path):
+    """The recorded-worlds benchmark builds a world, drives it alone and scores it against unseen ground truth."""
+    out = tmp_path / "recorded.json"
+    r = recorded_worlds_bench.main(
+        recorded_worlds_bench.RecordedWorldsConfig(
+            envs="MiniWorld-YMaze-v0", cameras="reprojection", episodes=1, steps=6, closed_loop="missing.json",
+            out=str(out),
+        )
+    )
+    res = r["results"]["reprojection"]
+    assert 10.0 < res["psnr"]["mean"] < 100.0 and 0.0 < res["sharpness"] < 2.0  # a real view, not a copy of truth
+    assert "target_met" not in res  # no reference run given
+    assert r["per_env"]["MiniWorld-YMaze-v0"]["method"] == "depth"
+    assert "| reprojection |" in out.with_suffix(".md").read_text()
