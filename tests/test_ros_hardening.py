@@ -243,3 +243,20 @@ def test_stale_staging_is_removed_by_the_next_recording(tmp_path):
     finally:
         live.close()
     assert (tmp_path / "live").is_dir() and not live._staging.exists()
+
+
+def test_world_path_refuses_virtual_file_systems_and_unwritable_directories(tmp_path):
+    """/proc, /sys and /dev never take a world, nor does a directory the node cannot write to."""
+    from rtfm_env.ros.camera_node import world_path_problem
+
+    assert "virtual file system" in world_path_problem("/proc/self/mem")
+    assert world_path_problem("/proc/self/new.rtfm") is not None  # refused: not writable or virtual
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root writes anywhere: the check cannot fail then
+            assert "not writable" in world_path_problem(str(locked / "w.rtfm"))
+    finally:
+        locked.chmod(0o700)
+    assert world_path_problem(str(tmp_path / "w.rtfm")) is None

@@ -310,9 +310,6 @@ def world_path_problem(value: object) -> str | None:
     if len(text) > MAX_STRING_LENGTH or "\0" in text:
         return f"world_path must be a path of at most {MAX_STRING_LENGTH} characters without NUL bytes"
     path = Path(text).expanduser()
-    resolved = Path(os.path.realpath(path))
-    if any(resolved.is_relative_to(root) for root in _VIRTUAL_FILE_SYSTEMS):
-        return f"world_path {path} lies in a virtual file system ({resolved}); give a file on a disk"
     try:
         mode = os.stat(path).st_mode  # follows symlinks: a link to a regular file is that file
     except FileNotFoundError:
@@ -322,7 +319,7 @@ def world_path_problem(value: object) -> str | None:
             return f"world_path {path}: its directory {path.parent} does not exist"
         if not os.access(path.parent, os.W_OK | os.X_OK):
             return f"world_path {path}: its directory {path.parent} is not writable"
-        return None
+        return _virtual_problem(path)
     except NotADirectoryError:
         return f"world_path {path}: a part of {path.parent} is a file, not a directory"
     except OSError as e:
@@ -330,6 +327,14 @@ def world_path_problem(value: object) -> str | None:
     if not stat.S_ISREG(mode):
         kind = "directory" if stat.S_ISDIR(mode) else "device, FIFO or socket"
         return f"world_path {path} exists and is a {kind}, not a regular file: save_world would replace it"
+    return _virtual_problem(path)
+
+
+def _virtual_problem(path: Path) -> str | None:
+    """Why ``path`` (a regular file or a new one) cannot take a world: it lies in /proc, /sys or /dev."""
+    resolved = Path(os.path.realpath(path))
+    if any(resolved.is_relative_to(root) for root in _VIRTUAL_FILE_SYSTEMS):
+        return f"world_path {path} lies in a virtual file system ({resolved}); give a file on a disk"
     return None
 
 
