@@ -15,19 +15,18 @@ It writes the JSON (config, machine, results) and a Markdown table next to it (`
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
-from benchlib import machine_info, write_atomic
+from benchlib import machine_info, parse_config, write_atomic
 from tqdm import tqdm
 
 import rtfm_env  # noqa: F401 (registers the envs)
@@ -178,12 +177,7 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> RecordedWorldsConfig:
     """Command line generated from :class:`RecordedWorldsConfig`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    defaults = RecordedWorldsConfig()
-    for f in fields(RecordedWorldsConfig):
-        default = getattr(defaults, f.name)
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
-    return RecordedWorldsConfig(**vars(parser.parse_args(argv)))
+    return parse_config(RecordedWorldsConfig, __doc__, argv)
 
 
 if __name__ == "__main__":

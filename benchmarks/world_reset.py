@@ -16,17 +16,16 @@ It writes the JSON (config, machine, results) and a Markdown table next to it (`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from benchlib import machine_info, write_atomic
+from benchlib import machine_info, parse_config, write_atomic
 from tqdm import tqdm
 
 from rtfm_env import worlds
@@ -130,12 +129,7 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> WorldResetConfig:
     """Command line generated from :class:`WorldResetConfig`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    defaults = WorldResetConfig()
-    for f in fields(WorldResetConfig):
-        default = getattr(defaults, f.name)
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
-    return WorldResetConfig(**vars(parser.parse_args(argv)))
+    return parse_config(WorldResetConfig, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -607,18 +607,7 @@ def observe_many(cameras: Sequence[ModelCamera], poses: Sequence[np.ndarray]) ->
         TypeError: an entry of ``cameras`` that is not a :class:`ModelCamera`.
         RuntimeError: a camera that has not been reset.
     """
-    cameras, poses = list(cameras), list(poses)
-    if not cameras:
-        raise ValueError("cameras is empty: give at least one ModelCamera")
-    if len(poses) != len(cameras):
-        raise ValueError(f"got {len(cameras)} cameras but {len(poses)} pose batches; give one (B_i, 4, 4) per camera")
-    for i, camera in enumerate(cameras):
-        if not isinstance(camera, ModelCamera):
-            raise TypeError(f"cameras[{i}] is a {type(camera).__name__}, not a ModelCamera")
-        if camera.memory is None:
-            raise RuntimeError(f"cameras[{i}] is observed before reset(scene, pose) or load_world(path)")
-    if len({id(c) for c in cameras}) != len(cameras):
-        raise ValueError("a camera is listed twice; pass all of one camera's poses as one (B, 4, 4) batch")
+    cameras, poses = _check_many(cameras, poses, ModelCamera)
     first = cameras[0]
     model = first.model
     for i, camera in enumerate(cameras[1:], start=1):
@@ -636,6 +625,23 @@ def observe_many(cameras: Sequence[ModelCamera], poses: Sequence[np.ndarray]) ->
     for camera in cameras:
         camera._step += 1
     return results
+
+
+def _check_many(cameras: Sequence[Camera], poses: Sequence[np.ndarray], kind: type) -> tuple[list, list]:
+    """The checks every batched call over several cameras shares; returns both as lists."""
+    cameras, poses = list(cameras), list(poses)
+    if not cameras:
+        raise ValueError(f"cameras is empty: give at least one {kind.__name__}")
+    if len(poses) != len(cameras):
+        raise ValueError(f"got {len(cameras)} cameras but {len(poses)} pose batches; give one (B_i, 4, 4) per camera")
+    for i, camera in enumerate(cameras):
+        if not isinstance(camera, kind):
+            raise TypeError(f"cameras[{i}] is a {type(camera).__name__}, not a {kind.__name__}")
+        if camera.memory is None:
+            raise RuntimeError(f"cameras[{i}] is observed before reset(scene, pose) or load_world(path)")
+    if len({id(c) for c in cameras}) != len(cameras):
+        raise ValueError("a camera is listed twice; pass all of one camera's poses as one (B, 4, 4) batch")
+    return cameras, poses
 
 
 def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[np.ndarray]:
@@ -818,16 +824,7 @@ def reproject_many(
     Returns:
         For each camera, its (B_i, H, W, 3) uint8 frames, or (frames, (B_i, H, W) depths).
     """
-    cameras, poses = list(cameras), list(poses)
-    if not cameras or len(poses) != len(cameras):
-        raise ValueError(f"give one pose batch per camera: got {len(cameras)} cameras and {len(poses)} batches")
-    for i, camera in enumerate(cameras):
-        if not isinstance(camera, ReprojectionCamera):
-            raise TypeError(f"cameras[{i}] is a {type(camera).__name__}, not a ReprojectionCamera")
-        if camera.memory is None:
-            raise RuntimeError(f"cameras[{i}] is observed before reset(scene, pose) or load_world(path)")
-    if len({id(c) for c in cameras}) != len(cameras):
-        raise ValueError("a camera is listed twice; pass all of one camera's poses as one (B, 4, 4) batch")
+    cameras, poses = _check_many(cameras, poses, ReprojectionCamera)
     first = cameras[0]
     settings = (first.intrinsics, first.device, first.splat, first.depth_tolerance)
     for i, camera in enumerate(cameras[1:], start=1):
