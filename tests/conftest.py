@@ -11,3 +11,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random-weight frame-model checkpoint (T, 64x64, 4 views) whose output depends on inputs and noise."""
+    from rtfm_env.model import FrameNetwork, model_config, save_checkpoint
+
+    net = FrameNetwork(model_config("T", height=64, width=64, max_context=4))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # zero-initialised output layers would make every frame the same
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", net)

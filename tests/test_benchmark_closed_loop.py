@@ -8,11 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from rtfm_env.data.shards import sha256_file
 from rtfm_env.eval.metrics import PSNR_CAP
-from rtfm_env.model import FrameNetwork, model_config, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -24,14 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tiny_checkpoint):
     """A tiny random-weight checkpoint (size T, 64x64) whose output depends on its inputs and noise."""
-    net = FrameNetwork(model_config("T", height=RES, width=RES, max_context=4))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # zero-initialised output layers would make every frame the same
-        for p in net.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", net)
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

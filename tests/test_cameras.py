@@ -187,18 +187,9 @@ def test_model_camera_takes_a_world_and_has_no_depth_yet(tmp_path):
     assert not ModelCamera.has_depth
 
 
-def test_reseed_after_load_world_reproduces_model_frames(scene, tmp_path):
+def test_reseed_after_load_world_reproduces_model_frames(scene, tmp_path, tiny_checkpoint):
     """reseed(seed) after load_world makes a model camera's frames repeat; bad seeds are refused."""
-    import torch
-
-    from rtfm_env.model import FrameNetwork, model_config, save_checkpoint
-
-    net = FrameNetwork(model_config("T", height=64, width=64, max_context=2))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
-    ckpt = save_checkpoint(tmp_path / "tiny", net)
-    cam = ModelCamera(ckpt, world="image")
+    cam = ModelCamera(tiny_checkpoint, world="image")
     cam.reset(scene, scene.start_state.pose(), seed=0)
     path = tmp_path / "w.rtfm"
     cam.save_world(path)

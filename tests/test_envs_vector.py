@@ -7,14 +7,12 @@ import importlib
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 import rtfm_env  # noqa: F401  (registers the RTFM/* ids)
 from rtfm_env.cameras import ModelCamera
 from rtfm_env.envs.vector import PointNavVectorEnv, RTFMVectorEnv
-from rtfm_env.model import FrameNetwork, model_config, save_checkpoint
 
 RES = 64
 N = 3
@@ -37,14 +35,9 @@ RTFM_IDS = sorted(k for k in gym.registry if k.startswith("RTFM/") and _importab
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tiny_checkpoint):
     """A tiny random-weight checkpoint (size T, 64x64) whose output depends on its inputs and noise."""
-    net = FrameNetwork(model_config("T", height=RES, width=RES, max_context=4))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # zero-initialised output layers would make every frame the same
-        for p in net.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", net)
+    return tiny_checkpoint
 
 
 @pytest.fixture

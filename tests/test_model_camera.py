@@ -10,7 +10,6 @@ import gymnasium as gym
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -19,7 +18,7 @@ from rtfm_env import cameras, cli, viz
 from rtfm_env.cameras import CONTEXT_STRATEGIES, ModelCamera, make_camera, select_context, turn_in_place
 from rtfm_env.geometry import Intrinsics, RobotState, camera_pose
 from rtfm_env.memory import MemoryFormatError, SpatialMemory
-from rtfm_env.model import CheckpointError, FrameNetwork, model_config, save_checkpoint
+from rtfm_env.model import CheckpointError
 from rtfm_env.scenes import MiniWorldScene
 from rtfm_env.scenes.base import TopDownMap
 
@@ -30,14 +29,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tiny_checkpoint):
     """A tiny random-weight checkpoint (size T, 64x64) whose output depends on its inputs and noise."""
-    net = FrameNetwork(model_config("T", height=RES, width=RES, max_context=4))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # zero-initialised output layers would make every frame the same
-        for p in net.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", net)
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+from test_envs_recorded import oracle_successes
 
 import rtfm_env  # noqa: F401 (registers the envs)
-from agents import ShortestPathAgent
 from rtfm_env.world_build import BuildConfig, build_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,15 +24,7 @@ def test_shortest_path_agent_succeeds_in_a_built_world(built_world):
     """PointNav's oracle succeeds on >= 90% of 20 episodes in the world built from a recording."""
     env = gym.make("RTFM/PointNav-v0", world=str(built_world), camera="reprojection", max_steps=200)
     try:
-        agent = ShortestPathAgent(env)
-        successes = []
-        for episode in range(20):
-            obs, info = env.reset(seed=episode)
-            done = False
-            while not done:
-                obs, _, terminated, truncated, info = env.step(agent.act(obs))
-                done = terminated or truncated
-            successes.append(bool(info["success"]))
+        successes = oracle_successes(env, 20)
         assert np.mean(successes) >= 0.9, successes
         assert env.unwrapped.scene.env_id == "world:ymaze"
     finally:
