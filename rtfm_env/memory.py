@@ -366,19 +366,16 @@ class _PoseIndex:
         """
         if m <= 0 or self.n_live == 0:
             return np.empty(0, dtype=np.int64), np.empty(0)
-        buf = np.arange(self.buffer_start, self.n)
-        buf = buf[self.live[buf]]
-        found = [buf]
-        best = np.sqrt(_sq_dist(self.keys[buf], query))  # the m smallest distances found so far
-        if len(best) > m:
-            best = np.partition(best, m - 1)[:m]
-        for tree, start in self.trees:
-            bound = best.max() if len(best) >= m else math.inf
+        found, best, bound = [], np.empty(0), math.inf  # best: the m smallest distances found so far
+        for tree, start in self.trees:  # largest first: its m nearest bound the rest tightly
             slots, dists = self._search_tree(tree, start, query, m, bound)
             found.append(slots)
-            best = np.concatenate([best, dists])
-            if len(best) > m:
-                best = np.partition(best, m - 1)[:m]
+            if bound == math.inf:  # once finite, the bound stays: the final sort orders what it admits
+                best = np.concatenate([best, dists])
+                if len(best) >= m:
+                    bound = float(np.partition(best, m - 1)[m - 1])
+        buf = np.arange(self.buffer_start, self.n)  # the short buffer: every live key is a candidate
+        found.append(buf[self.live[buf]])
         slots = np.concatenate(found)
         sq = _sq_dist(self.keys[slots], query)
         order = np.lexsort((slots, sq))[:m]
@@ -389,24 +386,29 @@ class _PoseIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Live slots of one tree that may be among the ``m`` nearest (a superset, ties kept).
 
+        With a finite ``bound`` (the m-th smallest distance found so far) every key within it is
+        a candidate, and a ball query finds them at about half the fixed cost of a k-nearest
+        query; trees are searched largest first, so the bound is tight by the time the smaller
+        trees are reached. Without one, k-nearest queries widen until no tie is cut off.
+
         Returns:
-            The slots and their distances as the tree computed them.
+            The slots, and their distances as the tree computed them (none for a ball query).
         """
+        if bound < math.inf:
+            i = np.asarray(tree.query_ball_point(query, _loosen(bound), return_sorted=False), dtype=np.intp)
+            i += start
+            return i[self.live[i]], np.empty(0)
         size = tree.n
         k = min(size, m + 1)
-        upper = _loosen(bound) if bound < math.inf else math.inf
         while True:
-            d, i = tree.query(query, k, distance_upper_bound=upper)
+            d, i = tree.query(query, k)
             if k == 1:
                 d, i = np.array([d]), np.array([i])
-            if d[-1] == math.inf:  # fewer than k within the bound; the missing ones are padded
-                n = int(np.searchsorted(d, math.inf))
-                d, i = d[:n], i[:n]
             i = i + start
             live = self.live[i]
-            # Complete when the tree had nothing more within the bound, or when m live keys
-            # came back and the next key is strictly farther (so no tie is cut off).
-            if len(d) < k or k == size or (d[-1] > _loosen(d[-2]) and np.count_nonzero(live[:-1]) >= m):
+            # Complete when m live keys came back and the next key is strictly farther (so no
+            # tie is cut off), or when the tree has no more.
+            if k == size or (d[-1] > _loosen(d[-2]) and np.count_nonzero(live[:-1]) >= m):
                 return i[live], d[live]
             k = min(size, 2 * k)
 
@@ -729,91 +731,108 @@ class SpatialMemory:
         cfg = self.config
         # Vectors are laid out (3, P) and (M, 3, P), contiguous per coordinate, so dot products
         # reduce a middle axis of 3 planes, which numpy does far faster than a trailing axis of 3.
-        points = pose[:3, :3] @ self._sample_points(intrinsics) + pose[:3, 3, None]  # (3, P) world
+        # Retrieval runs once per generated frame and is a few dozen small array operations, so
+        # each one counts: benchmarks/memory.py holds it to 1 ms at a million frames.
+        sample = self._sample_points(intrinsics)
+        n_points = sample.shape[1]
+        centre = pose[:3, 3]
         cand = self._poses[slots]  # (M, 4, 4)
         centres = cand[:, :3, 3]  # (M, 3)
-        rel = points[None, :, :] - centres[:, :, None]  # (M, 3, P) world, candidate -> point
-        local = np.swapaxes(cand[:, :3, :3], 1, 2) @ rel  # (M, 3, P) R^T (X - c), candidate camera frame
-        depth = -local[:, 2]  # (M, P), the camera looks down -z
+        offset = centres - centre
+        dist = np.sqrt(np.einsum("mi,mi->m", offset, offset))  # (M,) metres from the query camera
+        with_depth = self._depth_rows is not None and bool(self._has_depth[slots].any())
+        points = pose[:3, :3] @ sample + centre[:, None]  # (3, P) world
+        if with_depth:
+            # The query camera's centre rides along as one more point: the occlusion test needs
+            # where each candidate sees it, and it costs one column instead of its own pass.
+            points = np.concatenate([points, centre[:, None]], axis=1)  # (3, P + 1)
+        rel = points[None, :, :] - centres[:, :, None]  # (M, 3, P[+1]) world, candidate -> point
+        local = np.swapaxes(cand[:, :3, :3], 1, 2) @ rel  # (M, 3, P[+1]) R^T (X - c), candidate camera frame
+        depth = -local[:, 2]  # (M, P[+1]), the camera looks down -z
         h, w = self._resolution
         tan_y = np.tan(np.radians(self._fov[slots]) / 2.0)[:, None]  # (M, 1)
         in_view = (depth > cfg.near) & (np.abs(local[:, 0]) <= depth * (tan_y * (w / h)))
-        in_view &= np.abs(local[:, 1]) <= depth * tan_y  # (M, P) inside each candidate's frustum
-        if self._depth_rows is not None and self._has_depth[slots].any():
-            in_view &= ~self._occluded(pose, slots, local, depth, in_view, tan_y)
-        rows = np.flatnonzero(in_view.any(axis=1))  # candidates that see something
-        if len(rows) == 0:
-            return []
-        in_view, rel = in_view[rows], rel[rows]  # (M', P), (M', 3, P)
-        rays = rel / np.sqrt(np.einsum("mip,mip->mp", rel, rel))[:, None, :]  # (M', 3, P) unit viewing rays
-        query_rays = points - pose[:3, 3, None]
+        in_view &= np.abs(local[:, 1]) <= depth * tan_y  # (M, P[+1]) inside each candidate's frustum
+        if with_depth:
+            in_view = in_view[:, :n_points] & ~self._occluded(slots, local, depth, in_view, tan_y, dist)
+            rel = rel[:, :, :n_points]
+        rays = rel / np.sqrt(np.einsum("mip,mip->mp", rel, rel))[:, None, :]  # (M, 3, P) unit viewing rays
+        query_rays = points[:, :n_points] - centre[:, None]
         query_rays /= np.sqrt(np.einsum("ip,ip->p", query_rays, query_rays))  # (3, P)
         # A surface the query sees faces it; a uniformly random such orientation also faces a
         # camera whose ray differs by angle a with probability 1 - a / pi (zero from behind).
-        cos_q = np.einsum("mip,ip->mp", rays, query_rays)  # (M', P)
-        seen = in_view * (1.0 - np.arccos(np.clip(cos_q, -1.0, 1.0)) / np.pi)  # (M', P) expected visibility
-        offset = centres[rows] - pose[:3, 3]
-        weight = np.exp(-np.sqrt(np.einsum("mi,mi->m", offset, offset)) / cfg.distance_scale) / points.shape[1]  # (M',)
-        generated = self._source[slots[rows]] == SOURCES.index("generated")
+        cos_q = np.einsum("mip,ip->mp", rays, query_rays)  # (M, P)
+        np.minimum(np.maximum(cos_q, -1.0, out=cos_q), 1.0, out=cos_q)
+        seen = in_view * (1.0 - np.arccos(cos_q) / np.pi)  # (M, P) expected visibility
+        weight = np.exp(-dist / cfg.distance_scale) / n_points  # (M,)
+        generated = self._source[slots] == SOURCES.index("generated")
         weight = np.where(generated, weight * cfg.generated_weight, weight)  # observed frames outrank generated ones
 
-        best_cos = np.full(seen.shape, -1.0)  # (M', P) cosine to the closest picked ray at each point
+        # novelty is min(1, (1 - cos) / (1 - cos(novelty_angle))) for the picked ray closest in
+        # angle at each point: 1 where no pick sees the point, 0 along a picked view's own rays.
         inv_cut = 1.0 / (1.0 - math.cos(math.radians(cfg.novelty_angle)))
-        open_ = (seen > 0).any(axis=1)
+        novelty = np.ones(seen.shape)  # (M, P)
+        unseen = np.empty(n_points)  # (P,) 0 where the pick sees the point, else 2 (> any novelty)
         picked: list[int] = []
-        while len(picked) < k and open_.any():
-            novelty = np.minimum(1.0, (1.0 - best_cos) * inv_cut)  # (M', P), 1 where no pick sees the point
-            gain = np.where(open_, (novelty * seen).sum(axis=1) * weight, -np.inf)  # (M',) fraction of P
+        while len(picked) < k:
+            # A candidate that sees nothing, or is picked (weight 0), gains 0, which never
+            # exceeds min_gain (>= 0).
+            gain = np.einsum("mp,mp->m", novelty, seen) * weight  # (M,) weighted fraction of P
             j = int(np.argmax(gain))  # first maximum: candidates are ordered by (distance, id)
             if not gain[j] > cfg.min_gain:
                 break
             picked.append(j)
-            open_[j] = False
-            cos = np.einsum("mip,ip->mp", rays, rays[j])  # (M', P) angle to the picked view's rays
-            best_cos = np.where(seen[j] > 0, np.maximum(best_cos, cos), best_cos)
-        return [int(rows[j]) for j in picked]
+            weight[j] = 0.0
+            if len(picked) == k:
+                break
+            cos = np.einsum("mip,ip->mp", rays, rays[j])  # (M, P) angle to the picked view's rays
+            np.multiply(seen[j] <= 0, 2.0, out=unseen)  # only points the pick sees lose novelty
+            new = (1.0 - cos) * inv_cut
+            new += unseen
+            np.minimum(novelty, new, out=novelty)  # novelty <= 1, so no min(1, .) is needed
+        return picked
 
     def _occluded(
         self,
-        pose: np.ndarray,
         slots: np.ndarray,
         local: np.ndarray,
         depth: np.ndarray,
         in_view: np.ndarray,
         tan_y: np.ndarray,
+        dist: np.ndarray,
     ) -> np.ndarray:
         """(M, P) True where a sampled point does not count for a candidate because of depth.
+
+        ``local``, ``depth`` and ``in_view`` have P + 1 columns: the sampled points, then the
+        query camera's centre. ``dist`` is each candidate's distance from the query camera.
 
         A point hides from a candidate with depth when it lies behind the surface that the
         candidate's depth map shows at the point's pixel. The query camera has no depth, so the
         candidate nearest to it (by camera centre) among those with depth that frame the point
         stands in for it: a point hidden from that view is most likely hidden from the query
-        too (behind the wall it faces), and counts for no candidate.
+        too (behind the wall it faces), and counts for no candidate. A candidate that sees the
+        query camera itself behind a surface is on the other side of a wall from it and cannot
+        stand in for it.
         """
         cfg = self.config
         h, w = self._resolution
         has = self._has_depth[slots]  # (M,)
         focal = (h / 2.0) / tan_y  # (M, 1) pixels
-        z = np.where(in_view, depth, 1.0)  # (M, P); out-of-view points are masked below
-        col = np.clip(np.floor(local[:, 0] / z * focal + w / 2.0), 0, w - 1).astype(np.intp)
-        row = np.clip(np.floor(-local[:, 1] / z * focal + h / 2.0), 0, h - 1).astype(np.intp)
+        z = np.maximum(depth, cfg.near)  # (M, P + 1); out-of-view points are masked below
+        col = local[:, 0] / z * focal + w / 2.0
+        row = -local[:, 1] / z * focal + h / 2.0
+        # Clamped first, so truncation is floor; out-of-view points land on an edge pixel.
+        col = np.minimum(np.maximum(col, 0.0, out=col), w - 1, out=col).astype(np.intp)
+        row = np.minimum(np.maximum(row, 0.0, out=row), h - 1, out=row).astype(np.intp)
+        row *= w
+        row += col
         rows = self._depth_of[slots]  # (M,) depth rows; 0 (all inf) for frames without depth
-        stored = self._depth_rows[rows[:, None], row, col].astype(np.float64)  # (M, P) metres
-        informed = in_view & has[:, None]  # (M, P) candidates whose depth tells about the point
-        hidden = informed & (depth > stored * (1.0 + cfg.occlusion_tolerance) + 0.05)  # (M, P)
-        # A candidate that sees the query camera itself behind a surface is on the other side of
-        # a wall from it and cannot stand in for it.
-        cand = self._poses[slots]  # (M, 4, 4)
-        q_local = np.einsum("mji,mj->mi", cand[:, :3, :3], pose[:3, 3] - cand[:, :3, 3])  # (M, 3)
-        q_depth = -q_local[:, 2]  # (M,)
-        q_in = (q_depth > cfg.near) & (np.abs(q_local[:, 0]) <= q_depth * tan_y[:, 0] * (w / h))
-        q_in &= np.abs(q_local[:, 1]) <= q_depth * tan_y[:, 0]
-        qz = np.where(q_in, q_depth, 1.0)
-        q_col = np.clip(np.floor(q_local[:, 0] / qz * focal[:, 0] + w / 2.0), 0, w - 1).astype(np.intp)
-        q_row = np.clip(np.floor(-q_local[:, 1] / qz * focal[:, 0] + h / 2.0), 0, h - 1).astype(np.intp)
-        q_stored = self._depth_rows[rows, q_row, q_col].astype(np.float64)  # (M,)
-        separated = has & q_in & (q_depth > q_stored * (1.0 + cfg.occlusion_tolerance) + 0.05)  # (M,)
-        dist = np.linalg.norm(cand[:, :3, 3] - pose[:3, 3], axis=1)  # (M,)
+        row += (rows * (h * w))[:, None]  # index into the flattened depth rows
+        stored = self._depth_rows.reshape(-1).take(row).astype(np.float64)  # (M, P + 1) metres
+        informed = in_view & has[:, None]  # (M, P + 1) candidates whose depth tells about the point
+        hidden = informed & (depth > stored * (1.0 + cfg.occlusion_tolerance) + 0.05)  # (M, P + 1)
+        separated = hidden[:, -1]  # (M,) the query camera is behind this candidate's surface
+        hidden, informed = hidden[:, :-1], informed[:, :-1]
         key = np.where(informed & ~separated[:, None], dist[:, None], np.inf)  # (M, P)
         proxy = np.argmin(key, axis=0)  # (P,) nearest informed candidate per point
         cols = np.arange(key.shape[1])
