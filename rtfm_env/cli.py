@@ -47,7 +47,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "and write every message it publishes (image_raw, camera_info, odom, pose, and depth/image_raw, "
         "depth/camera_info, /clock or /tf where published) to a new rosbag2 bag in MCAP or sqlite3 for "
         "--duration seconds or --frames frames. The bag "
-        "appears at --out only once finished. The node listens to cmd_vel meanwhile.",
+        "appears at --out only once finished. The node listens to cmd_vel meanwhile or, with --drive walk, "
+        "drives itself along the walk regime's exploration walk.",
     ),
     "world": (
         "rtfm_env.world_build",

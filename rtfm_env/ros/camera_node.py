@@ -538,7 +538,10 @@ class CameraNode(Node):
             self.world_name = self.scene.env_id
         self.intrinsics = self.camera.intrinsics
         asked = (par["width"], par["height"], par["fov"])
-        if asked != (self.intrinsics.width, self.intrinsics.height, self.intrinsics.fov_y):
+        # The field of view compares to a billionth: a world built from a bag recovers it from
+        # CameraInfo's focal length, a few ulps from the value that was published.
+        same_fov = math.isclose(par["fov"], self.intrinsics.fov_y, rel_tol=1e-9)
+        if (par["width"], par["height"]) != (self.intrinsics.width, self.intrinsics.height) or not same_fov:
             self.get_logger().warning(
                 f"the world file's frames are {self.intrinsics.width}x{self.intrinsics.height} with a "
                 f"{self.intrinsics.fov_y:g} degree field of view: they override width, height and fov {asked}"
