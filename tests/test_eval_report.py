@@ -56,10 +56,35 @@ def test_headline_numbers_are_means_and_standard_errors_over_episodes(summary):
     assert head["excursion"]["spatial"]["mean"] == pytest.approx(33.0)
     assert head["excursion"]["spatial"]["se"] == pytest.approx(2.0)  # std 2.83 / sqrt(2)
     assert head["spatial_minus_last_k"]["mean"] == pytest.approx(12.0)
-    assert len(head["targets"]) == 4
-    psnr_target, gap_target = head["targets"][:2]
+    assert len(head["targets"]) == 5  # no sharpness recorded in these episodes: no sharpness target
+    psnr_target, gap_target = (next(t for t in head["targets"] if t["name"].startswith(start))
+                               for start in ("revisit PSNR, spatial, after", "revisit PSNR, spatial minus"))
     assert psnr_target["met"] and psnr_target["target"] == TARGETS["excursion_psnr"]
     assert gap_target["met"] and gap_target["se"] == pytest.approx(1.0)  # differences 11 and 13
+
+
+def test_grey_revisit_consistent_with_itself_misses_the_ground_truth_targets(summary):
+    """A grey camera, consistent with itself, misses the revisit frame's ground-truth targets.
+
+    It shows the same flat frame at the first visit and the revisit (100 dB of revisit PSNR).
+    """
+    episodes, cfg, _ = summary
+    for ep in episodes:
+        obb = ep["trajectories"]["out_and_back"]
+        obb["sharpness_gt"] = [12.0] * obb["n"]
+        for name, row in obb["strategies"].items():
+            row["sharpness"] = [0.0 if name == "spatial" else 11.0] * obb["n"]  # spatial: flat grey
+            row["revisit_psnr"][-1] = 100.0 if name == "spatial" else 25.0
+            row["psnr_gt"] = [14.0 if name == "spatial" else 29.0] * obb["n"]
+    head = summarize(episodes, STRATEGIES, cfg)["headline"]
+    by_name = {t["name"].split(",")[0]: t for t in head["targets"]}
+    assert by_name["revisit PSNR"]["met"]  # consistency alone is fooled
+    gt_target = by_name["revisit frame against the ground truth"]
+    assert not gt_target["met"] and gt_target["target"] == TARGETS["excursion_psnr_gt"]
+    assert gt_target["gap"] == pytest.approx(TARGETS["excursion_psnr_gt"] - 14.0)
+    sharp = by_name["revisit frame's sharpness over the ground truth's"]
+    assert not sharp["met"] and sharp["value"] == pytest.approx(0.0)
+    assert head["excursion_sharpness"]["last_k"]["mean"] == pytest.approx(11.0 / 12.0)
 
 
 def test_cost_ratios_flat_and_growing(summary):

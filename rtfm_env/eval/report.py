@@ -34,6 +34,10 @@ TARGETS = {
     "excursion_psnr": 30.0,  # dB, spatial memory's revisit PSNR after the out-and-back excursion
     "spatial_over_last_k": 10.0,  # dB, spatial minus last_k on the same revisits
     "spatial_cost_ratio": 1.1,  # cost per frame at the tour's end over its start (step 10)
+    # The revisit frame judged against the ground truth as well as against its first visit, so
+    # that grey against grey cannot score (issue 12): PSNR and edge energy relative to the truth.
+    "excursion_psnr_gt": 28.0,  # dB, spatial memory's revisit frame against the ground truth
+    "excursion_sharpness": 0.7,  # the revisit frame's sharpness over the ground truth's
 }
 #: Bin edges (steps since the first visit) of the revisit-consistency curve.
 DT_EDGES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -70,6 +74,18 @@ def _excursion_revisit(traj: dict, strategy: str, key: str = "revisit_psnr") -> 
     if not pairs or pairs[-1][0] != traj["n"] - 1:
         return float("nan")
     return float(_arr(traj["strategies"][strategy][key])[-1])
+
+
+def _excursion_sharpness(traj: dict, strategy: str) -> float | None:
+    """The revisit frame's sharpness over the ground truth's, NaN without a revisit, None if unrecorded."""
+    row = traj["strategies"][strategy]
+    if "sharpness" not in row or "sharpness_gt" not in traj:  # episodes saved before sharpness was kept
+        return None
+    pairs = traj["revisits"]
+    if not pairs or pairs[-1][0] != traj["n"] - 1:
+        return float("nan")
+    truth = float(_arr(traj["sharpness_gt"])[-1])
+    return float(_arr(row["sharpness"])[-1]) / truth if truth > 0 else float("nan")
 
 
 def all_cap(results: dict) -> int | None:
@@ -254,11 +270,21 @@ def _headline(
             head.setdefault("anchor_psnr_gt", {})[s] = _stat(
                 [float(_arr(t["strategies"][s]["psnr_gt"])[t["revisits"][-1][1]]) for t in obb if t["revisits"]]
             )
+            ratios = [_excursion_sharpness(t, s) for t in obb]
+            if ratios and all(r is not None for r in ratios):
+                head.setdefault("excursion_sharpness", {})[s] = _stat(ratios)
     targets = []
     if "spatial" in values and len(obb):
         v = head["excursion"]["spatial"]
         targets.append(_target(f"revisit PSNR, spatial, after a {cfg.excursion}-step excursion (dB)",
                                v, TARGETS["excursion_psnr"], ">="))
+    if gt and "spatial" in values and len(obb):
+        targets.append(_target(f"revisit frame against the ground truth, spatial, after a {cfg.excursion}-step "
+                               "excursion (dB)", head["excursion_psnr_gt"]["spatial"], TARGETS["excursion_psnr_gt"],
+                               ">="))
+        if "spatial" in head.get("excursion_sharpness", {}):
+            targets.append(_target("revisit frame's sharpness over the ground truth's, spatial (ratio)",
+                                   head["excursion_sharpness"]["spatial"], TARGETS["excursion_sharpness"], ">="))
     if "spatial" in values and "last_k" in values and len(obb):
         diff = _stat(values["spatial"] - values["last_k"])
         head["spatial_minus_last_k"] = diff
@@ -540,12 +566,14 @@ def _blocks(results: dict, plots: dict[str, bool], companions: list[tuple[str, d
         if gt:
             g = head["excursion_psnr_gt"][s]
             row.append(_fmt(g["mean"], g["se"]))
+            sh = head.get("excursion_sharpness", {}).get(s)
+            row.append(_fmt(sh["mean"], sh["se"]) if sh else "n/a")
         c = head["cost"].get(s)
         row += [_fmt(c["early_ms"]) if c else "n/a", _fmt(c["late_ms"]) if c else "n/a",
                 _fmt(c["ratio"], None, 3) if c else "n/a"]
         rows.append(row)
     header = ["strategy", f"revisit PSNR after {head['excursion_steps']} steps (dB)", "revisit SSIM"]
-    header += (["PSNR vs GT at the revisit (dB)"] if gt else [])
+    header += (["PSNR vs GT at the revisit (dB)", "sharpness / GT's at the revisit"] if gt else [])
     header += [f"ms/frame, tour steps {EARLY[0]}-{EARLY[1] - 1}", f"ms/frame, last {LATE} tour steps", "cost ratio"]
     b.append(("table", header, rows))
     b.append(("p", _discussion(results)))

@@ -49,7 +49,7 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from rtfm_env.data.shards import atomic_write_bytes, sha256_file
-from rtfm_env.eval.metrics import PSNR_CAP, per_step, revisit_consistency
+from rtfm_env.eval.metrics import PSNR_CAP, per_step, revisit_consistency, sharpness
 from rtfm_env.eval.report import all_cap, headline_lines, strip_entries, summarize, write_report
 from rtfm_env.eval.results import (
     CONFIG_FILE,
@@ -374,6 +374,8 @@ def run_episode(
             "revisits": [[int(i), int(first[i])] for i in np.flatnonzero(first >= 0)],
             "strategies": {},
         }
+        if truth is not None:
+            entry["sharpness_gt"] = _rounded(sharpness(truth))
         frames_of: dict[str, np.ndarray] = {}
         camera_seed = _seed(cfg.seed, code, episode, kind_code, 2)
         for strategy in strategies:
@@ -388,6 +390,9 @@ def run_episode(
                 "wall_ms": _rounded(wall),
                 "cpu_ms": _rounded(cpu),
                 "memory_frames": stored.tolist(),
+                # Edge energy of each frame shown: beside PSNR it tells a sharp frame from a grey
+                # or blurred one, which can match its own first visit perfectly.
+                "sharpness": _rounded(sharpness(frames)),
             }
             if truth is not None:
                 p, s = per_step(frames, truth)
