@@ -56,7 +56,9 @@ import torch.nn.functional as F
 
 from rtfm_env.geometry import Intrinsics
 
-__all__ = ["WarpResult", "unproject", "forward_warp", "fill_holes", "NEAR", "CENTRE_BIAS"]
+__all__ = [
+    "WarpResult", "FilledWarp", "unproject", "forward_warp", "fill_holes", "warp_and_fill", "NEAR", "CENTRE_BIAS",
+]
 
 NEAR = 1e-3  # metres: points at or behind this target depth are dropped
 CENTRE_BIAS = 0.01  # relative depth penalty of a splat at its footprint's edge (z-buffer tie-break)
@@ -891,3 +893,97 @@ def fill_holes(
     out = torch.where(den > 0, filled[:, :-1] / den.clamp(min=1e-30), fb.expand(c)[None, :, None, None])
     out = torch.where(known, rgb_t.permute(0, 3, 1, 2), out)
     return out.permute(0, 2, 3, 1).contiguous()
+
+
+# --------------------------------------------------------------------------------------
+# Warp, fuse and fill in one call (the frame model's target-aligned input)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FilledWarp:
+    """The fused warp of K views into each target camera with its holes filled.
+
+    Attributes:
+        rgb: (B, H, W, 3) float32 in [0, 1], every pixel filled.
+        depth: (B, H, W) float32 metres along the target camera's optical axis, every pixel
+            filled, finite and positive.
+        mask: (B, H, W) bool, True where some view covers the target pixel (the rest is filled).
+    """
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    mask: torch.Tensor
+
+
+def warp_and_fill(
+    frames: torch.Tensor | np.ndarray,
+    depths: torch.Tensor | np.ndarray,
+    src_poses: torch.Tensor | np.ndarray,
+    tgt_poses: torch.Tensor | np.ndarray,
+    intrinsics: Intrinsics,
+    *,
+    valid: torch.Tensor | np.ndarray | None = None,
+    far: float = 1.0e4,
+    splat: str = "nearest",
+    depth_tolerance: float = 0.1,
+    backend: str = "auto",
+) -> FilledWarp:
+    """Warp K posed RGB-D views per batch item into the target camera, fuse them and fill the holes.
+
+    :func:`forward_warp` (nearest surface wins, the earlier view among near-equal ones) then
+    :func:`fill_holes` for the colours and for the log-depth, both weighted towards the far side
+    of a hole (a disocclusion reveals background). Depth ``inf`` (nothing hit) is warped as a
+    point at ``far`` metres, so a turn moves it as it should; NaN and 0 are not warped. A
+    target that no view covers at all gets the mean colour of its valid views and the geometric
+    mean of their known depths (``far`` when none is known).
+
+    Args:
+        frames: (B, K, H, W, 3) uint8 or float in [0, 1].
+        depths: (B, K, H, W) metres along each source camera's optical axis.
+        src_poses: (B, K, 4, 4) camera-to-world poses of the views.
+        tgt_poses: (B, 4, 4) camera-to-world poses of the targets.
+        intrinsics: shared pinhole intrinsics.
+        valid: optional (B, K) bool; False marks padding views.
+        far: metres at which depth ``inf`` is warped (finite, positive).
+        splat: as :func:`forward_warp`.
+        depth_tolerance: as :func:`forward_warp` (0.1, as the reprojection camera).
+        backend: as :func:`forward_warp` and :func:`fill_holes`.
+
+    Returns:
+        A :class:`FilledWarp` on the device of ``frames``.
+
+    Raises:
+        ValueError: as :func:`forward_warp`, or for a ``far`` that is not finite and positive.
+    """
+    if not (isinstance(far, (int, float)) and math.isfinite(far) and far > 0):
+        raise ValueError(f"far must be a positive finite number of metres, got {far!r}")
+    frames_t = _as_tensor(frames, "frames")
+    device = frames_t.device
+    depth_t = _as_tensor(depths, "depths", device)
+    if not depth_t.is_floating_point():
+        raise ValueError(f"depths must be floating point metres, got dtype {depth_t.dtype}")
+    depth_t = torch.where(torch.isposinf(depth_t), torch.tensor(far, dtype=depth_t.dtype, device=device), depth_t)
+    res = forward_warp(frames_t, depth_t, src_poses, tgt_poses, intrinsics, valid=valid, splat=splat,
+                       depth_tolerance=depth_tolerance, per_view=False, backend=backend)
+    mask = res.fused_mask  # (B, H, W)
+    rgb = fill_holes(res.fused_rgb, mask, depth=res.fused_depth, backend=backend)  # (B, H, W, 3)
+    log_depth = torch.where(mask, res.fused_depth, 1.0).log()[..., None]  # (B, H, W, 1)
+    depth = fill_holes(log_depth, mask, depth=res.fused_depth, backend=backend)[..., 0].exp()  # (B, H, W)
+
+    empty = ~mask.flatten(1).any(dim=1)  # (B,) targets no view covers
+    if bool(empty.any()):
+        b, k = depth_t.shape[:2]
+        use = torch.ones(b, k, dtype=torch.bool, device=device)
+        if valid is not None:
+            use = _as_tensor(valid, "valid", device).to(torch.bool)
+        colours = frames_t.to(torch.float32) / (255.0 if frames_t.dtype == torch.uint8 else 1.0)  # (B, K, H, W, 3)
+        wv = use.to(torch.float32)[..., None]  # (B, K, 1)
+        mean_rgb = (colours.mean(dim=(2, 3)) * wv).sum(1) / wv.sum(1).clamp(min=1.0)  # (B, 3)
+        known = (depth_t > 0) & (depth_t < math.inf) & use[:, :, None, None]  # (B, K, H, W); NaN is False
+        logs = torch.where(known, depth_t.to(torch.float32), 1.0).log()
+        count = known.flatten(1).sum(1)  # (B,)
+        mean_log = torch.where(count > 0, (logs * known).flatten(1).sum(1) / count.clamp(min=1), math.log(far))
+        rgb = torch.where(empty[:, None, None, None], mean_rgb.to(rgb.device)[:, None, None, :], rgb)
+        depth = torch.where(empty[:, None, None], mean_log.exp().to(depth.device)[:, None, None], depth)
+    return FilledWarp(rgb, depth.to(torch.float32), mask)

@@ -36,6 +36,11 @@ Loading trusts nothing in the directory:
   Checkpoints saved before the metadata existed have no such record: the shipped default is
   checked against its known trained config (:data:`KNOWN_TRAINED_CONFIGS`, by SHA-256); others
   load with the shape checks only.
+* Version 2 models (:data:`~rtfm_env.model.network.V2_FIELDS`: warp input, depth, residual...)
+  use the same format: their records hold the v2 fields, a v1 record leaves them out (and they
+  take their defaults, which build the v1 network). A trained config without them (v1, or
+  saved before they existed) counts as having the defaults, so a v1 checkpoint's config.json
+  edited to switch a v2 field on is refused; unknown fields are refused with the valid names.
 """
 
 from __future__ import annotations
@@ -47,14 +52,14 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
 
-from rtfm_env.model.network import FrameNetwork, ModelConfig
+from rtfm_env.model.network import V2_FIELDS, FrameNetwork, ModelConfig
 
 __all__ = [
     "CheckpointError",
@@ -94,6 +99,11 @@ CONFIG_MAXIMA: dict[str, int | float] = {
     "max_context": 1024,  # views (FrameModel.from_pretrained(max_context=...) has the same bound)
     "sample_steps": 1000,
     "sample_sigma": 10.0,  # start-noise std in [-1, 1] units: beyond a few it is all noise
+    "min_depth": 1.0e6,  # metres
+    "max_depth": 1.0e6,  # metres
+    "hole_sigma": 10.0,  # [-1, 1] units
+    "context_noise": 10.0,  # [-1, 1] units
+    "depth_loss_weight": 1.0e3,
 }
 #: ``model_config`` fields that ``config.json`` may change from what the weights were trained
 #: with: the sampler defaults (every generate call can override them too). Every other field
@@ -456,7 +466,10 @@ def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu") -
                               f"model_config in {config_path} implies take {implied_size} with their header")
     trained = _trained_config(metadata, expected["sha256"], weights_path)
     if trained is not None:
-        given = config.to_dict()
+        given = asdict(config)
+        # A trained config without the v2 fields is a v1 one: they had their defaults.
+        defaults = {f.name: f.default for f in fields(ModelConfig) if f.name in V2_FIELDS}
+        trained = {**defaults, **trained}
         edited = {k: (given[k], trained[k]) for k in given
                   if k not in OVERRIDABLE_FIELDS and k in trained and not _same(given[k], trained[k])}
         if edited:

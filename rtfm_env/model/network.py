@@ -17,6 +17,27 @@ Inputs and their coordinate frames (B = batch, K = context views, H x W = image 
   noise, or pure noise), 1 the clean target. The network predicts the clean target x1.
 * ``context_valid`` (B, K) bool, optional: False marks padding views that nothing attends to.
 
+Version 2 (``ModelConfig.warp_input`` / ``depth_input`` / ``predict_depth`` / ``residual``,
+:data:`V2`) adds geometry; every input is optional and off by default, so a v1 config builds the
+v1 network, tensor for tensor:
+
+* ``warp`` (B, 5, H, W), with ``warp_input``: the context warped with its depth into the
+  target camera (z-buffered splatting, fused over views, holes filled by push-pull; see
+  :func:`rtfm_env.model.sampler.target_warp`), target-aligned: channels RGB in [-1, 1], the
+  coverage mask (1 where some context view covers the pixel) and the normalised log-depth
+  (:func:`depth_to_model`). It is embedded per patch and added to the target tokens, which is
+  concatenating it to x_t before the patch embedding.
+* ``context_depth`` (B, K, 2, H, W), with ``depth_input``: each context view's own depth in its
+  own camera, as :func:`depth_features` (normalised log-depth, 0 where unknown; and 1 where known).
+* ``noise_level`` (B, K), with ``context_noise > 0``: the std of the noise added to each context
+  view (training augmentation; 0 at inference), embedded and added to that view's tokens.
+
+With ``predict_depth`` the output has a fourth channel, the target's normalised log-depth
+(:func:`depth_from_model` gives metres along the target camera's optical axis, the -z axis of
+its OpenGL frame, as the env's depth and ``SpatialMemory.depths``). With ``residual`` the
+outputs are the warp's RGB and depth plus a learned correction whose output layers start at
+zero, so an untrained network returns the reprojection camera's frame and depth exactly.
+
 Context tokens never attend to target tokens and do not see the diffusion time, so their keys
 and values in every block are computed once per generated frame (:meth:`FrameNetwork.encode_context`,
 the KV cache) and reused by every denoising step (:meth:`FrameNetwork.denoise`).
@@ -51,6 +72,14 @@ __all__ = [
     "TIME_SAMPLINGS",
     "LOSS_WEIGHTINGS",
     "GELU_FORMS",
+    "V2",
+    "V2_FIELDS",
+    "WARP_CHANNELS",
+    "DEPTH_CHANNELS",
+    "depth_to_model",
+    "depth_from_model",
+    "depth_features",
+    "check_depth",
 ]
 
 FLOW_STARTS = ("context", "noise")
@@ -58,6 +87,10 @@ TIME_SAMPLINGS = ("logit_normal", "uniform")
 LOSS_WEIGHTINGS = ("none", "velocity")
 #: Forms of the MLP activation (``nn.GELU``'s ``approximate``): the trained tanh one, or erf.
 GELU_FORMS = ("tanh", "none")
+#: Channels of the target-aligned warp input: RGB in [-1, 1], coverage mask, normalised log-depth.
+WARP_CHANNELS = 5
+#: Channels of a context view's own depth input: normalised log-depth (0 where unknown), known mask.
+DEPTH_CHANNELS = 2
 
 
 # --------------------------------------------------------------------------------------
@@ -123,6 +156,61 @@ def posed_rays(
     return target_rays, context_rays
 
 
+def _log_depth_range(config: ModelConfig) -> tuple[float, float]:
+    """Centre and half-width of the represented log-depth range [log min_depth, log max_depth]."""
+    lo, hi = math.log(config.min_depth), math.log(config.max_depth)
+    return 0.5 * (lo + hi), 0.5 * (hi - lo)
+
+
+def depth_to_model(depth: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Depth in metres -> the model's normalised log-depth, in [-1, 1].
+
+    ``min_depth`` maps to -1, ``max_depth`` to 1; depths beyond are clamped, so ``inf`` (nothing
+    hit) is 1. NaN stays NaN: callers mask unknown depth (NaN, or 0 as some sensors write).
+    """
+    mid, half = _log_depth_range(config)
+    return (depth.float().clamp(config.min_depth, config.max_depth).log() - mid) / half
+
+
+def depth_from_model(raw: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """The model's normalised log-depth -> metres along the camera's optical axis.
+
+    The input is clamped to [-1, 1] first, so every finite or infinite value gives a finite
+    depth in [``min_depth``, ``max_depth``]; only NaN gives NaN (see :func:`check_depth`).
+    """
+    mid, half = _log_depth_range(config)
+    return torch.exp(mid + half * raw.float().clamp(-1.0, 1.0))
+
+
+def depth_features(depth: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Depth (..., H, W) in metres -> the network's depth input (..., 2, H, W).
+
+    Channel 0 is the normalised log-depth (:func:`depth_to_model`) where the depth is known and 0
+    elsewhere, channel 1 is 1 where it is known: positive or inf (nothing hit, as far as
+    ``max_depth``); NaN and 0 are unknown.
+    """
+    depth = depth.float()
+    known = depth > 0  # NaN compares False
+    return torch.stack([torch.where(known, depth_to_model(depth, config), 0.0), known.float()], dim=-3)
+
+
+def check_depth(depth: torch.Tensor, what: str = "predicted depth") -> torch.Tensor:
+    """Return ``depth`` after checking it is finite and positive everywhere.
+
+    Raises:
+        FloatingPointError: naming how many values are NaN, infinite or not positive, and in which
+            batch elements (the first axis), e.g. when the network's weights hold NaN.
+    """
+    bad = ~(torch.isfinite(depth) & (depth > 0))
+    if bool(bad.any()):
+        where = torch.nonzero(bad.flatten(1).any(dim=1)).flatten().tolist() if depth.ndim > 1 else []
+        raise FloatingPointError(
+            f"{what} has {int(bad.sum())} NaN, infinite or non-positive values (batch elements {where[:8]}); "
+            "the network's weights or inputs are not finite"
+        )
+    return depth
+
+
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, C*patch*patch) tokens in row-major patch order."""
     b, c, h, w = x.shape
@@ -155,6 +243,18 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------
+
+
+#: ModelConfig fields added by version 2; absent from a v1 record, where they take their defaults.
+V2_FIELDS = (
+    "warp_input", "depth_input", "predict_depth", "residual", "min_depth", "max_depth", "warp_start", "hole_sigma",
+    "context_noise", "depth_loss_weight",
+)
+
+
+def _same_value(a: object, b: object) -> bool:
+    """Equal and of the same kind (a bool is not the int 1)."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
 
 
 @dataclass
@@ -190,6 +290,19 @@ class ModelConfig:
     # 0 starts from the nearest view itself: deterministic, and with one step the network's
     # prediction is then its estimate of the mean frame, which scores best in PSNR.
     sample_sigma: float | None = None
+    # -- version 2: geometry (every default keeps the v1 network and its behaviour) --
+    warp_input: bool = False  # target tokens embed the context warped with its depth into the target camera
+    depth_input: bool = False  # context tokens embed their own depth (normalised log-depth and its validity)
+    predict_depth: bool = False  # a second head predicts the target's depth (normalised log-depth)
+    residual: bool = False  # outputs = the warp's RGB (and depth) + a learned, zero-initialised residual
+    min_depth: float = 0.05  # metres: the nearest depth represented (log-depth -1)
+    max_depth: float = 100.0  # metres: the farthest represented (log-depth +1); nothing hit (inf) maps here
+    warp_start: bool = False  # flow_start "context" starts from the filled warp, not the nearest view (warp_input)
+    hole_sigma: float = 1.0  # warp_start: start-noise std where no context view covers the pixel ([-1, 1] units)
+    # Training: each context view gets N(0, s^2) noise, s ~ U(0, context_noise) per view ([-1, 1] units),
+    # and the network is told s (the sampler tells it 0); > 0 adds the noise-level embedding.
+    context_noise: float = 0.0
+    depth_loss_weight: float = 1.0  # training: weight of the L1 log-depth loss beside the RGB MSE
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "patch", "dim", "depth", "heads", "max_context", "sample_steps"):
@@ -228,6 +341,24 @@ class ModelConfig:
                 raise ValueError("ModelConfig.sample_sigma applies to flow_start='context' only; leave it None")
         if not math.isfinite(float(self.logit_mean)):
             raise ValueError(f"ModelConfig.logit_mean must be finite, got {self.logit_mean!r}")
+        for name in ("warp_input", "depth_input", "predict_depth", "residual", "warp_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("min_depth", "max_depth"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"ModelConfig.{name} must be a positive finite number of metres, got {value!r}")
+        if not self.min_depth < self.max_depth:
+            raise ValueError(f"ModelConfig.min_depth {self.min_depth} must be below max_depth {self.max_depth}")
+        for name in ("hole_sigma", "context_noise", "depth_loss_weight"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"ModelConfig.{name} must be a non-negative finite number, got {value!r}")
+        for name, why in (("residual", "its base is the warp"), ("warp_start", "the flow starts from the warp")):
+            if getattr(self, name) and not self.warp_input:
+                raise ValueError(f"ModelConfig.{name} needs warp_input=True ({why})")
+        if self.warp_start and self.flow_start != "context":
+            raise ValueError(f"ModelConfig.warp_start needs flow_start='context', got {self.flow_start!r}")
 
     @property
     def head_dim(self) -> int:
@@ -235,8 +366,17 @@ class ModelConfig:
         return self.dim // self.heads
 
     def to_dict(self) -> dict:
-        """JSON-ready dict of every field."""
-        return asdict(self)
+        """JSON-ready dict of every field; a v1 config (every :data:`V2_FIELDS` at its default) leaves them out.
+
+        So a v1 model's record (checkpoint ``config.json`` and weights metadata) is the one v1
+        code wrote and reads; a v2 config records every field.
+        """
+        d = asdict(self)
+        defaults = {f.name: f.default for f in fields(self) if f.name in V2_FIELDS}
+        if all(_same_value(d[name], default) for name, default in defaults.items()):
+            for name in V2_FIELDS:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -247,6 +387,13 @@ class ModelConfig:
             raise ValueError(f"unknown ModelConfig fields {unknown}; valid fields: {sorted(valid)}")
         return cls(**d)
 
+
+#: The version-2 frame model's fields (any size): target-aligned warp input, context depth,
+#: depth prediction as a residual on the warp, flow from the warp, context noise augmentation.
+#: ``model_config("S", **V2)``; the pure-implicit ablation is the v1 default (all off).
+V2: dict[str, object] = dict(
+    warp_input=True, depth_input=True, predict_depth=True, residual=True, warp_start=True, context_noise=0.1
+)
 
 #: Named sizes, as DiT names its models. T is for tests; S ~7 M parameters; M ~27 M.
 MODEL_SIZES: dict[str, dict] = {
@@ -382,16 +529,16 @@ class Block(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN then a linear map from tokens to pixel patches of the predicted clean frame."""
+    """adaLN then a linear map from tokens to pixel patches of the prediction (``channels`` per pixel)."""
 
-    def __init__(self, dim: int, patch: int) -> None:
+    def __init__(self, dim: int, patch: int, channels: int = 3) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, 3 * patch * patch)
+        self.linear = nn.Linear(dim, channels * patch * patch)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))  # noqa: N815 (DiT's name)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) tokens, (B, 1, D) conditioning -> (B, N, 3*p*p) patches."""
+        """(B, N, D) tokens, (B, 1, D) conditioning -> (B, N, channels*p*p) patches."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
@@ -414,6 +561,10 @@ class ContextCache:
     valid: torch.Tensor | None  # (B, K*N) bool, False for tokens of padding views
     views: int  # K, context views per batch element
     grid: tuple[int, int]  # patch grid (rows, cols) the cache was built for
+    # v2: the embedded target-aligned warp (B, N, D), added to the target tokens at every step
+    target_tokens: torch.Tensor | None = None
+    # v2 residual: the warp's RGB then normalised log-depth (B, 4, H, W), added to the outputs
+    base: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -440,6 +591,16 @@ class FrameNetwork(nn.Module):
             Block(d, config.heads, config.mlp_ratio, config.qk_norm) for _ in range(config.depth)
         )
         self.final_layer = FinalLayer(d, p)
+        # Version 2: each module exists only when its field asks for it, so a v1 config builds
+        # exactly the v1 network (same state-dict keys, same outputs).
+        if config.warp_input:
+            self.warp_embed = nn.Linear(WARP_CHANNELS * p * p, d)  # target-aligned warp, per target patch
+        if config.depth_input:
+            self.depth_embed = nn.Linear(DEPTH_CHANNELS * p * p, d)  # a context view's own depth, per patch
+        if config.context_noise > 0:
+            self.noise_embed = TimestepEmbedder(d)  # the std of the noise on a context view
+        if config.predict_depth:
+            self.depth_layer = FinalLayer(d, p, channels=1)  # normalised log-depth of the target
         self._pos_cache: dict[tuple[int, int, str], torch.Tensor] = {}  # fixed, so not in the state dict
         self.initialize_weights()
 
@@ -503,6 +664,17 @@ class FrameNetwork(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.config.predict_depth:
+            # Zero too: with `residual` the first depth is the warp's, exactly; without it, the
+            # middle of the log-depth range.
+            nn.init.zeros_(self.depth_layer.adaLN_modulation[-1].weight)
+            nn.init.zeros_(self.depth_layer.adaLN_modulation[-1].bias)
+            nn.init.zeros_(self.depth_layer.linear.weight)
+            nn.init.zeros_(self.depth_layer.linear.bias)
+        if self.config.context_noise > 0:
+            # As the time MLP: the noise level's signal grows in as training needs it.
+            for layer in (self.noise_embed.mlp[0], self.noise_embed.mlp[2]):
+                nn.init.normal_(layer.weight, std=0.02)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -521,7 +693,12 @@ class FrameNetwork(nn.Module):
         return self._pos_cache[key]  # (N, D)
 
     def _embed_context(
-        self, context_frames: torch.Tensor, context_rays: torch.Tensor, context_valid: torch.Tensor | None
+        self,
+        context_frames: torch.Tensor,
+        context_rays: torch.Tensor,
+        context_valid: torch.Tensor | None,
+        context_depth: torch.Tensor | None = None,
+        noise_level: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
         if context_frames.ndim != 5 or context_frames.shape[2] != 3:
             raise ValueError(f"context_frames must have shape (B, K, 3, H, W), got {tuple(context_frames.shape)}")
@@ -536,6 +713,23 @@ class FrameNetwork(nn.Module):
         n = grid[0] * grid[1]
         x = self.frame_embed(patchify(context_frames.flatten(0, 1), self.config.patch))  # (B*K, N, D)
         x = x + self.ray_embed(context_rays.flatten(0, 1)) + self._pos(grid, x.device)  # (B*K, N, D)
+        cfg = self.config
+        if cfg.depth_input:
+            if context_depth is None or context_depth.shape != (b, k, DEPTH_CHANNELS, h, w):
+                got = None if context_depth is None else tuple(context_depth.shape)
+                raise ValueError(f"this network embeds context depth (depth_input): context_depth must have shape "
+                                 f"{(b, k, DEPTH_CHANNELS, h, w)} (see depth_features), got {got}")
+            x = x + self.depth_embed(patchify(context_depth.flatten(0, 1), cfg.patch))  # (B*K, N, D)
+        elif context_depth is not None:
+            raise ValueError("context_depth given to a network without depth_input")
+        if cfg.context_noise > 0:
+            if noise_level is None:
+                noise_level = torch.zeros(b, k, device=x.device)
+            if noise_level.shape != (b, k):
+                raise ValueError(f"noise_level must have shape {(b, k)}, got {tuple(noise_level.shape)}")
+            x = x + self.noise_embed(noise_level.reshape(b * k)).unsqueeze(1)  # (B*K, N, D)
+        elif noise_level is not None:
+            raise ValueError("noise_level given to a network trained without context noise (context_noise = 0)")
         x = (x + self.context_embed).reshape(b, k * n, -1)  # (B, K*N, D)
         valid = None
         if context_valid is not None:
@@ -566,6 +760,33 @@ class FrameNetwork(nn.Module):
         c = self.t_embed(t).unsqueeze(1)  # (B, 1, D)
         return x, c, grid
 
+    def _embed_warp(
+        self, warp: torch.Tensor | None, b: int, h: int, w: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The warp's target tokens (B, N, D) and the residual's base (B, 4, H, W); None when unused."""
+        cfg = self.config
+        if not cfg.warp_input:
+            if warp is not None:
+                raise ValueError("warp given to a network without warp_input")
+            return None, None
+        if warp is None or warp.shape != (b, WARP_CHANNELS, h, w):
+            raise ValueError(f"this network reads the target-aligned warp (warp_input): warp must have shape "
+                             f"{(b, WARP_CHANNELS, h, w)} (see rtfm_env.model.sampler.target_warp), got "
+                             f"{None if warp is None else tuple(warp.shape)}")
+        tokens = self.warp_embed(patchify(warp, cfg.patch))  # (B, N, D)
+        base = torch.cat([warp[:, :3], warp[:, 4:5]], dim=1).float() if cfg.residual else None  # (B, 4, H, W)
+        return tokens, base
+
+    def _head(self, x: torch.Tensor, c: torch.Tensor, base: torch.Tensor | None, h: int, w: int) -> torch.Tensor:
+        """Target tokens (B, N, D) -> the prediction (B, 3 or 4, H, W): RGB, then normalised log-depth."""
+        out = unpatchify(self.final_layer(x, c), self.config.patch, h, w)  # (B, 3, H, W)
+        if self.config.predict_depth:
+            depth = unpatchify(self.depth_layer(x, c), self.config.patch, h, w)  # (B, 1, H, W)
+            out = torch.cat([out, depth.to(out.dtype)], dim=1)  # (B, 4, H, W)
+        if base is not None:
+            out = out.float() + base[:, : out.shape[1]]  # in float32, so a zero residual returns the warp exactly
+        return out
+
     # -- the two cached halves ---------------------------------------------------------
 
     def encode_context(
@@ -573,15 +794,30 @@ class FrameNetwork(nn.Module):
         context_frames: torch.Tensor,
         context_rays: torch.Tensor,
         context_valid: torch.Tensor | None = None,
+        *,
+        warp: torch.Tensor | None = None,
+        context_depth: torch.Tensor | None = None,
+        noise_level: torch.Tensor | None = None,
     ) -> ContextCache:
         """Keys and values of the context tokens in every block, computed once per frame.
+
+        The target-aligned warp is fixed for the frame too: its embedding (and the residual's
+        base) are computed here once and kept in the cache.
 
         Args:
             context_frames: (B, K, 3, H, W) in [-1, 1].
             context_rays: (B, K, 6, H, W) Plücker rays in the target camera's frame.
             context_valid: optional (B, K) bool; False marks padding views.
+            warp: (B, 5, H, W) target-aligned warp; required with ``warp_input``, else refused.
+            context_depth: (B, K, 2, H, W) context depth features; required with ``depth_input``.
+            noise_level: (B, K) std of the noise on each context view (default 0); only with
+                ``context_noise > 0``.
         """
-        x, valid, grid = self._embed_context(context_frames, context_rays, context_valid)  # (B, K*N, D)
+        x, valid, grid = self._embed_context(
+            context_frames, context_rays, context_valid, context_depth, noise_level
+        )  # (B, K*N, D)
+        b, _, _, h, w = context_frames.shape
+        target_tokens, base = self._embed_warp(warp, b, h, w)  # (B, N, D), (B, 4, H, W) or None
         c = self.context_cond.view(1, 1, -1)  # (1, 1, D)
         mask = None if valid is None else valid[:, None, None, :]  # (B, 1, 1, K*N)
         keys, values = [], []
@@ -593,32 +829,39 @@ class FrameNetwork(nn.Module):
                 x, (k, v) = block(x, c, mask=mask)  # (B, K*N, D)
             keys.append(k)
             values.append(v)
-        return ContextCache(keys, values, valid, context_frames.shape[1], grid)
+        return ContextCache(keys, values, valid, context_frames.shape[1], grid, target_tokens, base)
 
     def denoise(
         self, x_t: torch.Tensor, t: torch.Tensor | float, target_rays: torch.Tensor, cache: ContextCache
     ) -> torch.Tensor:
-        """Predict the clean target x1 (B, 3, H, W) from x_t at time t, reading the context cache.
+        """Predict the clean target x1 from x_t at time t, reading the context cache.
 
         Args:
             x_t: (B, 3, H, W) the target on the flow path at time t.
             t: (B,) or scalar flow time in [0, 1].
             target_rays: (B, 6, H, W) the target camera's rays in its own frame.
             cache: from :meth:`encode_context` for the same batch and image size.
+
+        Returns:
+            (B, 3, H, W) RGB in [-1, 1] units; with ``predict_depth`` (B, 4, H, W), channel 3
+            the normalised log-depth (:func:`depth_from_model` gives metres).
         """
         x, c, grid = self._embed_target(x_t, t, target_rays)  # (B, N, D), (B, 1, D)
         b, n = x.shape[:2]
         if cache.batch != b or cache.grid != grid:
             raise ValueError(f"context cache was built for batch {cache.batch} and patch grid {cache.grid}, "
                              f"got batch {b} and grid {grid}")
+        if self.config.warp_input:
+            if cache.target_tokens is None:
+                raise ValueError("this network reads the warp (warp_input) but the cache holds none")
+            x = x + cache.target_tokens  # (B, N, D)
         mask = None
         if cache.valid is not None:
             own = torch.ones(b, n, dtype=torch.bool, device=x.device)
             mask = torch.cat([cache.valid, own], dim=1)[:, None, None, :]  # (B, 1, 1, K*N + N)
         for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
             x, _ = block(x, c, prefix=(k, v), mask=mask)  # (B, N, D)
-        out = self.final_layer(x, c)  # (B, N, 3*p*p)
-        return unpatchify(out, self.config.patch, *x_t.shape[-2:])  # (B, 3, H, W)
+        return self._head(x, c, cache.base, *x_t.shape[-2:])  # (B, 3 or 4, H, W)
 
     # -- the plain path ----------------------------------------------------------------
 
@@ -631,18 +874,27 @@ class FrameNetwork(nn.Module):
         context_rays: torch.Tensor,
         context_valid: torch.Tensor | None = None,
         return_cache: bool = False,
+        *,
+        warp: torch.Tensor | None = None,
+        context_depth: torch.Tensor | None = None,
+        noise_level: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, ContextCache]:
         """Predict the clean target with context and target tokens in one masked sequence.
 
-        The reference for :meth:`encode_context` + :meth:`denoise`: no cache, each block
-        attends over all tokens with a mask that hides target keys from context queries.
-        With ``return_cache`` the context keys/values it computed are returned too.
+        The reference for :meth:`encode_context` + :meth:`denoise` (same inputs, same output):
+        no cache, each block attends over all tokens with a mask that hides target keys from
+        context queries. With ``return_cache`` the context keys/values it computed are returned too.
         """
-        xc, valid, grid = self._embed_context(context_frames, context_rays, context_valid)  # (B, K*N, D)
+        xc, valid, grid = self._embed_context(
+            context_frames, context_rays, context_valid, context_depth, noise_level
+        )  # (B, K*N, D)
         xt, ct, grid_t = self._embed_target(x_t, t, target_rays)  # (B, N, D), (B, 1, D)
         if grid_t != grid:
             raise ValueError(f"context frames {tuple(context_frames.shape[-2:])} and target {tuple(x_t.shape[-2:])} "
                              "differ in size")
+        target_tokens, base = self._embed_warp(warp, xt.shape[0], *x_t.shape[-2:])  # (B, N, D), (B, 4, H, W)
+        if target_tokens is not None:
+            xt = xt + target_tokens  # (B, N, D)
         b, kn, n = xt.shape[0], xc.shape[1], xt.shape[1]
         x = torch.cat([xc, xt], dim=1)  # (B, K*N + N, D)
         c = torch.cat([self.context_cond.view(1, 1, -1).expand(b, kn, -1), ct.expand(b, n, -1)], dim=1)  # (B, L, D)
@@ -658,10 +910,9 @@ class FrameNetwork(nn.Module):
             x, (k, v) = block(x, c, mask=mask)  # (B, L, D)
             keys.append(k[:, :, :kn])
             values.append(v[:, :, :kn])
-        out = self.final_layer(x[:, kn:], ct)  # (B, N, 3*p*p)
-        pred = unpatchify(out, self.config.patch, *x_t.shape[-2:])  # (B, 3, H, W)
+        pred = self._head(x[:, kn:], ct, base, *x_t.shape[-2:])  # (B, 3 or 4, H, W)
         if return_cache:
-            return pred, ContextCache(keys, values, valid, context_frames.shape[1], grid)
+            return pred, ContextCache(keys, values, valid, context_frames.shape[1], grid, target_tokens, base)
         return pred
 
     def num_parameters(self) -> int:

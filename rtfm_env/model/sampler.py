@@ -7,6 +7,17 @@ has to carry the nearest view to the new one; ``flow_start = "noise"`` starts fr
 The network predicts the clean target x1_hat; the sampler's Euler velocity is
 (x1_hat - x_t) / (1 - t), so the last step lands exactly on the predicted frame.
 
+Version 2 (``warp_start``, see :data:`rtfm_env.model.network.V2`): the context views,
+warped with their depth into the target camera and fused (:func:`target_warp`), are the
+network's target-aligned input and the flow's start: x0 = warp + ``flow_sigma`` noise where a
+view covers the pixel, and warp fill + ``hole_sigma`` noise (1: as good as pure noise) where
+none does. So the sampler stays near the warp where it is known and samples, rather than
+averages, where it is not; with ``residual`` an untrained network returns the warp exactly. The
+network also predicts the target's depth (``generate(..., return_depth=True)``), so a generated
+frame can be stored and warped later like an observed one. Training adds noise of a random
+level to the context views (telling the network the level), as the camera's own generated
+frames are imperfect context.
+
 :class:`FrameModel` is the public face: ``FrameModel.from_pretrained(dir)`` then
 ``generate(target_poses, context_frames, context_poses, intrinsics)`` -> uint8 frames.
 """
@@ -29,6 +40,10 @@ from rtfm_env.model.network import (
     ContextCache,
     FrameNetwork,
     ModelConfig,
+    check_depth,
+    depth_features,
+    depth_from_model,
+    depth_to_model,
     posed_rays,
     to_model,
     to_uint8,
@@ -38,6 +53,7 @@ __all__ = [
     "FrameModel",
     "nearest_context",
     "flow_start",
+    "target_warp",
     "sample_time",
     "training_loss",
     "sample",
@@ -48,8 +64,9 @@ __all__ = [
 #: Keys a training batch must have; the names are those of a collated
 #: :class:`rtfm_env.data.dataset.PosedFrameDataset` batch.
 BATCH_KEYS = ("target_frame", "target_pose", "context_frames", "context_poses", "intrinsics")
-#: Keys a training batch may add.
-OPTIONAL_BATCH_KEYS = ("context_valid", "weight")
+#: Keys a training batch may add. A v2 model (``warp_input`` or ``depth_input``) needs
+#: ``context_depth``; ``target_depth`` supervises ``predict_depth``.
+OPTIONAL_BATCH_KEYS = ("context_valid", "weight", "context_depth", "target_depth", "has_depth")
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -60,6 +77,11 @@ def _noise(shape: tuple[int, ...], generator: torch.Generator | None, device: to
     # Drawn on the generator's own device, so a seed gives the same noise whatever runs the model.
     source = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(shape, generator=generator, device=source).to(device)
+
+
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    source = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(shape, generator=generator, device=source).to(device)
 
 
 def nearest_context(
@@ -95,25 +117,30 @@ def nearest_context(
 
 def flow_start(
     context_frames: torch.Tensor,
-    nearest: torch.Tensor,
+    nearest: torch.Tensor | None,
     config: ModelConfig,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
     sigma: float | None = None,
+    warp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The flow's start x0 and its noise-free mean.
 
     Args:
         context_frames: (B, K, 3, H, W) in [-1, 1].
-        nearest: (B,) index of each target's nearest context view (see :func:`nearest_context`).
-        config: ``flow_start`` and ``flow_sigma`` are read.
+        nearest: (B,) index of each target's nearest context view (see :func:`nearest_context`);
+            read by ``flow_start = "context"`` without ``warp_start``.
+        config: ``flow_start``, ``flow_sigma``, ``warp_start`` and ``hole_sigma`` are read.
         generator: seeds the noise.
         noise: (B, 3, H, W) standard-normal noise to use instead of drawing it from
             ``generator``.
-        sigma: std of the noise around the nearest view; None reads ``config.flow_sigma``.
+        sigma: std of the noise around the nearest view (or the warp where it is covered); None
+            reads ``config.flow_sigma``.
+        warp: (B, 5, H, W) target-aligned warp (:func:`target_warp`), for ``warp_start``.
 
     Returns:
-        x0 (B, 3, H, W) and its mean (the nearest view, or zeros for a pure-noise start).
+        x0 (B, 3, H, W) and its mean (the nearest view, the filled warp, or zeros for a
+        pure-noise start).
     """
     b = context_frames.shape[0]
     shape = (b, *context_frames.shape[2:])
@@ -123,9 +150,73 @@ def flow_start(
         eps = noise.to(context_frames.device, torch.float32)  # (B, 3, H, W)
     if config.flow_start == "noise":
         return eps, torch.zeros_like(eps)
+    sigma = config.flow_sigma if sigma is None else sigma
+    if config.warp_start:
+        if warp is None or warp.shape != (b, 5, *shape[2:]):
+            raise ValueError(f"warp_start needs the warp (B, 5, H, W) = {(b, 5, *shape[2:])}, got "
+                             f"{None if warp is None else tuple(warp.shape)}")
+        mean = warp[:, :3].to(eps.device, torch.float32)  # (B, 3, H, W)
+        std = torch.where(warp[:, 3:4].to(eps.device) > 0.5, sigma, config.hole_sigma)  # (B, 1, H, W)
+        return mean + std * eps, mean
     rows = torch.arange(b, device=context_frames.device)
     mean = context_frames[rows, nearest.to(context_frames.device)]  # (B, 3, H, W)
-    return mean + (config.flow_sigma if sigma is None else sigma) * eps, mean
+    return mean + sigma * eps, mean
+
+
+def target_warp(
+    context_frames: torch.Tensor,
+    context_depths: torch.Tensor,
+    context_poses: np.ndarray | torch.Tensor,
+    target_poses: np.ndarray | torch.Tensor,
+    intrinsics: Intrinsics,
+    config: ModelConfig,
+    context_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The network's target-aligned input: the context warped into each target camera, fused, filled.
+
+    :func:`rtfm_env.warp.warp_and_fill` (z-buffered splatting of every view with its depth,
+    nearest surface wins, holes filled by push-pull from their far side), without gradients and
+    outside autocast, on the frames' device.
+
+    Args:
+        context_frames: (B, K, 3, H, W) model frames in [-1, 1].
+        context_depths: (B, K, H, W) metres along each context camera's optical axis (-z of its
+            OpenGL frame); inf = nothing hit (warped as ``config.max_depth``), NaN or 0 = unknown
+            (not warped).
+        context_poses: (B, K, 4, 4) camera-to-world poses of the context views.
+        target_poses: (B, 4, 4) camera-to-world poses of the targets.
+        intrinsics: shared pinhole intrinsics.
+        config: ``min_depth`` / ``max_depth`` set the depth normalisation.
+        context_valid: optional (B, K) bool; padding views are not warped.
+
+    Returns:
+        (B, 5, H, W) float32: RGB in [-1, 1], coverage mask (1 where a view covers the pixel, 0 in
+        filled holes), normalised log-depth (:func:`~rtfm_env.model.network.depth_to_model`).
+    """
+    from rtfm_env.warp import warp_and_fill
+
+    device = context_frames.device
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        colours = ((context_frames.float() + 1.0) * 0.5).clamp(0.0, 1.0).permute(0, 1, 3, 4, 2)  # (B, K, H, W, 3)
+        depths = context_depths.to(device, torch.float32)
+        target = _as_tensor(target_poses).to(device, torch.float64)
+        source = _as_tensor(context_poses).to(device, torch.float64)
+        valid = None if context_valid is None else context_valid.to(device)
+        filled = warp_and_fill(colours, depths, source, target, intrinsics, valid=valid, far=config.max_depth)
+        rgb = filled.rgb.permute(0, 3, 1, 2) * 2.0 - 1.0  # (B, 3, H, W)
+        mask = filled.mask[:, None].to(torch.float32)  # (B, 1, H, W)
+        depth = depth_to_model(filled.depth, config)[:, None]  # (B, 1, H, W)
+        return torch.cat([rgb, mask, depth], dim=1).to(device)  # (B, 5, H, W)
+
+
+def _check_depths(depths: np.ndarray | torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """Depth maps of ``shape`` in metres: floats, NaN (unknown), inf (nothing hit) or >= 0."""
+    d = _as_tensor(depths)
+    if not d.is_floating_point() or tuple(d.shape) != shape:
+        raise ValueError(f"{name} must be float metres of shape {shape}, got {d.dtype} {tuple(d.shape)}")
+    if bool((d < 0).any()):
+        raise ValueError(f"{name} has negative values; depth is metres >= 0 (NaN unknown, inf nothing hit)")
+    return d.float()
 
 
 def sample_time(
@@ -246,12 +337,23 @@ def training_loss(
             ``intrinsics``, an :class:`Intrinsics` or (B, 3) rows (width, height, fov_y) that
             must all be equal; optional ``context_valid`` (B, K) bool (False = padding view) and
             ``weight`` (B,) non-negative per-sample loss weights. Other keys (metadata such as
-            ``env_id``) are ignored.
-        generator: seeds the flow noise and times.
+            ``env_id``) are ignored. Version 2: ``context_depth`` (B, K, H, W) metres (NaN
+            unknown, inf nothing hit), required by ``warp_input`` / ``depth_input``;
+            ``target_depth`` (B, H, W) likewise, read by ``predict_depth``; optional
+            ``has_depth`` (B,) bool, False for samples whose depth must not be used.
+        generator: seeds the flow noise, times and context noise.
+
+    With ``context_noise > 0`` each context view gets Gaussian noise of a std drawn uniformly in
+    [0, ``context_noise``] (before it is warped, so the warp carries it too) and the network is
+    told the std. With ``predict_depth`` the loss adds ``depth_loss_weight`` times the mean L1
+    error of the log-depth (natural log of metres, so 0.1 is a 10% error) over the target pixels
+    of known depth (nothing hit counts as ``max_depth``).
 
     Returns:
         The scalar loss (differentiable) and detached 0-d stats: ``loss``, ``mse`` (unweighted),
-        ``baseline_mse`` (of the flow start's mean, e.g. copying the nearest view) and ``t_mean``.
+        ``baseline_mse`` (of the flow start's mean, e.g. copying the nearest view, or the filled
+        warp) and ``t_mean``; v2 adds ``depth_l1`` (log-depth), ``baseline_depth_l1`` (of the
+        warp's depth) and ``coverage`` (share of target pixels the warp covers).
     """
     missing = [key for key in BATCH_KEYS if key not in batch]
     if missing:
@@ -277,13 +379,46 @@ def training_loss(
         if weight.shape != (b,) or not torch.isfinite(weight).all() or (weight < 0).any():
             raise ValueError(f"weight must be ({b},) finite non-negative floats, got {tuple(weight.shape)}")
 
+    h, w = x1.shape[-2:]
+    has_depth = torch.ones(b, dtype=torch.bool, device=device)
+    if batch.get("has_depth") is not None:
+        has_depth = _as_tensor(batch["has_depth"]).to(device, torch.bool).reshape(b)
+    context_depth = target_depth = None
+    if cfg.warp_input or cfg.depth_input:
+        if batch.get("context_depth") is None:
+            raise KeyError("this model reads context depth (warp_input / depth_input): the batch needs "
+                           "'context_depth' (B, K, H, W) metres, NaN where unknown")
+        context_depth = _check_depths(batch["context_depth"], "context_depth", (b, k, h, w)).to(device)
+        context_depth = torch.where(has_depth[:, None, None, None], context_depth, torch.nan)  # (B, K, H, W)
+    if cfg.predict_depth:
+        if batch.get("target_depth") is None:
+            raise KeyError("this model predicts depth (predict_depth): the batch needs 'target_depth' (B, H, W) "
+                           "metres, NaN where unknown")
+        target_depth = _check_depths(batch["target_depth"], "target_depth", (b, h, w)).to(device)
+
+    noise_level = None
+    if cfg.context_noise > 0:
+        # Noisy context, as the camera's own generated frames are: the network learns to trust a
+        # view by how noisy it is told it is (0 at inference).
+        noise_level = cfg.context_noise * _uniform((b, k), generator, device)  # (B, K)
+        eps_c = _noise(tuple(context.shape), generator, device)  # (B, K, 3, H, W)
+        context = (context + noise_level[..., None, None, None] * eps_c).clamp(-1.0, 1.0)
+    warp = None
+    if cfg.warp_input:
+        warp = target_warp(context, context_depth, context_poses, target_poses, intrinsics, cfg, valid)  # (B, 5, H, W)
+    context_feat = depth_features(context_depth, cfg) if cfg.depth_input else None  # (B, K, 2, H, W)
+
     target_rays, context_rays = posed_rays(target_poses, context_poses, intrinsics)
-    nearest = nearest_context(target_poses, context_poses, valid, cfg.nearest_rotation_weight)  # (B,)
-    x0, x0_mean = flow_start(context, nearest, cfg, generator)  # (B, 3, H, W) each
+    nearest = None
+    if cfg.flow_start == "context" and not cfg.warp_start:
+        nearest = nearest_context(target_poses, context_poses, valid, cfg.nearest_rotation_weight)  # (B,)
+    x0, x0_mean = flow_start(context, nearest, cfg, generator, warp=warp)  # (B, 3, H, W) each
     t = sample_time(b, cfg, generator, device)  # (B,)
     x_t = torch.lerp(x0, x1, t.view(b, 1, 1, 1))  # (B, 3, H, W)
-    cache = model.encode_context(context, context_rays.to(device), None if valid is None else valid.to(device))
-    x1_hat = model.denoise(x_t, t, target_rays.to(device), cache).float()  # (B, 3, H, W)
+    cache = model.encode_context(context, context_rays.to(device), None if valid is None else valid.to(device),
+                                 warp=warp, context_depth=context_feat, noise_level=noise_level)
+    out = model.denoise(x_t, t, target_rays.to(device), cache).float()  # (B, 3 or 4, H, W)
+    x1_hat = out[:, :3]  # (B, 3, H, W)
 
     mse = (x1_hat - x1).square().mean(dim=(1, 2, 3))  # (B,)
     if cfg.loss_weighting == "velocity":
@@ -291,12 +426,29 @@ def training_loss(
         weight = weight * (1.0 - t).square().reciprocal().clamp(max=cfg.max_loss_weight)
     loss = (weight * mse).mean()
     stats = {
-        "loss": loss.detach(),
         "mse": mse.mean().detach(),
         "baseline_mse": (x0_mean - x1).square().mean().detach(),
         "t_mean": t.mean().detach(),
     }
-    return loss, stats
+    if cfg.predict_depth:
+        # L1 of the log-depth in natural-log units (0.1 = 10%), on the raw (unclamped) output so
+        # a prediction beyond the represented range still has a gradient back.
+        known = (target_depth > 0) & has_depth[:, None, None]  # (B, H, W); NaN is unknown
+        log_target = depth_to_model(torch.where(known, target_depth, 1.0), cfg)  # (B, H, W) normalised
+        half = 0.5 * (math.log(cfg.max_depth) - math.log(cfg.min_depth))  # log-metres per normalised unit
+        error = (out[:, 3] - log_target).abs() * half * known  # (B, H, W)
+        depth_l1 = error.flatten(1).sum(1) / known.flatten(1).sum(1).clamp(min=1)  # (B,); 0 without depth
+        # Always in the graph (0 for batches without depth), so DDP sees the depth head used.
+        loss = loss + cfg.depth_loss_weight * (weight * depth_l1).mean()
+        counted = known.flatten(1).any(1)  # (B,)
+        n_known = counted.sum().clamp(min=1)
+        stats["depth_l1"] = (depth_l1 * counted).sum().detach() / n_known
+        if warp is not None:
+            base_err = ((warp[:, 4] - log_target).abs() * half * known).flatten(1).sum(1)
+            stats["baseline_depth_l1"] = (base_err / known.flatten(1).sum(1).clamp(min=1)).sum() / n_known
+    if warp is not None:
+        stats["coverage"] = warp[:, 3].mean().detach()
+    return loss, {"loss": loss.detach(), **stats}
 
 
 def sample(
@@ -306,13 +458,15 @@ def sample(
     cache: ContextCache,
     steps: int,
     denoise: Callable[..., torch.Tensor] | None = None,
-) -> torch.Tensor:
+    return_depth: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """Euler-integrate the flow from x0 (B, 3, H, W) at t = 0 to the clean frame at t = 1.
 
     Uniform time steps; velocity (x1_hat - x_t) / (1 - t), so each step moves x_t the fraction
     dt / (1 - t) of the way to the current prediction and the last step returns it exactly.
     ``denoise`` replaces ``network.denoise`` (a compiled version of it, see
-    :meth:`FrameModel.compile`).
+    :meth:`FrameModel.compile`). With ``return_depth`` the result is (frame, depth): the last
+    step's normalised log-depth (B, 1, H, W) of a ``predict_depth`` network, else None.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -322,9 +476,12 @@ def sample(
     x = x0.float()
     for i in range(steps):
         t = torch.full((b,), times[i], device=x.device)
-        x1_hat = denoise(x, t, target_rays, cache).float()  # (B, 3, H, W)
+        out = denoise(x, t, target_rays, cache).float()  # (B, 3 or 4, H, W)
+        x1_hat = out[:, :3]  # (B, 3, H, W)
         last = i == steps - 1
         x = x1_hat if last else torch.lerp(x, x1_hat, (times[i + 1] - times[i]) / (1.0 - times[i]))  # (B, 3, H, W)
+    if return_depth:
+        return x, (out[:, 3:4] if out.shape[1] > 3 else None)
     return x
 
 
@@ -353,6 +510,16 @@ class FrameModel:
     def device(self) -> torch.device:
         """Where the network's weights live."""
         return next(self.network.parameters()).device
+
+    @property
+    def needs_depth(self) -> bool:
+        """Whether :meth:`generate` needs ``context_depths`` (a v2 model reads the context's depth)."""
+        return self.config.warp_input or self.config.depth_input
+
+    @property
+    def predicts_depth(self) -> bool:
+        """Whether :meth:`generate` can return depth (``return_depth=True``)."""
+        return self.config.predict_depth
 
     @property
     def gelu(self) -> str:
@@ -470,8 +637,9 @@ class FrameModel:
         cfg = self.config
         intrinsics = Intrinsics(cfg.width, cfg.height, 60.0)
         frames = np.zeros((1, 1, cfg.height, cfg.width, 3), dtype=np.uint8)
+        depths = np.full((1, 1, cfg.height, cfg.width), 2.0, dtype=np.float32) if self.needs_depth else None
         self.generate(camera_pose(0.1, 0.0, 0.0)[None], frames, camera_pose(0.0, 0.0, 0.0)[None, None], intrinsics,
-                      generator=torch.Generator().manual_seed(0))
+                      generator=torch.Generator().manual_seed(0), context_depths=depths)
 
     def _autocast(self) -> torch.autocast | nullcontext:
         if self.autocast_dtype is None:
@@ -488,8 +656,10 @@ class FrameModel:
         generator: torch.Generator | None = None,
         context_valid: np.ndarray | torch.Tensor | None = None,
         noise: np.ndarray | torch.Tensor | None = None,
-    ) -> np.ndarray:
-        """Frames seen from ``target_poses``.
+        context_depths: np.ndarray | torch.Tensor | None = None,
+        return_depth: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Frames (and, for a depth-predicting model, depths) seen from ``target_poses``.
 
         Args:
             target_poses: (B, 4, 4) camera-to-world poses to generate.
@@ -506,13 +676,24 @@ class FrameModel:
                 :func:`rtfm_env.cameras.observe_many`); rows drawn as
                 ``torch.randn(shape, generator=g)`` on the CPU give exactly the frames that
                 ``generator=g`` gives.
+            context_depths: (B, K, H, W) float metres along each context camera's optical axis
+                (the env's depth: -z in the camera's OpenGL frame); inf where nothing was hit,
+                NaN (or 0) where unknown, e.g. a frame without depth. Required by a model that
+                reads depth (:attr:`needs_depth`: v2), ignored by one that does not (v1).
+            return_depth: also return the predicted depth; only for a ``predict_depth`` model.
 
         Returns:
-            (B, H, W, 3) uint8 RGB frames.
+            (B, H, W, 3) uint8 RGB frames; with ``return_depth``, (frames, depths) where depths
+            are (B, H, W) float32 metres along the target camera's optical axis, finite and in
+            [``min_depth``, ``max_depth``] (``max_depth``: far, or nothing hit).
 
         Raises:
             ValueError: on wrong shapes or dtypes, NaN or non-rigid poses, K = 0 or K above
-                ``max_context``, mismatched intrinsics, or a bad ``steps``.
+                ``max_context``, mismatched intrinsics, a bad ``steps``, missing or negative
+                ``context_depths`` for a model that reads them, or ``return_depth`` for a model
+                that predicts none.
+            FloatingPointError: the predicted depth is not finite (the network's weights or
+                inputs hold NaN); see :func:`~rtfm_env.model.network.check_depth`.
         """
         steps = self.config.sample_steps if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -541,15 +722,40 @@ class FrameModel:
             raise ValueError(f"frame size {w}x{h} is not divisible by the model's patch {self.config.patch}")
         valid = _check_valid(context_valid, b, k)
         eps = None if noise is None else _check_noise(noise, (b, 3, h, w))
+        cfg = self.config
+        if not isinstance(return_depth, bool):
+            raise ValueError(f"return_depth must be True or False, got {return_depth!r}")
+        if return_depth and not cfg.predict_depth:
+            raise ValueError("return_depth=True needs a model that predicts depth (predict_depth); this one does not")
+        depths = None
+        if self.needs_depth:
+            if context_depths is None:
+                raise ValueError("this model reads the context's depth (warp_input / depth_input): pass "
+                                 f"context_depths ({b}, {k}, {h}, {w}) metres, NaN where a frame has none")
+            depths = _check_depths(context_depths, "context_depths", (b, k, h, w))
 
         device = self.device
         target_rays, context_rays = posed_rays(target, context_poses_np, intrinsics)
-        nearest = nearest_context(target, context_poses_np, valid, self.config.nearest_rotation_weight)  # (B,)
+        nearest = None
+        if cfg.flow_start == "context" and not cfg.warp_start:
+            nearest = nearest_context(target, context_poses_np, valid, cfg.nearest_rotation_weight)  # (B,)
         context = context.to(device)
+        valid_d = None if valid is None else valid.to(device)
+        warp = context_feat = noise_level = None
+        if cfg.warp_input:
+            warp = target_warp(context, depths, context_poses_np, target, intrinsics, cfg, valid_d)  # (B, 5, H, W)
+        if cfg.depth_input:
+            context_feat = depth_features(depths.to(device), cfg)  # (B, K, 2, H, W)
+        if cfg.context_noise > 0:
+            noise_level = torch.zeros(b, k, device=device)  # (B, K): the context is as it is
         with torch.inference_mode(), self._autocast():
-            valid_d = None if valid is None else valid.to(device)
-            cache = self._encode_context(context, context_rays.to(device), valid_d)
-            sigma = self.config.sample_sigma
-            x0, _ = flow_start(context, nearest, self.config, generator, eps, sigma)  # (B, 3, H, W)
-            x1 = sample(self.network, x0, target_rays.to(device), cache, steps, self._denoise)  # (B, 3, H, W)
-        return to_uint8(x1)
+            cache = self._encode_context(context, context_rays.to(device), valid_d, warp=warp,
+                                         context_depth=context_feat, noise_level=noise_level)
+            x0, _ = flow_start(context, nearest, cfg, generator, eps, cfg.sample_sigma, warp=warp)  # (B, 3, H, W)
+            x1, raw_depth = sample(self.network, x0, target_rays.to(device), cache, steps, self._denoise,
+                                   return_depth=True)  # (B, 3, H, W), (B, 1, H, W) or None
+        frames = to_uint8(x1)
+        if not return_depth:
+            return frames
+        depth = check_depth(depth_from_model(raw_depth[:, 0], cfg))  # (B, H, W) metres
+        return frames, depth.cpu().numpy().astype(np.float32)
