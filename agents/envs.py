@@ -19,18 +19,22 @@ from gymnasium import spaces
 import rtfm_env  # noqa: F401 (registers the RTFM/* ids)
 from rtfm_env.cameras import CAMERAS
 
-__all__ = ["POLICY_KEYS", "EnvConfig", "PolicyObservation", "make_env", "policy_observation"]
+__all__ = ["POLICY_KEYS", "GOAL_KEYS", "EnvConfig", "PolicyObservation", "make_env", "policy_observation", "goal_key"]
 
-#: The observation entries a learned policy may read. ``pose`` is left out: it is the exact
+#: The observation entries a learned PointNav policy reads. ``pose`` is left out: it is the exact
 #: camera-to-world pose, privileged state that a robot with a camera and a GPS+compass lacks.
 POLICY_KEYS = ("rgb", "pointgoal")
+
+#: The goal entries a policy may read besides ``rgb``, one per task: PointNav's GPS+compass
+#: point goal, ObjectNav's goal kind (an index, no direction to it).
+GOAL_KEYS = ("pointgoal", "objectgoal")
 
 
 @dataclass
 class EnvConfig:
     """The navigation task an agent runs on (``gym.make`` kwargs plus the goal range)."""
 
-    env_id: str = "RTFM/PointNav-v0"  # a registered RTFM/* id with rgb + pointgoal observations
+    env_id: str = "RTFM/PointNav-v0"  # a registered RTFM/* id with rgb + a goal entry of GOAL_KEYS
     scene: str = "MiniWorld-OneRoom-v0"  # MiniWorld env id of the layouts
     camera: str = "ground_truth"  # a name from rtfm_env.cameras.CAMERAS
     resolution: int = 64  # pixels, square view
@@ -68,35 +72,58 @@ class EnvConfig:
         return cls(**data)
 
 
-def policy_observation(observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The policy's view of an env observation: ``rgb`` channel-first (3, H, W) and ``pointgoal``.
+def goal_key(keys: Any) -> str:
+    """The goal entry of :data:`GOAL_KEYS` among ``keys`` (an observation or a Dict space's keys).
 
+    Raises:
+        KeyError: none of them is there (the message names them).
+    """
+    for key in GOAL_KEYS:
+        if key in keys:
+            return key
+    raise KeyError(
+        f"observation lacks a goal entry; a policy needs 'rgb' and one of {list(GOAL_KEYS)}, got {sorted(keys)}"
+    )
+
+
+def policy_observation(observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The policy's view of an env observation: ``rgb`` channel-first (3, H, W) and the goal entry.
+
+    The goal is ``pointgoal`` (float32) or, on ObjectNav, ``objectgoal`` (an int64 index).
     Channel-first is what SB3's CNN expects; doing it here (rather than with SB3's
     ``VecTransposeImage``) keeps one observation format for training, saving and acting.
     """
-    missing = [k for k in POLICY_KEYS if k not in observation]
-    if missing:
-        raise KeyError(f"observation lacks {missing}; a policy needs {list(POLICY_KEYS)}, got {sorted(observation)}")
+    if "rgb" not in observation:
+        raise KeyError(f"observation lacks ['rgb']; a policy needs {list(POLICY_KEYS)}, got {sorted(observation)}")
+    key = goal_key(observation)
     rgb = np.asarray(observation["rgb"])
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"observation['rgb'] must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    goal = observation[key]
     return {
         "rgb": np.ascontiguousarray(rgb.transpose(2, 0, 1)),
-        "pointgoal": np.asarray(observation["pointgoal"], dtype=np.float32),
+        key: np.asarray(goal, dtype=np.float32) if key == "pointgoal" else np.int64(goal),
     }
 
 
 class PolicyObservation(gym.ObservationWrapper):
-    """Keeps :data:`POLICY_KEYS` of an RTFM env's observation, ``rgb`` channel-first."""
+    """Keeps ``rgb`` (channel-first) and the goal entry (:data:`GOAL_KEYS`) of an RTFM env's observation."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         space = env.observation_space
-        if not isinstance(space, spaces.Dict) or any(k not in space.spaces for k in POLICY_KEYS):
-            raise ValueError(f"PolicyObservation needs a Dict observation space with {list(POLICY_KEYS)}, got {space}")
+        if (
+            not isinstance(space, spaces.Dict)
+            or "rgb" not in space.spaces
+            or not any(k in space.spaces for k in GOAL_KEYS)
+        ):
+            raise ValueError(
+                f"PolicyObservation needs a Dict observation space with 'rgb' and one of {list(GOAL_KEYS)}, got {space}"
+            )
+        key = goal_key(space.spaces)
         h, w, c = space["rgb"].shape
         self.observation_space = spaces.Dict(
-            {"rgb": spaces.Box(0, 255, shape=(c, h, w), dtype=np.uint8), "pointgoal": space["pointgoal"]}
+            {"rgb": spaces.Box(0, 255, shape=(c, h, w), dtype=np.uint8), key: space[key]}
         )
 
     def observation(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

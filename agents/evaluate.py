@@ -4,9 +4,12 @@ Every (agent, camera) pair runs the same episodes (``reset(seed=SEED + i)`` for 
 so rows are paired comparisons. Results go to ``OUT.json`` (config, machine, per-episode
 records, summaries) and ``OUT.md`` (the table), both written atomically.
 
-Agents: ``random`` (seeded uniform actions), ``shortest_path`` (the oracle, privileged),
-``ppo:DIR`` (a policy saved by ``agents/train_ppo.py``; it reads only rgb + pointgoal) and
-``ppo-blind:DIR`` (the same policy shown a uniform grey view: an ablation of its vision).
+Agents: ``random`` (seeded uniform actions), ``shortest_path`` (the oracle, privileged; on
+``RTFM/ObjectNav-v0`` it walks into the target's view zone and turns to face it),
+``ppo:DIR`` (a policy saved by ``agents/train_ppo.py``; it reads only rgb + its goal entry) and
+``ppo-blind:DIR`` (the same policy shown a uniform grey view: an ablation of its vision) and,
+on ``RTFM/ObjectNav-v0``, ``seeker`` (:class:`agents.seeker.ColourSeeker`, a scripted policy
+that finds the goal's colour in the view: no learning, but it needs the camera).
 
 Example (the sim-to-sim table of ``agents/RESULTS.md``)::
 
@@ -33,22 +36,51 @@ import torch
 from agents.base import Agent, RandomAgent, ShortestPathAgent
 from agents.envs import EnvConfig, make_env
 from rtfm_env.data.shards import atomic_write_bytes
+from rtfm_env.envs.objectnav import ObjectGoalFollower, ObjectNavTask
 from rtfm_env.provenance import machine_info
 
-__all__ = ["AGENT_KINDS", "make_agent", "run_episode", "evaluate", "summarize", "markdown_table", "main"]
+__all__ = [
+    "AGENT_KINDS",
+    "ObjectNavOracle",
+    "make_agent",
+    "run_episode",
+    "evaluate",
+    "summarize",
+    "markdown_table",
+    "main",
+]
 
 #: Agent specs accepted by :func:`make_agent` (``ppo`` takes a directory: ``ppo:DIR``).
-AGENT_KINDS = ("random", "shortest_path", "ppo:DIR", "ppo-blind:DIR")
+AGENT_KINDS = ("random", "shortest_path", "seeker", "ppo:DIR", "ppo-blind:DIR")
 
 #: Per-episode numbers averaged into a row, in table order.
 METRICS = ("success", "spl", "soft_spl", "steps", "collisions")
+
+
+class ObjectNavOracle(Agent):
+    """The ``shortest_path`` oracle of ``RTFM/ObjectNav-v0``: :class:`~rtfm_env.envs.objectnav.ObjectGoalFollower`.
+
+    Privileged (it reads the scene and the target), as :class:`~agents.base.ShortestPathAgent`.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        core = env.unwrapped
+        if not isinstance(getattr(core, "task", None), ObjectNavTask):
+            raise TypeError(f"ObjectNavOracle needs an RTFM/ObjectNav-v0 env, got {type(core).__name__}")
+        self.env = core
+        self.follower = ObjectGoalFollower(core.scene, core.task)
+
+    def act(self, observation: dict[str, Any]) -> int:
+        """The follower's action from the env's current state (the observation is not read)."""
+        return int(self.follower.act(self.env.state))
 
 
 def make_agent(spec: str, env: gym.Env, seed: int = 0, env_config: EnvConfig | None = None) -> Agent:
     """The agent named by ``spec`` for ``env``.
 
     Args:
-        spec: ``"random"``, ``"shortest_path"``, ``"ppo:DIR"`` or ``"ppo-blind:DIR"``.
+        spec: ``"random"``, ``"shortest_path"``, ``"seeker"`` (ObjectNav only), ``"ppo:DIR"`` or
+            ``"ppo-blind:DIR"``.
         env: the env the agent will act in (the oracle reads its privileged state).
         seed: seeds the random agent.
         env_config: the env's config; a PPO policy trained on another task (anything but the
@@ -61,7 +93,15 @@ def make_agent(spec: str, env: gym.Env, seed: int = 0, env_config: EnvConfig | N
     if spec == "random":
         return RandomAgent(env.action_space, seed=seed)
     if spec == "shortest_path":
+        if isinstance(getattr(env.unwrapped, "task", None), ObjectNavTask):
+            return ObjectNavOracle(env)
         return ShortestPathAgent(env)
+    if spec == "seeker":
+        if not isinstance(getattr(env.unwrapped, "task", None), ObjectNavTask):
+            raise ValueError("the seeker agent looks for RTFM/ObjectNav-v0's goal colour; this env is another task")
+        from agents.seeker import ColourSeeker
+
+        return ColourSeeker()
     kind, _, path = spec.partition(":")
     if kind in ("ppo", "ppo-blind") and path:
         from agents.ppo import PPOAgent  # SB3 is the `rl` extra: imported only when asked for

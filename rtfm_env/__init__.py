@@ -16,6 +16,7 @@ ENV_IDS: dict[str, tuple[str, str]] = {
     "RTFM/ImageNav-v0": ("rtfm_env.envs.imagenav:ImageNavEnv", "rtfm_env.envs.vector:ImageNavVectorEnv"),
     "RTFM/Explore-v0": ("rtfm_env.envs.explore:ExploreEnv", "rtfm_env.envs.vector:ExploreVectorEnv"),
     "RTFM/Revisit-v0": ("rtfm_env.envs.revisit:RevisitEnv", "rtfm_env.envs.vector:RevisitVectorEnv"),
+    "RTFM/ObjectNav-v0": ("rtfm_env.envs.objectnav:ObjectNavEnv", "rtfm_env.envs.objectnav:ObjectNavVectorEnv"),
 }
 
 for _id, (_entry, _vector_entry) in ENV_IDS.items():

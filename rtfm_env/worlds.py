@@ -215,15 +215,16 @@ def recording(scene: Scene, kind: str, start: RobotState, scan: ScanConfig = Sca
         scan: the scan's settings.
 
     Returns:
-        The recording; the same (scene id, layout seed, intrinsics, kind, settings) give the
-        same frames, from the cache after the first time.
+        The recording; the same (scene id, scene variant, layout seed, intrinsics, kind,
+        settings) give the same frames, from the cache after the first time.
     """
     if kind not in ("walk", "scan"):
         raise ValueError(f"recordings are 'walk' or 'scan', got {kind!r}")
     if scene.seed is None:
         raise RuntimeError(f"scene {scene.env_id!r} has no layout yet: reset it before recording a world")
     settings = (start.as_array().tobytes(),) if kind == "walk" else tuple(asdict(scan).items())
-    key = (scene.env_id, int(scene.seed), scene.intrinsics, kind, settings)
+    # A scene that adds to its id's layouts (ObjectNav's objects) names that in ``variant``.
+    key = (scene.env_id, getattr(scene, "variant", None), int(scene.seed), scene.intrinsics, kind, settings)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)

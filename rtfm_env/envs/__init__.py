@@ -3,6 +3,7 @@
 from rtfm_env.envs.base import RTFMEnv
 from rtfm_env.envs.explore import ExploreEnv, ExploreTask
 from rtfm_env.envs.imagenav import ImageNavEnv, ImageNavTask
+from rtfm_env.envs.objectnav import ObjectNavEnv, ObjectNavTask
 from rtfm_env.envs.pointnav import PointNavEnv
 from rtfm_env.envs.revisit import RevisitEnv, RevisitTask
 from rtfm_env.envs.tasks import WORLD_BOUND, Episode, NavigationTask, PointNavTask, Task
@@ -13,12 +14,14 @@ __all__ = [
     "RTFMVectorEnv",
     "PointNavEnv",
     "ImageNavEnv",
+    "ObjectNavEnv",
     "ExploreEnv",
     "RevisitEnv",
     "Task",
     "NavigationTask",
     "PointNavTask",
     "ImageNavTask",
+    "ObjectNavTask",
     "ExploreTask",
     "RevisitTask",
     "Episode",
