@@ -520,6 +520,9 @@ class ModelCamera(MemoryCamera):
         self.seed = int(seed)
         # The noise is drawn on the CPU and moved, so a seed gives the same noise on any device.
         self.generator = torch.Generator().manual_seed(self.seed)
+        # A checkpoint that predicts depth (v2) makes this a camera with depth: its generated
+        # frames are stored with their depth and warp later like observed ones.
+        self.has_depth = self.model.predicts_depth
         if resolution is not None:
             self._check_size(int(size[0]), int(size[1]), "the camera is asked for")
 
@@ -529,9 +532,32 @@ class ModelCamera(MemoryCamera):
         if seed is not None:
             self.generator.manual_seed(int(seed))
 
-    def _produce(self, poses: np.ndarray) -> tuple[np.ndarray, None]:
+    def _produce(self, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """One :meth:`FrameModel.generate` call for all poses (see :func:`observe_many`)."""
-        return _generate([self], [poses])[0], None
+        return _generate([self], [poses])[0]
+
+    def reset_rgbd(self, scene: Scene, pose: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`reset`, with the start frame's depth; only for a checkpoint that predicts depth."""
+        if not self.has_depth:
+            raise self._no_depth()
+        frame, depth = self._reset(scene, pose, seed)
+        if depth is None:  # a world file's frame without depth: nothing known
+            depth = np.full(frame.shape[:2], np.nan, dtype=np.float32)
+        return frame, depth
+
+    def observe_rgbd(self, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`observe`, with the predicted depth (B, H, W) float32 metres, inf where nothing is hit."""
+        if not self.has_depth:
+            raise self._no_depth()
+        if self.memory is None:
+            raise RuntimeError("ModelCamera.observe_rgbd called before reset(scene, pose) or load_world(path)")
+        return _observe_many([self], [poses])[0]
+
+    def _no_depth(self) -> ValueError:
+        return ValueError(
+            f"this model camera's checkpoint ({self.checkpoint or 'a FrameModel'}) does not predict depth "
+            "(predict_depth is off: a v1 model); use a v2 checkpoint, or camera='reprojection' or 'ground_truth'"
+        )
 
     def observe(self, poses: np.ndarray) -> np.ndarray:
         """Generate the frames seen from ``poses`` (B, 4, 4) and store them in the memory.
@@ -579,7 +605,9 @@ class ModelCamera(MemoryCamera):
             )
 
 
-def observe_many(cameras: Sequence[ModelCamera], poses: Sequence[np.ndarray]) -> list[np.ndarray]:
+def observe_many(
+    cameras: Sequence[ModelCamera], poses: Sequence[np.ndarray], *, depth: bool = False
+) -> list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
     """Generate frames for several model cameras that share one :class:`FrameModel`, in ONE call.
 
     What each camera's own :meth:`ModelCamera.observe` does, for all of them at once: each
@@ -597,9 +625,11 @@ def observe_many(cameras: Sequence[ModelCamera], poses: Sequence[np.ndarray]) ->
             holding the same :class:`FrameModel` object, with the same intrinsics and
             sampling steps.
         poses: for each camera, its (B_i, 4, 4) (or one (4, 4)) camera-to-world poses.
+        depth: also return each camera's predicted depths (a model that predicts depth only).
 
     Returns:
-        For each camera, its (B_i, H, W, 3) uint8 frames.
+        For each camera, its (B_i, H, W, 3) uint8 frames; with ``depth``, (frames, depths)
+        pairs, depths (B_i, H, W) float32 metres as :meth:`ModelCamera.observe_rgbd` gives.
 
     Raises:
         ValueError: empty or mismatched lists, a camera listed twice, cameras with different
@@ -607,6 +637,16 @@ def observe_many(cameras: Sequence[ModelCamera], poses: Sequence[np.ndarray]) ->
         TypeError: an entry of ``cameras`` that is not a :class:`ModelCamera`.
         RuntimeError: a camera that has not been reset.
     """
+    if depth and cameras and isinstance(cameras[0], ModelCamera) and not cameras[0].has_depth:
+        raise cameras[0]._no_depth()
+    out = _observe_many(cameras, poses)
+    return out if depth else [frames for frames, _ in out]
+
+
+def _observe_many(
+    cameras: Sequence[ModelCamera], poses: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """:func:`observe_many`, with each camera's depths (None from a model without depth)."""
     cameras, poses = _check_many(cameras, poses, ModelCamera)
     first = cameras[0]
     model = first.model
@@ -644,8 +684,14 @@ def _check_many(cameras: Sequence[Camera], poses: Sequence[np.ndarray], kind: ty
     return cameras, poses
 
 
-def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[np.ndarray]:
-    """The shared generate call of :func:`observe_many` for checked cameras and poses."""
+def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """The shared generate call of :func:`observe_many` for checked cameras and poses.
+
+    Returns:
+        For each camera, its frames (B_i, H, W, 3) uint8 and, from a model that predicts depth,
+        their depths (B_i, H, W) float32 metres (inf where the model sees nothing within its
+        ``max_depth``), else None. Each frame is stored in the camera's memory with its depth.
+    """
     first = cameras[0]
     model = first.model
     cap = model.config.max_context
@@ -654,13 +700,15 @@ def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[np.
         for camera, batch in zip(cameras, batches, strict=True)
     ]
     width = max(len(c) for per_camera in contexts for c in per_camera)
-    frames, context_poses, valid, noise = [], [], [], []
+    frames, context_poses, context_depths, valid, noise = [], [], [], [], []
     for camera, batch, per_camera in zip(cameras, batches, contexts, strict=True):
         memory, b = camera.memory, len(batch)
         ids = np.array([c + [c[0]] * (width - len(c)) for c in per_camera], dtype=np.int64)  # (B_i, K)
         valid.append([[j < len(c) for j in range(width)] for c in per_camera])
         frames.append(memory.frames(ids.ravel()).reshape(b, width, *memory.resolution, 3))  # (B_i, K, H, W, 3)
         context_poses.append(memory.poses(ids.ravel()).reshape(b, width, 4, 4))  # (B_i, K, 4, 4)
+        if model.needs_depth:  # (B_i, K, H, W) metres, NaN for a stored frame without depth
+            context_depths.append(memory.depths(ids.ravel()).reshape(b, width, *memory.resolution))
         # Drawn as the sampler would draw it from this generator, so each stream is the camera's own.
         noise.append(torch.randn((b, 3, *memory.resolution), generator=camera.generator))  # (B_i, 3, H, W)
     valid_all = np.concatenate([np.array(v, dtype=bool).reshape(-1, width) for v in valid])  # (B, K)
@@ -672,15 +720,25 @@ def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[np.
         steps=first.steps,
         context_valid=None if valid_all.all() else valid_all,
         noise=torch.cat(noise),
+        context_depths=np.concatenate(context_depths) if context_depths else None,
+        return_depth=model.predicts_depth,
     )
+    depth = None
+    if model.predicts_depth:
+        # generate checks the depth (finite, within [min_depth, max_depth]; a NaN raises there,
+        # so none reaches a memory); its far limit means nothing was hit, which is inf here.
+        out, depth = out
+        depth = np.where(depth >= model.config.max_depth, np.inf, depth).astype(np.float32)
     results, start = [], 0
     for camera, batch, per_camera in zip(cameras, batches, contexts, strict=True):
         mine = out[start : start + len(batch)]
+        mine_depth = None if depth is None else depth[start : start + len(batch)]
         start += len(batch)
-        for frame, pose in zip(mine, batch, strict=True):
-            camera.memory.add(frame, pose, camera.intrinsics, "generated", step=camera._step + 1)
+        for i, (frame, pose) in enumerate(zip(mine, batch, strict=True)):
+            d = None if mine_depth is None else mine_depth[i]
+            camera.memory.add(frame, pose, camera.intrinsics, "generated", step=camera._step + 1, depth=d)
         camera.last_context = per_camera
-        results.append(mine)
+        results.append((mine, mine_depth))
     return results
 
 

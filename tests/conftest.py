@@ -24,3 +24,17 @@ def tiny_checkpoint(tmp_path_factory):
         for p in net.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", net)
+
+
+@pytest.fixture(scope="session")
+def tiny_v2_checkpoint(tmp_path_factory):
+    """A tiny v2 frame-model checkpoint (warped context in, depth out) at initialisation.
+
+    Its residual heads start at zero, so it renders what the reprojection camera renders and
+    predicts the warp's depth: an untrained v2 model is the no-learning baseline.
+    """
+    from rtfm_env.model import FrameNetwork, model_config, save_checkpoint
+    from rtfm_env.model.network import V2
+
+    net = FrameNetwork(model_config("T", height=64, width=64, max_context=4, **V2))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_v2", net)

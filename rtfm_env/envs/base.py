@@ -250,10 +250,12 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             )
         if not isinstance(depth, bool):
             raise ValueError(f"depth must be True or False, got {depth!r}")
-        if depth and not CAMERAS[camera].has_depth:
+        # The model camera has depth when its checkpoint predicts it (v2): checked once it is built.
+        if depth and not CAMERAS[camera].has_depth and camera != "model":
             with_depth = sorted(name for name, cls in CAMERAS.items() if cls.has_depth)
             raise ValueError(
-                f"depth=True needs a camera with depth; camera={camera!r} has none; cameras with depth: {with_depth}"
+                f"depth=True needs a camera with depth; camera={camera!r} has none; cameras with depth: "
+                f"{with_depth}, and 'model' with a checkpoint that predicts depth"
             )
         if not (_is_int(resolution) and 8 <= resolution <= MAX_RESOLUTION):
             raise ValueError(f"resolution must be an integer in [8, {MAX_RESOLUTION}] pixels, got {resolution!r}")
@@ -278,6 +280,9 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         if camera == "model":
             camera_kwargs["resolution"] = self.resolution
         self.camera: Camera = make_camera(camera, **camera_kwargs)
+        if depth and not self.camera.has_depth:
+            self.camera.close()
+            raise ValueError(f"depth=True needs a camera with depth; {self.camera._no_depth()}")
         self.scene: Scene = self._make_scene(scene, scene_file)
 
         self.action_space = task.action_space

@@ -330,12 +330,14 @@ class RTFMVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
             if self.envs[0].depth:
                 return [(f[0], d[0]) for f, d in reproject_many(cams, poses, depth=True)]
             return [f[0] for f in reproject_many(cams, poses)]
+        if self._batched_camera:  # one batched generate for every env that moved
+            cams, poses = [self.envs[i].camera for i, _ in pending], [pose[None] for _, pose in pending]
+            if self.envs[0].depth:
+                return [(f[0], d[0]) for f, d in observe_many(cams, poses, depth=True)]
+            return [batch[0] for batch in observe_many(cams, poses)]
         if self.envs[0].depth:
             out = [self.envs[i].camera.observe_rgbd(pose[None]) for i, pose in pending]
             return [(frames[0], depths[0]) for frames, depths in out]
-        if self._batched_camera:
-            out = observe_many([self.envs[i].camera for i, _ in pending], [pose[None] for _, pose in pending])
-            return [batch[0] for batch in out]
         return [self.envs[i].camera.observe(pose[None])[0] for i, pose in pending]
 
     def _batch_observations(self) -> dict[str, np.ndarray]:
