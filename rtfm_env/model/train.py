@@ -1,4 +1,4 @@
-"""``rtfm-env train``: train the frame model on recorded shards, in one process or several (DDP).
+"""``rtfm-env train``: train the frame model on recorded shards or world files, in one process or several (DDP).
 
 Commands::
 
@@ -14,8 +14,24 @@ Commands::
     # after a kill, or to train further with a larger --steps: the same command again
     rtfm-env train --data data/train --out runs/s64
 
+    # fine-tune the shipped model on a user's place (a world file from 'rtfm-env world build'),
+    # a few minutes on one CPU; the last 20% of the recording is held out and scored before and after
+    rtfm-env train --init-from default --data my.rtfm --steps 200 --batch-size 8 --lr 5e-5 \
+        --warmup-steps 20 --precision fp32 --out runs/ft
+
 Only recordings of the ``train`` split whose env ids are all in ``rtfm_env.scenes.TRAIN_IDS``
-are accepted for training; held-out data is only ever evaluated on.
+are accepted for training; held-out data is only ever evaluated on. World files are the
+exception: a world is a user's own place, which is what they fine-tune on, so its env ids are
+not checked; instead each world holds out a contiguous block at the end of its recording
+(``--holdout-fraction``, after a dropped ``--holdout-gap``, see
+:mod:`rtfm_env.data.world_dataset`) whose frames are never trained on, and the run scores it
+before training (the initial weights) and after (the final EMA weights) in ``finetune.json``.
+Recordings and world files are not mixed in one run.
+
+With ``--init-from`` (a checkpoint directory, or ``default`` for the shipped one) the network
+is the checkpoint's: its size, architecture and resolution; ``--size`` is then ignored and
+``--model-overrides`` may change only the training and sampler fields. Data of another
+resolution is refused (nothing is resized).
 
 What a run writes under ``--out``::
 
@@ -26,6 +42,7 @@ What a run writes under ``--out``::
         train_state.safetensors   raw weights and optimizer moments, for resuming
         train_state.json          step, wall time, EMA count, optimizer hyper-parameters, sha256
     last -> checkpoints/step-00020000    relative symlink to the newest complete checkpoint
+    finetune.json                 world files only: held-out PSNR and sharpness before and after
 
 A checkpoint is written into a fresh temporary directory, fsynced and renamed into place; only
 then is ``last`` switched, by an atomic ``os.replace`` of the symlink. A kill at any moment
@@ -53,7 +70,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +85,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from tqdm import tqdm
 
 from rtfm_env.data.dataset import PosedFrameDataset
-from rtfm_env.data.shards import read_manifest
+from rtfm_env.data.shards import read_manifest, sha256_file
+from rtfm_env.data.world_dataset import WorldFrameDataset, load_world
 from rtfm_env.geometry import Intrinsics
 from rtfm_env.model.checkpoint import (
+    Checkpoint,
     CheckpointError,
     _fsync_dir,
     _write_file,
@@ -79,7 +98,7 @@ from rtfm_env.model.checkpoint import (
     save_checkpoint,
 )
 from rtfm_env.model.network import MODEL_SIZES, FrameNetwork, ModelConfig, model_config
-from rtfm_env.model.sampler import FrameModel, training_loss
+from rtfm_env.model.sampler import FrameModel, nearest_context, training_loss
 
 __all__ = [
     "TrainConfig",
@@ -92,6 +111,9 @@ __all__ = [
     "ARCHITECTURE_FIELDS",
     "parse_model_overrides",
     "build_model_config",
+    "resolve_init_from",
+    "DEFAULT_INIT",
+    "FINETUNE_FILE",
     "learning_rate",
     "step_generator",
     "open_training_data",
@@ -99,6 +121,7 @@ __all__ = [
     "save_train_checkpoint",
     "load_train_checkpoint",
     "evaluate_psnr",
+    "evaluate_heldout",
     "main",
     "add_arguments",
     "run",
@@ -133,6 +156,10 @@ STATE_WEIGHTS = "train_state.safetensors"
 STATE_RECORD = "train_state.json"
 STATE_FORMAT = "rtfm-train-state"
 STATE_VERSION = 1
+FINETUNE_FILE = "finetune.json"
+FINETUNE_FORMAT = "rtfm-finetune"
+#: The word ``--init-from`` takes for the shipped checkpoint (any case).
+DEFAULT_INIT = "default"
 
 
 # --------------------------------------------------------------------------------------
@@ -154,7 +181,10 @@ class TrainConfig:
     # -- data
     data: list[str] = field(
         default_factory=lambda: ["data/train"],
-        metadata=_opt("training recordings made by 'rtfm-env record' (split train)", nargs="+", metavar="DIR"),
+        metadata=_opt("training data: recording directories made by 'rtfm-env record' (split train, training ids "
+                      "only), or world files made by 'rtfm-env world build' (any place: your own place is what "
+                      "you fine-tune on; part of each world is held out, see --holdout-fraction); not both kinds",
+                      nargs="+", metavar="PATH"),
     )
     heldout: str | None = field(
         default=None, metadata=_opt("held-out recording (split heldout) for PSNR evaluation", metavar="DIR")
@@ -171,6 +201,18 @@ class TrainConfig:
         default=None, metadata=_opt("most steps between target and context; default: any", type=int, metavar="N")
     )
     past_only: bool = field(default=False, metadata=_opt("draw context only from frames before the target"))
+    holdout_fraction: float | None = field(
+        default=None,
+        metadata=_opt("world files only: share of each world's frames held out, one block at the end of the "
+                      "recording, never trained on and scored before and after training (finetune.json); "
+                      "default 0.2; 0: train on every frame, no score", type=float, metavar="F"),
+    )
+    holdout_gap: int = field(
+        default=8,
+        metadata=_opt("world files only: frames just before the held-out block that are dropped (neither trained "
+                      "on nor context), so held-out targets are not near copies of training frames", type=int,
+                      metavar="N"),
+    )
     # -- model
     size: str = field(default="S", metadata=_opt("named model size", choices=sorted(MODEL_SIZES)))
     model_overrides: list[str] = field(
@@ -180,8 +222,10 @@ class TrainConfig:
     )
     init_from: str | None = field(
         default=None,
-        metadata=_opt("start a new run from this checkpoint's weights (e.g. the shipped default) with a fresh "
-                      "optimizer; its model config must match; ignored when resuming", metavar="DIR"),
+        metadata=_opt("start a new run from this checkpoint's weights with a fresh optimizer ('default': the "
+                      "shipped checkpoint); the network is the checkpoint's (--size is ignored, --model-overrides "
+                      "may change only training and sampler fields) and the data must have its resolution; "
+                      "its weights are not reloaded when resuming", metavar="DIR"),
     )
     # -- optimisation
     batch_size: int = field(
@@ -244,7 +288,7 @@ class TrainConfig:
         minimums = {
             "n_context": 1, "n_candidates": 1, "min_gap": 1, "batch_size": 1, "steps": 1, "log_every": 1,
             "ckpt_every": 1, "eval_samples": 1, "warmup_steps": 0, "keep_every": 0, "eval_every": 0, "threads": 0,
-            "num_workers": 0, "seed": 0,
+            "num_workers": 0, "seed": 0, "holdout_gap": 0,
         }
         for name, low in minimums.items():
             value = getattr(self, name)
@@ -266,6 +310,10 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number in {bound}, got {value!r}")
         if self.beta1 >= 1.0 or self.beta2 >= 1.0:
             raise ValueError(f"--beta1 and --beta2 must be < 1, got {self.beta1}, {self.beta2}")
+        if self.holdout_fraction is not None:
+            value = self.holdout_fraction
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"--holdout-fraction must be a number in [0, 1), got {value!r}")
         parse_model_overrides(self.model_overrides)
 
     def to_dict(self) -> dict:
@@ -317,15 +365,52 @@ def parse_model_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def build_model_config(cfg: TrainConfig, intrinsics: Intrinsics) -> ModelConfig:
-    """The ModelConfig of a run: the named size, the data's resolution and the overrides.
+def resolve_init_from(value: str | os.PathLike) -> Path:
+    """The checkpoint directory that ``--init-from value`` names: ``default`` (any case) is the shipped one.
+
+    A directory that is literally called ``default`` is given as ``./default``.
+    """
+    if str(value).strip().lower() == DEFAULT_INIT:
+        from rtfm_env.cameras import DEFAULT_CHECKPOINT  # the one place the shipped checkpoint is named
+
+        return Path(DEFAULT_CHECKPOINT)
+    return Path(value)
+
+
+def build_model_config(cfg: TrainConfig, intrinsics: Intrinsics, base: ModelConfig | None = None) -> ModelConfig:
+    """The ModelConfig of a run: the named size (or ``base``), the data's resolution and the overrides.
+
+    Args:
+        cfg: the run's options (``size``, ``model_overrides``, ``n_context``, ``init_from``).
+        intrinsics: the data's camera.
+        base: the config of the ``--init-from`` checkpoint. When given, it is the run's network
+            (``cfg.size`` is ignored); overrides may change only fields outside
+            :data:`ARCHITECTURE_FIELDS` (an override equal to the checkpoint's value is allowed),
+            and the data must have the checkpoint's resolution.
 
     Raises:
-        ValueError: a bad override, a resolution the patch does not divide, or ``n_context``
-            above the model's ``max_context``.
+        ValueError: a bad override, a resolution the patch does not divide (or, with ``base``,
+            other than the checkpoint's), an architecture override with ``base``, or
+            ``n_context`` above the model's ``max_context``.
     """
     overrides = parse_model_overrides(cfg.model_overrides)
-    mcfg = model_config(cfg.size, height=int(intrinsics.height), width=int(intrinsics.width), **overrides)
+    if base is None:
+        mcfg = model_config(cfg.size, height=int(intrinsics.height), width=int(intrinsics.width), **overrides)
+    else:
+        if (base.height, base.width) != (int(intrinsics.height), int(intrinsics.width)):
+            raise ValueError(
+                f"--init-from {cfg.init_from}: the checkpoint's network was trained on {base.width}x{base.height} "
+                f"frames, the data are {intrinsics.width}x{intrinsics.height}; frames are not resized: build the "
+                f"world (rtfm-env world build --res {base.width}) or record (rtfm-env record --res {base.width}) at "
+                "the checkpoint's resolution"
+            )
+        changed = {k: (getattr(base, k), v) for k, v in overrides.items()
+                   if k in ARCHITECTURE_FIELDS and getattr(base, k) != v}
+        if changed:
+            raise ValueError(f"--init-from {cfg.init_from}: --model-overrides {changed} (checkpoint, asked) would "
+                             f"change its network; only these fields may change: "
+                             f"{[f.name for f in fields(ModelConfig) if f.name not in ARCHITECTURE_FIELDS]}")
+        mcfg = replace(base, **overrides)
     if cfg.n_context > mcfg.max_context:
         raise ValueError(f"--n-context {cfg.n_context} exceeds the model's max_context {mcfg.max_context}; "
                          "raise it with --model-overrides max_context=N")
@@ -364,12 +449,20 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 @dataclass
 class TrainingData:
-    """The training recordings as one dataset, their shared camera and their identity."""
+    """The training recordings (or world files) as one dataset, their shared camera and their identity."""
 
     dataset: Dataset
-    parts: list[PosedFrameDataset]
+    parts: list[PosedFrameDataset] | list[WorldFrameDataset]
     intrinsics: Intrinsics
-    record: dict[str, Any]  # JSON: combined manifest_hash and one entry per recording
+    record: dict[str, Any]  # JSON: combined manifest_hash and one entry per recording (or world)
+    #: World files only: the held-out blocks of every world as one dataset (None: none held out).
+    heldout: Dataset | None = None
+    heldout_parts: list[WorldFrameDataset] = field(default_factory=list)
+
+    @property
+    def worlds(self) -> bool:
+        """Whether the data are world files (not recordings)."""
+        return "worlds" in self.record
 
     def set_epoch(self, epoch: int) -> None:
         """Set the context-draw epoch of every recording."""
@@ -382,15 +475,32 @@ def _dataset_kwargs(cfg: TrainConfig) -> dict[str, Any]:
                 past_only=cfg.past_only, seed=cfg.seed)
 
 
+def _is_world_file(path: str) -> bool:
+    """``--data`` names a world file when it is a regular file; a directory is a recording."""
+    return Path(path).is_file()
+
+
 def open_training_data(cfg: TrainConfig) -> TrainingData:
     """Open ``cfg.data`` for training, refusing anything that is not training data.
+
+    Regular files are world files (:func:`open_world_data`); directories are recordings.
 
     Raises:
         FileNotFoundError: a recording without a manifest.
         ValueError: a recording of the held-out split (or a shard of it), an env id outside
-            ``rtfm_env.scenes.TRAIN_IDS``, recordings of different intrinsics, or a corrupt one.
+            ``rtfm_env.scenes.TRAIN_IDS``, recordings of different intrinsics, or a corrupt one;
+            world files mixed with recordings; ``--holdout-fraction`` with recordings.
         KeyError: an env id in ``cfg.envs`` that no recording holds.
     """
+    worlds = [p for p in cfg.data if _is_world_file(p)]
+    if worlds:
+        if len(worlds) != len(cfg.data):
+            raise ValueError(f"--data mixes world files {worlds} with recording directories "
+                             f"{[p for p in cfg.data if p not in worlds]}; train on one kind per run")
+        return open_world_data(cfg)
+    if cfg.holdout_fraction is not None:
+        raise ValueError("--holdout-fraction applies to world files; recordings are evaluated on a held-out "
+                         "recording (--heldout)")
     from rtfm_env.scenes import TRAIN_IDS  # loads MiniWorld: only when data is opened
 
     parts, entries, held_all = [], [], set()
@@ -427,6 +537,52 @@ def open_training_data(cfg: TrainConfig) -> TrainingData:
     dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
     record = {"manifest_hash": combined, "envs": cfg.envs, "recordings": entries}
     return TrainingData(dataset, parts, cameras.pop(), record)
+
+
+def open_world_data(cfg: TrainConfig) -> TrainingData:
+    """Open the world files of ``cfg.data``: training samples, and each world's held-out block.
+
+    The training-id check does not apply: a world file is a user's own place, which is what
+    they fine-tune on. Each world is split by :func:`rtfm_env.data.world_dataset.split_world`
+    (``cfg.holdout_fraction``, default 0.2, and ``cfg.holdout_gap``).
+
+    Raises:
+        ValueError: a corrupt, empty or too small world (WorldDataError), worlds of different
+            cameras, or ``--heldout`` / ``--envs`` (which apply to recordings).
+    """
+    if cfg.heldout is not None:
+        raise ValueError("--heldout applies to recordings; a world file holds out part of itself "
+                         "(--holdout-fraction)")
+    if cfg.envs is not None:
+        raise ValueError("--envs applies to recordings; give the world files to train on as --data")
+    fraction = 0.2 if cfg.holdout_fraction is None else float(cfg.holdout_fraction)
+    parts, held, entries = [], [], []
+    for path in cfg.data:
+        memory = load_world(path)
+        digest = sha256_file(path)
+        kw = dict(n_context=cfg.n_context, n_candidates=cfg.n_candidates, holdout_fraction=fraction,
+                  holdout_gap=cfg.holdout_gap, seed=cfg.seed, memory=memory, sha256=digest)
+        ds = WorldFrameDataset(path, "train", min_gap=cfg.min_gap, max_gap=cfg.max_gap, past_only=cfg.past_only, **kw)
+        parts.append(ds)
+        ws = ds.world_split
+        entry = {"path": str(path), "manifest_hash": digest, "env_ids": [ds.env_id], "frames": len(ws.ids),
+                 "samples": len(ds), "dropped_frames": len(ws.dropped), "heldout_samples": 0}
+        if len(ws.heldout):
+            h = WorldFrameDataset(path, "heldout", **kw)
+            held.append(h)
+            entry["heldout_samples"] = len(h)
+            # Ids of the block, so the report says which frames were scored.
+            entry["heldout_ids"] = [int(ws.ids[ws.heldout[0]]), int(ws.ids[ws.heldout[-1]])]
+        entries.append(entry)
+    cameras = {p.intrinsics for p in parts}
+    if len(cameras) != 1:
+        raise ValueError(f"the world files {cfg.data} have different cameras {sorted(map(str, cameras))}")
+    combined = hashlib.sha256(json.dumps([e["manifest_hash"] for e in entries]).encode()).hexdigest()
+    dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    heldout = None if not held else held[0] if len(held) == 1 else ConcatDataset(held)
+    record = {"manifest_hash": combined, "holdout_fraction": fraction, "holdout_gap": cfg.holdout_gap,
+              "worlds": entries}
+    return TrainingData(dataset, parts, cameras.pop(), record, heldout, held)
 
 
 def open_heldout_data(cfg: TrainConfig, intrinsics: Intrinsics) -> PosedFrameDataset | None:
@@ -671,7 +827,8 @@ def load_train_checkpoint(
 
 def _check_resumable(extra: dict[str, Any], cfg: TrainConfig, data_record: dict[str, Any], last: Path) -> None:
     """Refuse to continue a run whose learning-relevant options or data differ from ``cfg``'s."""
-    saved = extra.get("train_config", {})
+    # Options added after a run was saved count as their defaults, so older runs still resume.
+    saved = TrainConfig().to_dict() | {k: v for k, v in extra.get("train_config", {}).items()}
     now = cfg.to_dict()
     diffs = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in now.items()
              if k not in RESUMABLE_CHANGES and saved.get(k) != v]
@@ -740,6 +897,189 @@ def evaluate_psnr(
         for it, frame in zip(items, frames, strict=True):
             scores.append(peak_signal_noise_ratio(it["target_frame"].numpy(), frame, data_range=255))
     return float(np.mean(scores))
+
+
+def _eval_indices(n: int, most: int) -> np.ndarray:
+    """At most ``most`` sample indices spread evenly over ``n`` samples."""
+    return np.unique(np.linspace(0, n - 1, min(most, n)).astype(int))
+
+
+def evaluate_heldout(
+    model: Any,
+    dataset: Dataset,
+    indices: np.ndarray,
+    batch_size: int,
+    seed: int,
+    intrinsics: Intrinsics,
+) -> dict[str, Any]:
+    """PSNR and sharpness of the frames ``model`` generates for ``dataset[indices]`` against the true ones.
+
+    Args:
+        model: anything with FrameModel's ``generate(target_poses, context_frames, context_poses,
+            intrinsics, generator=...)``.
+        dataset: samples with the keys of :class:`PosedFrameDataset` (a ConcatDataset too).
+        indices: the samples to score.
+        batch_size: frames generated per call.
+        seed: seeds the sampler's noise (the same seed: the same frames).
+        intrinsics: the camera of every sample.
+
+    Returns:
+        ``psnr`` (mean over frames, dB; identical frames count as
+        :data:`rtfm_env.eval.metrics.PSNR_CAP`), ``psnr_se`` (its standard error), ``sharpness``
+        (the frames' summed mean absolute image gradient over the true frames': 1 is right, well
+        below 1 is blur), ``frames`` and ``per_frame_psnr``.
+    """
+    from rtfm_env.eval.metrics import psnr, sharpness
+
+    scores, made, truth = [], [], []
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[int(i)] for i in indices[start : start + batch_size]]
+        frames = model.generate(
+            torch.stack([it["target_pose"] for it in items]),
+            torch.stack([it["context_frames"] for it in items]),
+            torch.stack([it["context_poses"] for it in items]),
+            intrinsics,
+            generator=generator,
+        )
+        for it, frame in zip(items, frames, strict=True):
+            true = it["target_frame"].numpy()
+            scores.append(psnr(true, frame))
+            made.append(sharpness(frame))
+            truth.append(sharpness(true))
+    n = len(scores)
+    return {
+        "psnr": float(np.mean(scores)),
+        "psnr_se": float(np.std(scores, ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+        "sharpness": float(np.sum(made) / max(float(np.sum(truth)), 1e-9)),
+        "frames": n,
+        "per_frame_psnr": [round(float(v), 4) for v in scores],
+    }
+
+
+class _CopyNearest:
+    """The no-learning baseline: the context view nearest the target (where the flow starts), copied."""
+
+    def __init__(self, rotation_weight: float) -> None:
+        self.rotation_weight = rotation_weight
+
+    def generate(self, target_poses: torch.Tensor, context_frames: torch.Tensor, context_poses: torch.Tensor,
+                 intrinsics: Intrinsics, generator: torch.Generator | None = None) -> np.ndarray:
+        nearest = nearest_context(target_poses, context_poses, rotation_weight=self.rotation_weight)  # (B,)
+        return context_frames[torch.arange(len(nearest)), nearest].numpy()
+
+
+class _FinetuneReport:
+    """``finetune.json``: the held-out block of the world files, scored before and after training.
+
+    ``before`` is the initial weights (the ``--init-from`` checkpoint, or the seeded random
+    init), scored when a run starts and kept across resumes; ``after`` is the final EMA weights,
+    scored when the run reaches ``--steps``. Every score uses the same samples (at most
+    ``--eval-samples``, spread evenly over the held-out targets), seed and precision.
+    """
+
+    def __init__(self, out: Path, cfg: TrainConfig, data: TrainingData, mcfg: ModelConfig,
+                 init: Checkpoint | None, batch_size: int, device: torch.device) -> None:
+        self.path = out / FINETUNE_FILE
+        self.cfg, self.data, self.mcfg, self.init, self.device = cfg, data, mcfg, init, device
+        self.batch_size = batch_size
+        self.indices = _eval_indices(len(data.heldout), cfg.eval_samples)
+        self.record: dict[str, Any] = {}
+        self.after_scores: dict[str, Any] | None = None  # set by the loop when it scores the final step
+
+    @property
+    def before(self) -> dict[str, Any]:
+        return self.record["before"]
+
+    @property
+    def after(self) -> dict[str, Any] | None:
+        return self.record.get("after")
+
+    def evaluate(self, network: FrameNetwork) -> dict[str, Any]:
+        """Score ``network`` on the held-out samples (the run's precision)."""
+        model = FrameModel(network, torch.bfloat16 if self.cfg.precision == "bf16" else None)
+        return evaluate_heldout(model, self.data.heldout, self.indices, self.batch_size, self.cfg.seed,
+                                self.data.intrinsics)
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        same = (isinstance(record, dict) and record.get("format") == FINETUNE_FORMAT
+                and record.get("data", {}).get("manifest_hash") == self.data.record["manifest_hash"]
+                and record.get("evaluated_indices") == self.indices.tolist() and isinstance(record.get("before"), dict))
+        return record if same else None
+
+    def _write(self) -> None:
+        from rtfm_env.data.shards import atomic_write_bytes
+
+        atomic_write_bytes(self.path, (json.dumps(self.record, indent=2, allow_nan=False) + "\n").encode())
+
+    def start(self, initial: FrameNetwork | None, step: int) -> None:
+        """Score the initial weights (``initial``, or rebuilt when None) unless a resumed run already did."""
+        saved = self._read() if step > 0 else None
+        if saved is not None:
+            self.record = saved
+            return
+        if initial is None:  # a resumed run whose report is missing: rebuild what it started from
+            initial = _initial_network(self.cfg, self.mcfg, self.init, self.device)
+        baseline = evaluate_heldout(_CopyNearest(self.mcfg.nearest_rotation_weight), self.data.heldout,
+                                    self.indices, self.batch_size, self.cfg.seed, self.data.intrinsics)
+        self.record = {
+            "format": FINETUNE_FORMAT,
+            "format_version": 1,
+            "init_from": self.cfg.init_from,
+            "init_checkpoint": None if self.init is None else str(self.init.path),
+            "data": self.data.record,
+            "heldout_samples": len(self.data.heldout),
+            "evaluated_indices": self.indices.tolist(),
+            "precision": self.cfg.precision,
+            "sample_steps": self.mcfg.sample_steps,
+            "sample_sigma": self.mcfg.sample_sigma,
+            "baseline_copy_nearest_context": _summary(baseline),
+            "before": {"step": 0, **_summary(self.evaluate(initial))},
+            "after": None,
+            "psnr_gain_db": None,
+            "train_config": self.cfg.to_dict(),
+        }
+        self._write()
+
+    def finish(self, ema: FrameNetwork, step: int, wall_s: float) -> None:
+        """Score the final EMA weights (unless already scored at this step) and write the report."""
+        if self.after is not None and self.after.get("step") == step:
+            return
+        scores = self.after_scores or self.evaluate(ema)
+        self.record["after"] = {"step": int(step), "wall_s": round(float(wall_s), 2), **_summary(scores)}
+        before = np.array(self.before["per_frame_psnr"])
+        after = np.array(scores["per_frame_psnr"])
+        diff = after - before  # paired by frame
+        self.record["psnr_gain_db"] = {
+            "mean": float(diff.mean()),
+            "se": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else None,
+        }
+        self._write()
+
+    def describe(self, which: str) -> str:
+        """One line: the held-out PSNR and sharpness ``before`` or ``after`` (with the gain)."""
+        r = self.record[which]
+        text = (f"held-out PSNR {which} training {r['psnr']:.2f} dB, sharpness {r['sharpness']:.2f} "
+                f"({r['frames']} frames of the held-out block")
+        if which == "before":
+            b = self.record["baseline_copy_nearest_context"]
+            return text + f"; copying the nearest context view: {b['psnr']:.2f} dB, sharpness {b['sharpness']:.2f})"
+        gain = self.record["psnr_gain_db"]
+        se = "" if gain["se"] is None else f" ± {gain['se']:.2f}"
+        return text + f"; before: {self.before['psnr']:.2f} dB, {self.before['sharpness']:.2f}; " \
+                      f"gain {gain['mean']:+.2f}{se} dB)"
+
+
+def _summary(scores: dict[str, Any]) -> dict[str, Any]:
+    """The JSON form of :func:`evaluate_heldout` scores (finite numbers only)."""
+    out = dict(scores)
+    if not math.isfinite(out["psnr_se"]):
+        out["psnr_se"] = None
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -821,9 +1161,11 @@ def main(cfg: TrainConfig, *, until: int | None = None) -> TrainResult:
             dist.destroy_process_group()
 
 
-def _init_from(directory: str, network: FrameNetwork, ema: AveragedModel, mcfg: ModelConfig) -> None:
-    """Copy a checkpoint's (EMA) weights into the network and its EMA before step 0."""
-    source = load_checkpoint(directory)
+def _init_from(directory: str | Path | Checkpoint, network: FrameNetwork, ema: AveragedModel | None,
+               mcfg: ModelConfig) -> None:
+    """Copy a checkpoint's (EMA) weights into the network and its EMA (if given) before step 0."""
+    source = directory if isinstance(directory, Checkpoint) else load_checkpoint(resolve_init_from(directory))
+    directory = source.path
     theirs, ours = asdict(source.config), asdict(mcfg)
     diff = {k: (theirs.get(k), ours[k]) for k in ARCHITECTURE_FIELDS if theirs.get(k) != ours[k]}
     if diff:
@@ -832,7 +1174,19 @@ def _init_from(directory: str, network: FrameNetwork, ema: AveragedModel, mcfg: 
                          f"{[k for k in ours if k not in ARCHITECTURE_FIELDS]}")
     state = source.model.state_dict()
     network.load_state_dict(state)
-    ema.module.load_state_dict(state)
+    if ema is not None:
+        ema.module.load_state_dict(state)
+
+
+def _initial_network(
+    cfg: TrainConfig, mcfg: ModelConfig, init: Checkpoint | None, device: torch.device
+) -> FrameNetwork:
+    """The weights a run starts from: seeded random, or the ``--init-from`` checkpoint's."""
+    torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
+    network = FrameNetwork(mcfg).to(device)
+    if init is not None:
+        _init_from(init, network, None, mcfg)
+    return network
 
 
 def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
@@ -844,42 +1198,50 @@ def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
 
     # -- model
     data = open_training_data(cfg)
-    mcfg = build_model_config(cfg, data.intrinsics)
-    torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
-    network = FrameNetwork(mcfg).to(device).train()
+    init = load_checkpoint(resolve_init_from(cfg.init_from)) if cfg.init_from else None
+    mcfg = build_model_config(cfg, data.intrinsics, None if init is None else init.config)
+    last = out / LAST
+    resuming = last.is_symlink() or last.exists()
+    network = _initial_network(cfg, mcfg, None if resuming else init, device).train()
     ema = AveragedModel(network, multi_avg_fn=_ema_update(cfg.ema_decay)).requires_grad_(False)
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay)
     step, wall_before = 0, 0.0  # wall seconds of earlier runs of this training
-    last = out / LAST
-    if last.is_symlink() or last.exists():
+    if resuming:
         resumed = load_train_checkpoint(last, network, ema, optimizer)
         _check_resumable(resumed.extra, cfg, data.record, last)
         step, wall_before = resumed.step, float(resumed.extra.get("wall_s", 0.0))
-    elif cfg.init_from:
-        _init_from(cfg.init_from, network, ema, mcfg)
+    per_rank = cfg.batch_size // proc.world_size
+    # World files: the held-out block of each world, scored before and after (finetune.json).
+    report: _FinetuneReport | None = None
+    if data.worlds and data.heldout is not None and rank0:
+        report = _FinetuneReport(out, cfg, data, mcfg, init, per_rank, device)
+        report.start(ema.module if step == 0 else None, step)
     if step >= cfg.steps:
         # A finished run: nothing to train, so no loss to report (the log keeps the run's rows).
+        if report is not None:
+            report.finish(ema.module, step, wall_before)
         if rank0:
             print(f"train: the run in {out} is finished (step {step} of {cfg.steps}); checkpoint {last}. "
                   f"Raise --steps to train further, or give another --out for a new run.", flush=True)
+            if report is not None:
+                print(f"train: {report.describe('after')}; {out / FINETUNE_FILE}", flush=True)
         return TrainResult(step, last, out / LOG_FILE, math.nan, math.nan, network, ema.module)
     loss_model: nn.Module = _FlowLoss(network)
     if proc.distributed:
         loss_model = DistributedDataParallel(loss_model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # -- data
-    per_rank = cfg.batch_size // proc.world_size
     sampler = _ResumableSampler(data.dataset, proc.world_size, proc.rank, cfg.seed)
     steps_per_epoch = len(sampler) // per_rank
     if steps_per_epoch == 0:
         raise ValueError(f"the data holds {len(data.dataset)} samples, fewer than one batch of {cfg.batch_size}")
     loader = DataLoader(data.dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    heldout = open_heldout_data(cfg, data.intrinsics)
+    heldout = data.heldout if data.worlds else open_heldout_data(cfg, data.intrinsics)
     eval_indices = None
     if heldout is not None:
-        eval_indices = np.unique(np.linspace(0, len(heldout) - 1, min(cfg.eval_samples, len(heldout))).astype(int))
+        eval_indices = _eval_indices(len(heldout), cfg.eval_samples)
 
     # -- loop
     end = cfg.steps if until is None else min(cfg.steps, until)
@@ -888,11 +1250,19 @@ def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
     log_path = out / LOG_FILE
     log_file = _open_log(log_path, step) if rank0 else None
     writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS) if log_file else None
+    if writer is not None and report is not None and step == 0:
+        # Step 0 of the log: the held-out score of the initial weights (no loss yet).
+        writer.writerow({"step": 0, "epoch": 0, "wall_s": "0.00", "eval_psnr": f"{report.before['psnr']:.4f}"})
+        log_file.flush()
     if rank0:
-        print(f"train: {cfg.size} model ({network.num_parameters() / 1e6:.2f} M parameters, "
-              f"{mcfg.height}x{mcfg.width}), {len(data.dataset)} samples from {len(data.parts)} recording(s), "
+        what = f"{cfg.size} model" if init is None else f"model from {init.path}"
+        source = f"{len(data.parts)} world file(s)" if data.worlds else f"{len(data.parts)} recording(s)"
+        print(f"train: {what} ({network.num_parameters() / 1e6:.2f} M parameters, "
+              f"{mcfg.height}x{mcfg.width}), {len(data.dataset)} samples from {source}, "
               f"{proc.world_size} process(es) on {device.type} ({cfg.precision}), batch {cfg.batch_size}; "
               f"step {step} of {cfg.steps}", flush=True)
+        if report is not None:
+            print(f"train: {report.describe('before')}", flush=True)
     bar = tqdm(total=end, initial=min(step, end), unit="step", desc="train", dynamic_ncols=True,
                disable=not (cfg.progress and rank0))
     loss_sum = torch.zeros((), device=device)
@@ -944,8 +1314,14 @@ def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
                            "grad_norm": f"{mean_norm:.6g}", "samples_per_s": f"{window_samples / elapsed:.4g}",
                            "wall_s": f"{wall_s:.2f}", "eval_psnr": ""}
                     if is_eval and rank0:
-                        fm = FrameModel(ema.module, torch.bfloat16 if cfg.precision == "bf16" else None)
-                        psnr = evaluate_psnr(fm, heldout, eval_indices, per_rank, cfg.seed)
+                        if report is not None:
+                            scores = report.evaluate(ema.module)
+                            psnr = scores["psnr"]
+                            if step == cfg.steps:
+                                report.after_scores = scores  # the final EMA: scored once
+                        else:
+                            fm = FrameModel(ema.module, torch.bfloat16 if cfg.precision == "bf16" else None)
+                            psnr = evaluate_psnr(fm, heldout, eval_indices, per_rank, cfg.seed)
                         row["eval_psnr"] = f"{psnr:.4f}"
                     if writer is not None:
                         writer.writerow(row)
@@ -972,6 +1348,8 @@ def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
             log_file.close()
 
     samples_per_s = run_samples / run_seconds if run_seconds > 0 else math.nan
+    if report is not None and step >= cfg.steps:
+        report.finish(ema.module, step, wall_before + time.perf_counter() - run_start)
     if rank0:
         if math.isfinite(last_loss):
             print(f"train: step {step} of {cfg.steps}, loss {last_loss:.4g}, {samples_per_s:.1f} samples/s; "
@@ -979,6 +1357,8 @@ def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
         else:  # stopped (--until) where a checkpoint already was: no step ran in this call
             print(f"train: stopped at step {step} of {cfg.steps} without training a step; checkpoint {last}",
                   flush=True)
+        if report is not None and report.after is not None:
+            print(f"train: {report.describe('after')}; {out / FINETUNE_FILE}", flush=True)
     return TrainResult(step, last if (last.is_symlink() or last.exists()) else None, log_path, last_loss,
                        samples_per_s, network, ema.module)
 
