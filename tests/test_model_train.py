@@ -428,3 +428,23 @@ def test_init_from_copies_checkpoint_weights(tmp_path, recording):
     assert started.step == 2
     tuned = replace(first.ema.config, t0_fraction=0.5, sample_sigma=0.0, sample_steps=1)  # fine-tuning fields
     tr._init_from(str(tmp_path / "first" / tr.LAST), FrameNetwork(tuned), AveragedModel(FrameNetwork(tuned)), tuned)
+
+
+def test_minutes_budget_stops_with_a_checkpoint_and_resumes(recording, tmp_path, monkeypatch):
+    """--minutes ends a call at the next log row with a checkpoint; the same command resumes."""
+    import time
+
+    clock = {"t": 0.0}
+
+    def fake_clock() -> float:  # each reading advances 10 s: a 1-minute budget runs out within a few steps
+        clock["t"] += 10.0
+        return clock["t"]
+
+    monkeypatch.setattr(tr.time, "perf_counter", fake_clock)
+    cfg = tiny(recording, tmp_path / "run", steps=40, ckpt_every=100, minutes=1.0)
+    first = tr.main(cfg)
+    assert 0 < first.step < 40, first.step
+    assert (tmp_path / "run" / tr.LAST).exists() and first.checkpoint is not None
+    monkeypatch.setattr(tr.time, "perf_counter", time.perf_counter)
+    second = tr.main(replace(cfg, minutes=0.0))  # minutes may change on resume
+    assert second.step == 40

@@ -146,6 +146,7 @@ RESUMABLE_CHANGES = (
     "device",
     "num_workers",
     "progress",
+    "minutes",
     "out",
 )
 
@@ -245,6 +246,11 @@ class TrainConfig:
     steps: int = field(
         default=20000, metadata=_opt("total optimizer steps (raise it to extend a finished run)", type=int, metavar="N")
     )
+    minutes: float = field(
+        default=0.0,
+        metadata=_opt("stop this call after about this many minutes of wall time, at the next log row, with a "
+                      "checkpoint (the same command resumes there); 0: no limit", type=float, metavar="MIN"),
+    )
     grad_clip: float = field(
         default=1.0, metadata=_opt("clip the global gradient L2 norm to this; 0: no clipping", type=float, metavar="G")
     )
@@ -301,7 +307,7 @@ class TrainConfig:
         ranges = {
             "lr": (0.0, math.inf, False), "final_lr_fraction": (0.0, 1.0, True), "weight_decay": (0.0, math.inf, True),
             "beta1": (0.0, 1.0, True), "beta2": (0.0, 1.0, True), "grad_clip": (0.0, math.inf, True),
-            "ema_decay": (0.0, 1.0, True),
+            "ema_decay": (0.0, 1.0, True), "minutes": (0.0, math.inf, True),
         }
         for name, (low, high, low_ok) in ranges.items():
             value = float(getattr(self, name))
@@ -327,6 +333,8 @@ class TrainConfig:
 ARCHITECTURE_FIELDS = (
     "height", "width", "patch", "dim", "depth", "heads", "mlp_ratio", "max_context", "pos_embed", "qk_norm",
     "moment_scale", "flow_start",
+    # v2: the inputs and outputs themselves (modules exist only when on; depth's units and range)
+    "warp_input", "depth_input", "predict_depth", "residual", "warp_start", "min_depth", "max_depth", "context_noise",
 )
 
 
@@ -893,10 +901,18 @@ def evaluate_psnr(
             torch.stack([it["context_poses"] for it in items]),
             dataset.intrinsics,
             generator=generator,
+            context_depths=_context_depths(model, items),
         )
         for it, frame in zip(items, frames, strict=True):
             scores.append(peak_signal_noise_ratio(it["target_frame"].numpy(), frame, data_range=255))
     return float(np.mean(scores))
+
+
+def _context_depths(model: Any, items: list[dict[str, Any]]) -> torch.Tensor | None:
+    """The samples' context depths (B, K, H, W) for a model that reads them (v2), else None."""
+    if not getattr(model, "needs_depth", False):
+        return None
+    return torch.stack([it["context_depth"] for it in items])
 
 
 def _eval_indices(n: int, most: int) -> np.ndarray:
@@ -941,6 +957,7 @@ def evaluate_heldout(
             torch.stack([it["context_poses"] for it in items]),
             intrinsics,
             generator=generator,
+            context_depths=_context_depths(model, items),
         )
         for it, frame in zip(items, frames, strict=True):
             true = it["target_frame"].numpy()
@@ -1298,12 +1315,20 @@ def _train(cfg: TrainConfig, proc: _Process, until: int | None) -> TrainResult:
                 is_eval = heldout is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0
                                                                           or step == cfg.steps)
                 if step % cfg.log_every == 0 or step == end or is_eval:
-                    # One collective per log row, on every rank at the same steps.
-                    stats = torch.stack([loss_sum, norm_sum]) / n_acc
+                    # One collective per log row, on every rank at the same steps; it carries rank
+                    # 0's verdict on the time budget, so every rank stops at the same step.
+                    over = cfg.minutes > 0 and rank0 and time.perf_counter() - run_start >= 60.0 * cfg.minutes
+                    stats = torch.stack([loss_sum / n_acc, norm_sum / n_acc,
+                                         torch.tensor(float(over), device=device)])
                     if proc.distributed:
                         dist.all_reduce(stats)
-                        stats /= proc.world_size
-                    last_loss, mean_norm = stats.tolist()
+                        stats[:2] /= proc.world_size
+                    last_loss, mean_norm, over_budget = stats.tolist()
+                    if over_budget > 0 and step < end:
+                        end = step  # the checkpoint below is written, then the loop ends
+                        if rank0:
+                            tqdm.write(f"train: --minutes {cfg.minutes:g} spent; stopping at step {step} "
+                                       f"(the same command resumes)")
                     if not math.isfinite(last_loss):
                         raise FloatingPointError(f"the training loss became {last_loss} by step {step}; "
                                                  f"the last checkpoint is {last}")
