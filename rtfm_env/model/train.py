@@ -901,18 +901,18 @@ def evaluate_psnr(
             torch.stack([it["context_poses"] for it in items]),
             dataset.intrinsics,
             generator=generator,
-            context_depths=_context_depths(model, items),
+            **_context_depths(model, items),
         )
         for it, frame in zip(items, frames, strict=True):
             scores.append(peak_signal_noise_ratio(it["target_frame"].numpy(), frame, data_range=255))
     return float(np.mean(scores))
 
 
-def _context_depths(model: Any, items: list[dict[str, Any]]) -> torch.Tensor | None:
-    """The samples' context depths (B, K, H, W) for a model that reads them (v2), else None."""
+def _context_depths(model: Any, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """``context_depths`` (B, K, H, W) of the samples for a model that reads them (v2); nothing else."""
     if not getattr(model, "needs_depth", False):
-        return None
-    return torch.stack([it["context_depth"] for it in items])
+        return {}
+    return {"context_depths": torch.stack([it["context_depth"] for it in items])}
 
 
 def _eval_indices(n: int, most: int) -> np.ndarray:
@@ -957,7 +957,7 @@ def evaluate_heldout(
             torch.stack([it["context_poses"] for it in items]),
             intrinsics,
             generator=generator,
-            context_depths=_context_depths(model, items),
+            **_context_depths(model, items),
         )
         for it, frame in zip(items, frames, strict=True):
             true = it["target_frame"].numpy()
