@@ -1,23 +1,25 @@
-"""``rtfm-env demo``: drive the camera around the default world and write a video.
+"""``rtfm-env demo``: drive the learned camera around the default world and write a video.
 
 A shortest-path follower drives PointNav episodes on the embedded default world
-(MiniWorld FourRooms, seed 0); every frame shows the camera view beside the top-down map with
-the trajectory and goal. The video and a ``summary.json`` go to ``--out``, and a summary is
-printed.
+(MiniWorld FourRooms, seed 0) in closed loop: what the camera shows is generated from its
+memory as the robot moves. By default the camera is the frame model in the default world
+regime, and every video frame has three panels: the generated view | the ground truth at the
+same pose | the top-down map with the positions and view directions of the frames in the
+camera's memory (red: observed ground truth, purple: generated). The summary scores each
+episode's frames against the ground truth as the closed-loop benchmark does: PSNR, SSIM, and
+sharpness and contrast as ratios to the ground truth's (1.0 is right; below 0.7 is blur or a
+washed-out frame, which PSNR alone does not show). The video and a ``summary.json`` go to
+``--out``, and the summary is printed::
 
-With ``--camera model`` the frame model is the camera and every video frame has three panels:
-the generated view | the ground truth at the same pose | the top-down map with the positions
-and view directions of the frames in the camera's memory (red: observed ground truth, purple:
-generated). The summary then adds the camera's options and the PSNR of the generated views::
-
-    rtfm-env demo --camera model --checkpoint path/to/checkpoint --k 2 --context-strategy spatial
+    rtfm-env demo                                    # the shipped model, world=scan
+    rtfm-env demo --camera reprojection --world walk # the no-learning baseline
+    rtfm-env demo --camera ground_truth              # the renderer: view | map
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from rtfm_env import viz
 from rtfm_env.cameras import CAMERAS, CONTEXT_STRATEGIES, MemoryCamera
 from rtfm_env.envs.base import RTFMEnv
 from rtfm_env.envs.follower import ShortestPathFollower
+from rtfm_env.eval.metrics import contrast, psnr, sharpness, ssim
 
 DEFAULT_SCENE = "MiniWorld-FourRooms-v0"
 DEFAULT_SEED = 0
@@ -45,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=3, help="episodes to drive (default: 3)")
     parser.add_argument("--max-steps", type=int, default=150, help="step limit per episode (default: 150)")
     parser.add_argument(
-        "--camera", choices=sorted(CAMERAS), default="ground_truth", help="which camera sees (default: ground_truth)"
+        "--camera", choices=sorted(CAMERAS), default="model", help="which camera sees (default: model)"
     )
     parser.add_argument("--resolution", type=int, default=64, help="camera frame size in pixels (default: 64)")
     parser.add_argument("--fps", type=int, default=10, help="video frames per second (default: 10)")
@@ -105,15 +108,16 @@ def run(args: argparse.Namespace) -> int:
             obs, info = env.reset(seed=args.seed + ep)
             canvas = viz.MapCanvas(base.scene.top_down_map(), height=base.render_height) if model else None
             frames.append(_model_panels(base, obs["rgb"], canvas)[0] if model else env.render())
-            psnrs = []
+            shown, truths = [], []
             done = False
             while not done:
                 action = follower.act(base.state, base.task.goal)
                 obs, reward, terminated, truncated, info = env.step(action)
                 if model:
-                    frame, psnr = _model_panels(base, obs["rgb"], canvas)
+                    frame, truth = _model_panels(base, obs["rgb"], canvas)
                     frames.append(frame)
-                    psnrs.append(psnr)
+                    shown.append(obs["rgb"])
+                    truths.append(truth)
                 else:
                     frames.append(env.render())
                 done = terminated or truncated
@@ -127,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
                 "collisions": int(info["collisions"]),
                 "distance_to_goal": float(info["distance_to_goal"]),
             }
-            if model:
-                record["psnr"] = round(float(np.mean(psnrs)), 3)  # dB, generated vs ground truth per step
+            if model and shown:
+                record.update(_closed_loop_scores(np.stack(shown), np.stack(truths)))
                 record["memory_frames"] = len(base.camera.memory)
             episodes.append(record)
     sim_seconds = time.perf_counter() - t0
@@ -154,20 +158,40 @@ def run(args: argparse.Namespace) -> int:
     _write_json(args.out / "summary.json", summary)
     print(f"rtfm-env demo: {args.camera} camera in {args.scene}, {args.resolution}x{args.resolution} frames")
     for e in episodes:
-        quality = f", PSNR {e['psnr']:.1f} dB vs ground truth" if model else ""
+        quality = (f"; vs ground truth: PSNR {e['psnr']:.1f} dB, SSIM {e['ssim']:.3f}, sharpness {e['sharpness']:.2f}, "
+                   f"contrast {e['contrast']:.2f}" if "psnr" in e else "")
         print(
             f"  episode seed {e['seed']}: {e['steps']} steps, success={e['success']}, SPL={e['spl']:.2f}, "
             f"collisions={e['collisions']}, final distance {e['distance_to_goal']:.2f} m{quality}"
         )
     if model:
-        print("  video panels: generated | ground truth | map (red: observed frames, purple: generated)")
+        print("  video panels: generated | ground truth | map (red: observed frames, purple: generated); "
+              "sharpness and contrast are ratios to the ground truth's (1.0 is right, below 0.7 is blur)")
     print(f"  {steps_total} steps in {sim_seconds:.1f} s ({summary['steps_per_second']} steps/s incl. rendering)")
     print(f"  video: {video} ({len(frames)} frames)   summary: {args.out / 'summary.json'}")
     return 0
 
 
-def _model_panels(env: RTFMEnv, view: np.ndarray, canvas: viz.MapCanvas) -> tuple[np.ndarray, float]:
-    """The generated view | the ground truth at its pose | the map with the memory's frames, and the PSNR (dB)."""
+def _closed_loop_scores(shown: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """An episode's frames against the ground truth, as benchmarks/closed_loop.py scores them.
+
+    PSNR (dB) and SSIM are means over the frames; sharpness and contrast are the frames' sums
+    over the ground truth's (ratios: 1.0 is right).
+    """
+    ratio = {
+        name: float(np.sum(fn(shown)) / max(float(np.sum(fn(truth))), 1e-9))
+        for name, fn in (("sharpness", sharpness), ("contrast", contrast))
+    }
+    return {
+        "psnr": round(float(np.mean([psnr(a, b) for a, b in zip(shown, truth, strict=True)])), 3),
+        "ssim": round(float(np.mean([ssim(a, b) for a, b in zip(shown, truth, strict=True)])), 4),
+        "sharpness": round(ratio["sharpness"], 3),
+        "contrast": round(ratio["contrast"], 3),
+    }
+
+
+def _model_panels(env: RTFMEnv, view: np.ndarray, canvas: viz.MapCanvas) -> tuple[np.ndarray, np.ndarray]:
+    """The generated view | the ground truth at its pose | the map with the memory's frames, and that truth."""
     truth = env.scene.render(env.state.pose())
     memory = env.camera.memory
     ids = memory.ids
@@ -178,9 +202,7 @@ def _model_panels(env: RTFMEnv, view: np.ndarray, canvas: viz.MapCanvas) -> tupl
         frame_poses=memory.poses(ids),
         frame_sources=memory.sources(ids),
     )
-    mse = float(np.mean((view.astype(np.float64) - truth.astype(np.float64)) ** 2))
-    psnr = 10.0 * math.log10(255.0**2 / max(mse, 1e-10))  # identical frames give ~148 dB, not infinity
-    return viz.compose(view, truth, layer, height=env.render_height), psnr
+    return viz.compose(view, truth, layer, height=env.render_height), truth
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:

@@ -602,4 +602,5 @@ def test_demo_model_mode_writes_three_panel_video(checkpoint, tmp_path, capsys):
 def test_demo_refuses_model_options_with_ground_truth(tmp_path):
     """Model-camera options with the ground-truth camera fail instead of being ignored."""
     with pytest.raises(ValueError, match="do not apply to camera='ground_truth'"):
-        cli.main(["demo", "--out", str(tmp_path), "--k", "3", "--episodes", "1", "--max-steps", "2"])
+        cli.main(["demo", "--camera", "ground_truth", "--out", str(tmp_path), "--k", "3", "--episodes", "1",
+                  "--max-steps", "2"])
