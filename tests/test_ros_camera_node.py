@@ -722,3 +722,14 @@ def test_tf_broadcast_matches_odometry_where_tf2_ros_imports(camera_node, tmp_pa
         r = tf[(o.header.stamp.sec, o.header.stamp.nanosec)]
         p, q = o.pose.pose.position, o.pose.pose.orientation
         np.testing.assert_allclose(r["xyz"] + r["xyzw"], [p.x, p.y, p.z, q.x, q.y, q.z, q.w], atol=1e-12)
+
+
+def test_model_camera_with_a_v2_checkpoint_publishes_its_depth(camera_node, tiny_v2_checkpoint):
+    """A checkpoint that predicts depth (v2) makes the model camera publish depth like the others."""
+    n = camera_node(camera="model", checkpoint=str(tiny_v2_checkpoint), world="image", rate_hz=10.0,
+                    cmd_vel_timeout=0.0)
+    n.drive(0.3, 0.0, frames=3)
+    assert {_stamp(m) for m in n.depths} & {_stamp(m) for _, m in n.images}, "depth and image stamps differ"
+    depth = _depth_array(n.depths[-1])
+    assert n.depths[-1].encoding == "32FC1" and depth.shape == (64, 64)
+    assert not np.isnan(depth).all() and (depth[np.isfinite(depth)] > 0).all()
