@@ -164,8 +164,11 @@ def main(cfg: FinetuneConfig) -> dict:
         picked = [items[i] for i in shown]
         args = (torch.stack([it["target_pose"] for it in picked]), torch.stack([it["context_frames"] for it in picked]),
                 torch.stack([it["context_poses"] for it in picked]), intr)
-        before_frames = before_model.generate(*args, generator=torch.Generator().manual_seed(cfg.seed))
-        after_frames = after_model.generate(*args, generator=torch.Generator().manual_seed(cfg.seed))
+        depths = torch.stack([it["context_depth"] for it in picked])  # a v2 model reads the context's depth
+        before_frames = before_model.generate(*args, generator=torch.Generator().manual_seed(cfg.seed),
+                                              **({"context_depths": depths} if before_model.needs_depth else {}))
+        after_frames = after_model.generate(*args, generator=torch.Generator().manual_seed(cfg.seed),
+                                            **({"context_depths": depths} if after_model.needs_depth else {}))
         nearest = tr._CopyNearest(after_model.config.nearest_rotation_weight).generate(*args)
         rows = [[truth[i], nearest[j], reprojected[i], before_frames[j], after_frames[j]] for j, i in enumerate(shown)]
         log = (run_dir / tr.LOG_FILE).read_text().splitlines()

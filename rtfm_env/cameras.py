@@ -48,12 +48,16 @@ __all__ = [
     "AUTOCAST_DTYPES",
     "default_autocast",
     "DEFAULT_CHECKPOINT",
+    "V1_CHECKPOINT",
     "select_context",
     "turn_in_place",
 ]
 
 #: Where the shipped frame-model checkpoint lives; ``ModelCamera(checkpoint=None)`` loads it.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "model" / "checkpoints" / "default"
+#: The v1 frame model (pure implicit: posed frames and rays, no warp, no depth), kept as the
+#: "before" and ablation row of the closed-loop benchmark; it loads through the same path.
+V1_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "v1"
 
 #: How the model camera picks the context frames of each new frame from its memory:
 #: ``spatial`` = :meth:`SpatialMemory.retrieve` (context juggling), ``last_k`` = the k most

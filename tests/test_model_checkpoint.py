@@ -428,12 +428,21 @@ def test_checkpoints_saved_before_the_metadata_still_load(saved):
 DEFAULT = Path(__file__).resolve().parents[1] / "rtfm_env" / "model" / "checkpoints" / "default"
 
 
-def test_the_shipped_checkpoint_loads_and_is_known():
-    """The shipped checkpoint (saved before the metadata) loads unchanged and its trained config is known."""
-    record = json.loads((DEFAULT / ck.CONFIG_FILE).read_text())
+def test_the_v1_checkpoint_loads_and_is_known():
+    """The v1 checkpoint (saved before the metadata) loads unchanged and its trained config is known."""
+    v1 = DEFAULT.parent / "v1"
+    record = json.loads((v1 / ck.CONFIG_FILE).read_text())
     trained = ck.KNOWN_TRAINED_CONFIGS[record["weights"]["sha256"]]
     assert {k: v for k, v in record["model_config"].items() if k not in ck.OVERRIDABLE_FIELDS} == trained
-    assert ck.load_checkpoint(DEFAULT).config.to_dict() == record["model_config"]
+    assert ck.load_checkpoint(v1).config.to_dict() == record["model_config"]
+
+
+def test_the_shipped_v2_checkpoint_carries_its_trained_config():
+    """The shipped (v2) checkpoint stores its trained config with the weights and loads as recorded."""
+    record = json.loads((DEFAULT / ck.CONFIG_FILE).read_text())
+    loaded = ck.load_checkpoint(DEFAULT)
+    assert loaded.config.to_dict() == record["model_config"]
+    assert loaded.config.warp_input and loaded.config.predict_depth and loaded.config.residual
 
 
 @pytest.mark.parametrize("edit", [{"height": 128, "width": 128}, {"pos_embed": False}, {"max_context": 32}],

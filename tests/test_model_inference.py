@@ -31,17 +31,21 @@ def views():
                 states.append(s)
         poses = np.stack([s.pose() for s in states])
         frames = np.stack([scene.render(p) for p in poses])
+        depths = np.stack([scene.render_depth(p) for p in poses])
         intr = scene.intrinsics
     finally:
         scene.close()
     target = poses[:4]
     context_poses = poses[4:].reshape(4, 2, 4, 4)
     context_frames = frames[4:].reshape(4, 2, 64, 64, 3)
-    return target, context_frames, context_poses, intr
+    context_depths = depths[4:].reshape(4, 2, 64, 64)
+    return target, context_frames, context_poses, intr, context_depths
 
 
 def _generate(model: sm.FrameModel, views, **kwargs) -> np.ndarray:
-    target, frames, poses, intr = views
+    target, frames, poses, intr, depths = views
+    if model.needs_depth:  # the shipped v2 model reads the context's depth
+        kwargs["context_depths"] = depths
     return model.generate(target, frames, poses, intr, generator=torch.Generator().manual_seed(0), **kwargs)
 
 

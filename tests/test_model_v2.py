@@ -304,11 +304,11 @@ def v1_reference_inputs():
     return tp, ctx, cp, Intrinsics(64, 64, 60.0)
 
 
-def test_v1_default_checkpoint_loads_strictly_and_generates_as_before():
+def test_v1_checkpoint_loads_strictly_and_generates_as_before():
     """The shipped v1 checkpoint builds the v1 module structure and gives the frames the v1 code gave."""
-    from rtfm_env.cameras import DEFAULT_CHECKPOINT
+    from rtfm_env.cameras import V1_CHECKPOINT
 
-    loaded = ck.load_checkpoint(DEFAULT_CHECKPOINT)
+    loaded = ck.load_checkpoint(V1_CHECKPOINT)
     assert not any(getattr(loaded.config, name) for name in ("warp_input", "depth_input", "predict_depth",
                                                              "residual", "warp_start"))
     fresh = nw.FrameNetwork(loaded.config)
@@ -317,7 +317,7 @@ def test_v1_default_checkpoint_loads_strictly_and_generates_as_before():
     assert not any(name.startswith(("warp_embed", "depth_embed", "noise_embed", "depth_layer"))
                    for name in fresh.state_dict())
 
-    model = sm.FrameModel.from_pretrained(DEFAULT_CHECKPOINT, autocast_dtype=None)
+    model = sm.FrameModel.from_pretrained(V1_CHECKPOINT, autocast_dtype=None)
     assert not model.needs_depth and not model.predicts_depth
     tp, ctx, cp, intr = v1_reference_inputs()
     frames = model.generate(tp, ctx, cp, intr, steps=2, generator=torch.Generator().manual_seed(0))

@@ -124,7 +124,7 @@ def test_init_from_default_resolves_and_sets_the_network(world):
     ckpt = load_checkpoint(tr.resolve_init_from("default"))
     cfg = tr.TrainConfig(size="T", init_from="default", model_overrides=["t0_fraction=0.5", "patch=8"])
     mcfg = tr.build_model_config(cfg, Intrinsics(64, 64, 60.0), ckpt.config)
-    assert (mcfg.dim, mcfg.depth, mcfg.patch) == (ckpt.config.dim, ckpt.config.depth, 8) == (256, 6, 8)
+    assert (mcfg.dim, mcfg.depth, mcfg.patch) == (ckpt.config.dim, ckpt.config.depth, ckpt.config.patch)
     assert mcfg.t0_fraction == 0.5 and mcfg.sample_steps == ckpt.config.sample_steps
     with pytest.raises(ValueError, match="would change its network.*depth"):
         tr.build_model_config(tr.TrainConfig(init_from="default", model_overrides=["depth=2"]),
