@@ -888,24 +888,11 @@ def evaluate_psnr(
     batch_size: int,
     seed: int,
 ) -> float:
-    """Mean PSNR (dB) of the frames ``model`` generates for ``dataset[indices]`` against the true ones."""
-    from skimage.metrics import peak_signal_noise_ratio
+    """Mean PSNR (dB) of the frames ``model`` generates for ``dataset[indices]`` against the true ones.
 
-    scores = []
-    generator = torch.Generator().manual_seed(seed)
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[int(i)] for i in indices[start : start + batch_size]]
-        frames = model.generate(
-            torch.stack([it["target_pose"] for it in items]),
-            torch.stack([it["context_frames"] for it in items]),
-            torch.stack([it["context_poses"] for it in items]),
-            dataset.intrinsics,
-            generator=generator,
-            **_context_depths(model, items),
-        )
-        for it, frame in zip(items, frames, strict=True):
-            scores.append(peak_signal_noise_ratio(it["target_frame"].numpy(), frame, data_range=255))
-    return float(np.mean(scores))
+    :func:`evaluate_heldout`'s PSNR, for a dataset that knows its intrinsics.
+    """
+    return evaluate_heldout(model, dataset, indices, batch_size, seed, dataset.intrinsics)["psnr"]
 
 
 def _context_depths(model: Any, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
