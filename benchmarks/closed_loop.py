@@ -67,6 +67,9 @@ BASELINES = ("flat", "nearest", "reprojection")
 REFERENCE = "ground_truth"
 #: Step windows, inclusive: step t is the frame shown after the t-th action (step 0 is the reset frame).
 WINDOWS = (("1-10", 1, 10), ("11-50", 11, 50), ("51-200", 51, 200))
+#: Width of the per-env fine windows (steps 1-20, 21-40, ...): a drift that the wide windows
+#: average away (a few blurred steps inside 51-200) shows there.
+FINE_WINDOW = 20
 #: Per-frame metrics against ground truth (means over a window's steps).
 FRAME_METRICS = ("psnr", "ssim", "ms_ssim")
 #: Ratio metrics: window sum of the frame's value over the window sum of the ground truth's.
@@ -250,6 +253,32 @@ def window_values(per_step: dict[str, np.ndarray], truth: dict[str, np.ndarray],
     return out
 
 
+def fine_windows(steps: int, width: int = FINE_WINDOW) -> list[tuple[str, int, int]]:
+    """Consecutive ``width``-step windows from step 1 through ``min(steps, 200)``."""
+    last = min(steps, WINDOWS[-1][2])
+    return [(f"{lo}-{min(lo + width - 1, last)}", lo, min(lo + width - 1, last)) for lo in range(1, last + 1, width)]
+
+
+def fine_differences(
+    mine: list[dict], base: list[dict], truths: list[dict], envs: list[str], steps: int
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per env id and fine window: the camera's PSNR minus the baseline's (mean over the env's
+    episodes) and the camera's sharpness ratio (window sums over its episodes)."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for env_id in dict.fromkeys(envs):
+        idx = [i for i, e in enumerate(envs) if e == env_id]
+        out[env_id] = {}
+        for name, lo, hi in fine_windows(steps):
+            d = [float(np.mean(mine[i]["psnr"][lo : hi + 1] - base[i]["psnr"][lo : hi + 1])) for i in idx]
+            shown = sum(float(np.sum(mine[i]["sharpness"][lo : hi + 1])) for i in idx)
+            truth = sum(float(np.sum(truths[i]["sharpness"][lo : hi + 1])) for i in idx)
+            out[env_id][name] = {
+                "dpsnr": _finite(float(np.mean(d))),
+                "sharpness": _finite(shown / truth) if truth > 0 else None,
+            }
+    return out
+
+
 def summary(values: list[float]) -> dict[str, float | int | None]:
     """Mean, standard error and n over episodes (NaN as None, for JSON)."""
     m, se, n = mean_se(np.asarray(values, dtype=np.float64))
@@ -421,6 +450,28 @@ def render_page(result: dict, cameras: list[str], discussion: str, command: str)
                     + " |"
                 )
         lines.append("")
+    fine = result.get("fine", {})
+    if fine:
+        names = [w[0] for w in fine_windows(cfg["steps"])]
+        lines += [
+            f"## Per env id, {FINE_WINDOW}-step windows: model minus reprojection PSNR / model sharpness ratio",
+            "",
+            "Each cell: ΔPSNR (dB, mean over the env's episodes, paired by episode) / the camera's sharpness "
+            "ratio in that window. A drift or a blur that the wide windows average away shows here.",
+            "",
+        ]
+        for cam in (c for c in models if c in fine):
+            lines += ["| " + " | ".join([f"{cam}: world, env", *names]) + " |", "|" + "---|" * (1 + len(names))]
+            for regime in cfg["regimes"]:
+                for env_id, cells in fine[cam][regime].items():
+                    short = env_id.removeprefix("MiniWorld-").removesuffix("-v0")
+                    row = [f"{regime}, {short}"] + [
+                        "—" if c["dpsnr"] is None else
+                        f"{c['dpsnr']:+.2f} / {'—' if c['sharpness'] is None else format(c['sharpness'], '.2f')}"
+                        for c in (cells[n] for n in names)
+                    ]
+                    lines.append("| " + " | ".join(row) + " |")
+            lines.append("")
     lines += [
         f"## MS-SSIM (weight-free perceptual metric, 5 scales, {MS_SSIM_WIN}-pixel window)",
         "",
@@ -547,17 +598,35 @@ def _dumps(result: dict) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def _row_spec(spec: str) -> tuple[str, Path, int | None]:
+    """``NAME=DIR`` or ``NAME=DIR,k=N`` (N context views per frame instead of the camera's default)."""
+    name, sep, rest = spec.partition("=")
+    directory, comma, option = rest.partition(",")
+    k = None
+    if comma:
+        key, eq, value = option.partition("=")
+        if key != "k" or not eq or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--model takes NAME=DIR or NAME=DIR,k=N (N >= 1), got {spec!r}")
+        k = int(value)
+    if not sep or not name or not directory:
+        raise ValueError(f"--model takes NAME=DIR or NAME=DIR,k=N, got {spec!r}")
+    return name, Path(directory), k
+
+
 def model_rows(cfg: ClosedLoopConfig) -> dict[str, Path]:
-    """Checkpoint directory of each model row: ``model`` and every ``--model NAME=DIR``."""
+    """Checkpoint directory of each model row: ``model`` and every ``--model NAME=DIR[,k=N]``."""
     rows = {"model": Path(cfg.checkpoint) if cfg.checkpoint else DEFAULT_CHECKPOINT}
     for spec in cfg.models:
-        name, sep, directory = spec.partition("=")
-        if not sep or not name or not directory:
-            raise ValueError(f"--model takes NAME=DIR, got {spec!r}")
+        name, directory, _ = _row_spec(spec)
         if name in rows or name in BASELINES or name == REFERENCE:
             raise ValueError(f"model row name {name!r} is taken; names in use: {[*BASELINES, REFERENCE, *rows]}")
-        rows[name] = Path(directory)
+        rows[name] = directory
     return rows
+
+
+def model_context(cfg: ClosedLoopConfig) -> dict[str, int]:
+    """The model rows given ``,k=N``: their context views per frame (others use the camera's default)."""
+    return {name: k for name, _, k in map(_row_spec, cfg.models) if k is not None}
 
 
 def check_config(cfg: ClosedLoopConfig) -> list[str]:
@@ -597,6 +666,7 @@ def main(cfg: ClosedLoopConfig) -> dict:
             "path": os.path.relpath(d) if d.resolve().is_relative_to(Path.cwd()) else str(d),
             "sha256": sha256_file(d / WEIGHTS_FILE),
             "step": json.loads((d / "config.json").read_text()).get("extra", {}).get("step"),
+            "k": model_context(cfg).get(name),
         }
         for name, d in rows.items()
     }
@@ -625,6 +695,8 @@ def main(cfg: ClosedLoopConfig) -> dict:
             kwargs["world"] = regime
         if camera in models:
             kwargs.update(camera="model", checkpoint=models[camera])  # a loaded FrameModel, shared by all envs
+            if camera in model_context(cfg):
+                kwargs["k"] = model_context(cfg)[camera]
         return gym.make(cfg.env_id, **kwargs)
 
     for env_id in cfg.envs:
@@ -708,6 +780,7 @@ def main(cfg: ClosedLoopConfig) -> dict:
         "machine": machine,
         "windows": {},
         "differences": {},
+        "fine": {},
         "revisits": {},
         "speed": {},
         "curves": {},
@@ -747,6 +820,11 @@ def main(cfg: ClosedLoopConfig) -> dict:
                 result["differences"][cam][regime][name] = {
                     m: summary([a[m] - b[m] for a, b in zip(mine, base, strict=True)]) for m in METRICS
                 }
+        result["fine"][cam] = {
+            regime: fine_differences(records[cam][regime], records["reprojection"][regime], truths,
+                                     [e["env"] for e in episodes], cfg.steps)
+            for regime in cfg.regimes
+        }
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -795,8 +873,8 @@ def _parse(argv: list[str] | None = None) -> ClosedLoopConfig:
         dest="models",
         action="append",
         default=[],
-        metavar="NAME=DIR",
-        help="an extra model row (repeatable)",
+        metavar="NAME=DIR[,k=N]",
+        help="an extra model row (repeatable); ,k=N gives it N context views per frame",
     )
     p.add_argument("--autocast", default=d.autocast, choices=list(AUTOCAST_DTYPES))
     p.add_argument("--env-id", default=d.env_id)

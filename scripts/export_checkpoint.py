@@ -28,10 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="bfloat16", help="stored weight dtype")
     p.add_argument("--sample-steps", type=int, help="Euler steps per frame (default: keep)")
     p.add_argument("--sample-sigma", type=float, help="flow-start noise at sampling (default: keep)")
+    p.add_argument("--keep-warp", choices=("true", "false"),
+                   help="keep the warp where a context view covers the pixel (default: keep the setting)")
     args = p.parse_args(argv)
     ck = load_checkpoint(args.source)
-    changes = {k: v for k, v in (("sample_steps", args.sample_steps), ("sample_sigma", args.sample_sigma))
-               if v is not None}
+    keep_warp = None if args.keep_warp is None else args.keep_warp == "true"
+    changes = {k: v for k, v in (("sample_steps", args.sample_steps), ("sample_sigma", args.sample_sigma),
+                                 ("keep_warp", keep_warp)) if v is not None}
     config = replace(ck.config, **changes)
     ck.model.config = config
     extra = {**ck.extra, "exported_from": str(args.source), "export_changes": changes}

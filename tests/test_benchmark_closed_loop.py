@@ -69,6 +69,9 @@ def test_json_schema_and_files(run, checkpoint):
     page = (out / "closed_loop.md").read_text()
     assert page.index("| flat |") < page.index("| model |") < page.index("| ground_truth |")  # baselines first
     assert "benchmarks/closed_loop.py" in page
+    assert set(saved["fine"]["model"]) == {"image", "scan"}
+    assert list(saved["fine"]["model"]["scan"]["MiniWorld-YMaze-v0"]) == ["1-20", "21-28"]
+    assert "| scan, YMaze |" in page
 
 
 def test_ground_truth_scores_the_cap_and_unit_ratios(run):
@@ -120,6 +123,25 @@ def test_window_ratio_is_a_ratio_of_sums():
     assert values["contrast"] == pytest.approx(1.0)
 
 
+def test_fine_windows_are_per_env_and_paired():
+    """The per-env fine table: 20-step windows through step 200, ΔPSNR paired by episode, sharpness ratio of sums."""
+    assert closed_loop.fine_windows(220)[0] == ("1-20", 1, 20) and closed_loop.fine_windows(220)[-1][0] == "181-200"
+    assert [w[0] for w in closed_loop.fine_windows(28)] == ["1-20", "21-28"]
+    steps = 41
+    mine = [{"psnr": np.full(steps, 20.0), "sharpness": np.full(steps, 2.0)},
+            {"psnr": np.full(steps, 30.0), "sharpness": np.full(steps, 1.0)},
+            {"psnr": np.full(steps, 25.0), "sharpness": np.full(steps, 1.0)}]
+    mine[0]["psnr"][21:] = 10.0  # env A's first episode drifts after step 20
+    base = [{"psnr": np.full(steps, 21.0)}, {"psnr": np.full(steps, 29.0)}, {"psnr": np.full(steps, 25.0)}]
+    truths = [{"sharpness": np.full(steps, 2.0)}, {"sharpness": np.full(steps, 2.0)}, {"sharpness": np.ones(steps)}]
+    fine = closed_loop.fine_differences(mine, base, truths, ["A", "A", "B"], steps - 1)
+    assert list(fine) == ["A", "B"] and list(fine["A"]) == ["1-20", "21-40"]
+    assert fine["A"]["1-20"]["dpsnr"] == pytest.approx(0.0)  # (-1 + 1) / 2
+    assert fine["A"]["21-40"]["dpsnr"] == pytest.approx((-11.0 + 1.0) / 2)
+    assert fine["A"]["1-20"]["sharpness"] == pytest.approx(3.0 / 4.0)
+    assert fine["B"]["21-40"] == {"dpsnr": 0.0, "sharpness": 1.0}
+
+
 def test_bad_options_fail_with_the_choices():
     """Unknown cameras, regimes and malformed --model rows raise ValueError naming what is valid."""
     with pytest.raises(ValueError, match="valid cameras"):
@@ -128,5 +150,11 @@ def test_bad_options_fail_with_the_choices():
         closed_loop.check_config(closed_loop.ClosedLoopConfig(regimes=["room"]))
     with pytest.raises(ValueError, match="NAME=DIR"):
         closed_loop.check_config(closed_loop.ClosedLoopConfig(models=["nodir"]))
+    for bad in ("a=dir,k=0", "a=dir,k=x", "a=dir,n=4"):
+        with pytest.raises(ValueError, match="NAME=DIR,k=N"):
+            closed_loop.check_config(closed_loop.ClosedLoopConfig(models=[bad]))
+    cfg = closed_loop.ClosedLoopConfig(models=["wide=some/dir,k=4", "plain=other"])
+    assert closed_loop.model_rows(cfg)["wide"] == Path("some/dir")
+    assert closed_loop.model_context(cfg) == {"wide": 4}
     seeds = closed_loop.episode_seeds(0, "MiniWorld-YMaze-v0", 0)
     assert len(set(seeds)) == 3 and seeds != closed_loop.episode_seeds(0, "MiniWorld-YMaze-v0", 1)

@@ -70,6 +70,8 @@ def plane_scene(b: int = 2, k: int = 2, distance: float = 3.0, seed: int = 0):
         (dict(max_depth=math.inf), "max_depth must be a positive finite"),
         (dict(context_noise=-0.1), "context_noise must be a non-negative"),
         (dict(predict_depth=1), "predict_depth must be a bool"),
+        (dict(keep_warp=True), "keep_warp needs warp_input=True"),
+        (dict(warp_input=True, keep_warp=1), "keep_warp must be a bool"),
     ],
 )
 def test_v2_config_rejects_inconsistent_fields(overrides, message):
@@ -388,6 +390,47 @@ def test_generate_needs_context_depths_for_v2_and_returns_depth():
     out = model.generate(target_poses, frames, context_poses, INTR, context_depths=no_depth, context_valid=valid,
                          generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 32, 32, 3)
+
+
+def test_keep_warp_copies_covered_pixels_and_samples_only_the_holes():
+    """keep_warp: covered pixels (and their depth) are the warp's exactly; holes are the network's sample."""
+    frames, context_poses, target_poses, depths = plane_scene()
+    net = randomized(TINY_V2)
+    plain = sm.FrameModel(net, autocast_dtype=None)
+    kept_cfg = dataclasses.replace(TINY_V2, keep_warp=True)
+    net_kept = nw.FrameNetwork(kept_cfg)
+    net_kept.load_state_dict(net.state_dict())
+    kept = sm.FrameModel(net_kept.eval(), autocast_dtype=None)
+    args = (target_poses, frames, context_poses, INTR)
+    a, da = plain.generate(*args, context_depths=depths, generator=torch.Generator().manual_seed(3), return_depth=True)
+    b, db = kept.generate(*args, context_depths=depths, generator=torch.Generator().manual_seed(3), return_depth=True)
+    context = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+    warp = sm.target_warp(context, torch.from_numpy(depths), context_poses, target_poses, INTR, TINY_V2)
+    covered = warp[:, 3].numpy() > 0.5  # (B, H, W)
+    assert covered.any() and (~covered).any()  # the targets see past the plane's edge
+    expected = nw.to_uint8(warp[:, :3])  # (B, H, W, 3)
+    np.testing.assert_array_equal(b[covered], expected[covered])
+    np.testing.assert_array_equal(b[~covered], a[~covered])  # holes: the same sample as without keep_warp
+    assert np.abs(a[covered].astype(int) - b[covered].astype(int)).max() > 0  # the randomized net does change them
+    warped_depth = nw.depth_from_model(warp[:, 4], TINY_V2).numpy()  # (B, H, W) metres
+    np.testing.assert_allclose(db[covered], warped_depth[covered], rtol=1e-5)  # the plane's, where it is seen
+    assert 2.0 < db[covered].min() and db[covered].max() < 3.5
+    np.testing.assert_allclose(db[~covered], da[~covered], rtol=1e-6)
+
+
+def test_keep_warp_is_a_sampler_setting_a_checkpoint_may_change(tmp_path):
+    """A config.json may switch keep_warp on an exported checkpoint; the weights' record still checks the rest."""
+    cfg = TINY_V2
+    ck.save_checkpoint(tmp_path / "m", randomized(cfg), cfg, {})
+    path = tmp_path / "m" / "config.json"
+    record = json.loads(path.read_text())
+    record["model_config"]["keep_warp"] = True
+    path.write_text(json.dumps(record))
+    assert ck.load_checkpoint(tmp_path / "m").config.keep_warp is True
+    record["model_config"]["residual"] = False
+    path.write_text(json.dumps(record))
+    with pytest.raises(ck.CheckpointError, match="residual"):
+        ck.load_checkpoint(tmp_path / "m")
 
 
 # --------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ Loading trusts nothing in the directory:
   config that claims a huge network costs nothing.
 * The model config the weights were trained with is stored in the safetensors metadata
   (``model_config``, covered by the SHA-256). ``config.json`` must agree with it in every field
-  but the sampler defaults of :data:`OVERRIDABLE_FIELDS` (``sample_steps``, ``sample_sigma``),
+  but the sampler defaults of :data:`OVERRIDABLE_FIELDS` (``sample_steps``, ``sample_sigma``, ``keep_warp``),
   which may be edited there. Edits that change no tensor shape but the weights' meaning
   (``height``, ``width``, ``pos_embed``, ``moment_scale``, ``max_context``, ``heads`` without
   qk-norm, the flow fields...) are refused. To attend to more (or fewer) views than trained, pass
@@ -108,7 +108,7 @@ CONFIG_MAXIMA: dict[str, int | float] = {
 #: ``model_config`` fields that ``config.json`` may change from what the weights were trained
 #: with: the sampler defaults (every generate call can override them too). Every other field
 #: must equal the trained value recorded in the weights file's metadata.
-OVERRIDABLE_FIELDS: tuple[str, ...] = ("sample_steps", "sample_sigma")
+OVERRIDABLE_FIELDS: tuple[str, ...] = ("sample_steps", "sample_sigma", "keep_warp")
 #: Trained configs of checkpoints saved before the weights carried their own (by weights
 #: SHA-256), so a hand-edited config.json of these is refused too. Overridable fields omitted.
 KNOWN_TRAINED_CONFIGS: dict[str, dict[str, Any]] = {

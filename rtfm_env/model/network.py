@@ -248,7 +248,7 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
 #: ModelConfig fields added by version 2; absent from a v1 record, where they take their defaults.
 V2_FIELDS = (
     "warp_input", "depth_input", "predict_depth", "residual", "min_depth", "max_depth", "warp_start", "hole_sigma",
-    "context_noise", "depth_loss_weight",
+    "context_noise", "depth_loss_weight", "keep_warp",
 )
 
 
@@ -303,6 +303,10 @@ class ModelConfig:
     # and the network is told s (the sampler tells it 0); > 0 adds the noise-level embedding.
     context_noise: float = 0.0
     depth_loss_weight: float = 1.0  # training: weight of the L1 log-depth loss beside the RGB MSE
+    # Sampler (warp_input): where a context view covers the target pixel, the frame (and depth) is the
+    # warp itself and the network's sample fills only the rest. Seen surfaces are then copied, never
+    # re-drawn, so they cannot drift or pick up the sampler's noise along a closed loop.
+    keep_warp: bool = False
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "patch", "dim", "depth", "heads", "max_context", "sample_steps"):
@@ -341,7 +345,7 @@ class ModelConfig:
                 raise ValueError("ModelConfig.sample_sigma applies to flow_start='context' only; leave it None")
         if not math.isfinite(float(self.logit_mean)):
             raise ValueError(f"ModelConfig.logit_mean must be finite, got {self.logit_mean!r}")
-        for name in ("warp_input", "depth_input", "predict_depth", "residual", "warp_start"):
+        for name in ("warp_input", "depth_input", "predict_depth", "residual", "warp_start", "keep_warp"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("min_depth", "max_depth"):
@@ -354,7 +358,8 @@ class ModelConfig:
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"ModelConfig.{name} must be a non-negative finite number, got {value!r}")
-        for name, why in (("residual", "its base is the warp"), ("warp_start", "the flow starts from the warp")):
+        for name, why in (("residual", "its base is the warp"), ("warp_start", "the flow starts from the warp"),
+                          ("keep_warp", "it keeps the warp where it covers")):
             if getattr(self, name) and not self.warp_input:
                 raise ValueError(f"ModelConfig.{name} needs warp_input=True ({why})")
         if self.warp_start and self.flow_start != "context":

@@ -12,7 +12,9 @@ warped with their depth into the target camera and fused (:func:`target_warp`), 
 network's target-aligned input and the flow's start: x0 = warp + ``flow_sigma`` noise where a
 view covers the pixel, and warp fill + ``hole_sigma`` noise (1: as good as pure noise) where
 none does. So the sampler stays near the warp where it is known and samples, rather than
-averages, where it is not; with ``residual`` an untrained network returns the warp exactly. The
+averages, where it is not; with ``residual`` an untrained network returns the warp exactly. With
+``keep_warp`` the covered pixels are the warp itself (:func:`keep_covered`): the network only
+paints what no context view saw. The
 network also predicts the target's depth (``generate(..., return_depth=True)``), so a generated
 frame can be stored and warped later like an observed one. Training adds noise of a random
 level to the context views (telling the network the level), as the camera's own generated
@@ -54,6 +56,7 @@ __all__ = [
     "nearest_context",
     "flow_start",
     "target_warp",
+    "keep_covered",
     "sample_time",
     "training_loss",
     "sample",
@@ -207,6 +210,26 @@ def target_warp(
         mask = filled.mask[:, None].to(torch.float32)  # (B, 1, H, W)
         depth = depth_to_model(filled.depth, config)[:, None]  # (B, 1, H, W)
         return torch.cat([rgb, mask, depth], dim=1).to(device)  # (B, 5, H, W)
+
+
+def keep_covered(
+    frames: torch.Tensor, depth: torch.Tensor | None, warp: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``keep_warp``: the warp's RGB and depth where a context view covers the pixel, the sample elsewhere.
+
+    Args:
+        frames: (B, 3, H, W) sampled frames in [-1, 1].
+        depth: (B, 1, H, W) sampled normalised log-depth, or None.
+        warp: (B, 5, H, W) the target-aligned warp (:func:`target_warp`).
+
+    Returns:
+        (frames, depth) in float32, with the covered pixels replaced.
+    """
+    covered = warp[:, 3:4].to(frames.device) > 0.5  # (B, 1, H, W)
+    frames = torch.where(covered, warp[:, :3].to(frames.device, torch.float32), frames.float())
+    if depth is not None:
+        depth = torch.where(covered, warp[:, 4:5].to(depth.device, torch.float32), depth.float())
+    return frames, depth
 
 
 def _check_depths(depths: np.ndarray | torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -754,6 +777,8 @@ class FrameModel:
             x0, _ = flow_start(context, nearest, cfg, generator, eps, cfg.sample_sigma, warp=warp)  # (B, 3, H, W)
             x1, raw_depth = sample(self.network, x0, target_rays.to(device), cache, steps, self._denoise,
                                    return_depth=True)  # (B, 3, H, W), (B, 1, H, W) or None
+        if cfg.keep_warp:
+            x1, raw_depth = keep_covered(x1, raw_depth, warp)
         frames = to_uint8(x1)
         if not return_depth:
             return frames
