@@ -262,8 +262,11 @@ def fine_windows(steps: int, width: int = FINE_WINDOW) -> list[tuple[str, int, i
 def fine_differences(
     mine: list[dict], base: list[dict], truths: list[dict], envs: list[str], steps: int
 ) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Per env id and fine window: the camera's PSNR minus the baseline's (mean over the env's
-    episodes) and the camera's sharpness ratio (window sums over its episodes)."""
+    """Per env id and fine window: the camera's PSNR minus the baseline's, and its sharpness ratio.
+
+    ΔPSNR is the mean over the env's episodes of the paired per-step difference; the sharpness
+    ratio is the window sum over those episodes against the ground truth's.
+    """
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for env_id in dict.fromkeys(envs):
         idx = [i for i, e in enumerate(envs) if e == env_id]

@@ -418,6 +418,45 @@ def test_keep_warp_copies_covered_pixels_and_samples_only_the_holes():
     np.testing.assert_allclose(db[~covered], da[~covered], rtol=1e-6)
 
 
+def test_keep_warp_runs_the_network_only_on_targets_with_a_hole(monkeypatch):
+    """A fully covered target is the warp without a network call; the others get the frames they get alone."""
+    frames, context_poses, target_poses, depths = plane_scene()
+    target_poses = target_poses.copy()
+    target_poses[0] = context_poses[0, 0]  # sees exactly what context view 0 saw: no hole
+    cfg = dataclasses.replace(TINY_V2, keep_warp=True)
+    net = nw.FrameNetwork(cfg)
+    net.load_state_dict(randomized(TINY_V2).state_dict())
+    model = sm.FrameModel(net.eval(), autocast_dtype=None)
+    noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    calls = []
+    real = model._encode_context
+
+    def counted(context, *args, **kwargs):
+        calls.append(len(context))
+        return real(context, *args, **kwargs)
+
+    monkeypatch.setattr(model, "_encode_context", counted)
+    both, depth = model.generate(target_poses, frames, context_poses, INTR, context_depths=depths, noise=noise,
+                                 return_depth=True)
+    assert calls == [1]  # only the target with a hole went through the network
+    alone, depth_alone = model.generate(target_poses[1:], frames[1:], context_poses[1:], INTR,
+                                        context_depths=depths[1:], noise=noise[1:], return_depth=True)
+    np.testing.assert_array_equal(both[1:], alone)
+    np.testing.assert_allclose(depth[1:], depth_alone, rtol=1e-6)
+    context = torch.from_numpy(frames[:1]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+    warp = sm.target_warp(context, torch.from_numpy(depths[:1]), context_poses[:1], target_poses[:1], INTR, cfg)
+    assert bool((warp[:, 3] > 0.5).all())
+    np.testing.assert_array_equal(both[:1], nw.to_uint8(warp[:, :3]))
+    calls.clear()
+    only_covered = model.generate(target_poses[:1], frames[:1], context_poses[:1], INTR, context_depths=depths[:1],
+                                  generator=torch.Generator().manual_seed(0))
+    assert calls == [] and np.array_equal(only_covered, both[:1])  # no network call at all
+    # a seeded generator gives the same frames as its noise drawn up front
+    g_frames = model.generate(target_poses, frames, context_poses, INTR, context_depths=depths,
+                              generator=torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(g_frames, both)
+
+
 def test_keep_warp_is_a_sampler_setting_a_checkpoint_may_change(tmp_path):
     """A config.json may switch keep_warp on an exported checkpoint; the weights' record still checks the rest."""
     cfg = TINY_V2

@@ -771,13 +771,41 @@ class FrameModel:
             context_feat = depth_features(depths.to(device), cfg)  # (B, K, 2, H, W)
         if cfg.context_noise > 0:
             noise_level = torch.zeros(b, k, device=device)  # (B, K): the context is as it is
-        with torch.inference_mode(), self._autocast():
-            cache = self._encode_context(context, context_rays.to(device), valid_d, warp=warp,
-                                         context_depth=context_feat, noise_level=noise_level)
-            x0, _ = flow_start(context, nearest, cfg, generator, eps, cfg.sample_sigma, warp=warp)  # (B, 3, H, W)
-            x1, raw_depth = sample(self.network, x0, target_rays.to(device), cache, steps, self._denoise,
-                                   return_depth=True)  # (B, 3, H, W), (B, 1, H, W) or None
+        target_rays = target_rays.to(device)
+        context_rays = context_rays.to(device)
+        rows = None  # the targets the network runs on; None: all
         if cfg.keep_warp:
+            # A target the warp covers entirely is the warp itself: the network's output would all be
+            # replaced, so it runs only on targets with a hole. The noise is drawn for the whole batch
+            # first, so each target's frame is the same whichever others share its call.
+            if eps is None:
+                eps = _noise((b, 3, h, w), generator, context.device)
+            need = (warp[:, 3] <= 0.5).flatten(1).any(dim=1)  # (B,)
+            if not bool(need.all()):
+                rows = need.nonzero()[:, 0]
+        x1 = raw_depth = None
+        if rows is None or rows.numel():
+            def pick(x: torch.Tensor | np.ndarray | None) -> torch.Tensor | np.ndarray | None:
+                if rows is None or x is None:
+                    return x
+                return x[rows.cpu().numpy()] if isinstance(x, np.ndarray) else x[rows.to(x.device)]
+
+            with torch.inference_mode(), self._autocast():
+                cache = self._encode_context(pick(context), pick(context_rays), pick(valid_d), warp=pick(warp),
+                                             context_depth=pick(context_feat), noise_level=pick(noise_level))
+                x0, _ = flow_start(pick(context), pick(nearest), cfg, generator, pick(eps), cfg.sample_sigma,
+                                   warp=pick(warp))  # (B', 3, H, W)
+                x1, raw_depth = sample(self.network, x0, pick(target_rays), cache, steps, self._denoise,
+                                       return_depth=True)  # (B', 3, H, W), (B', 1, H, W) or None
+        if cfg.keep_warp:
+            if rows is not None:  # scatter the network's targets into the warp
+                full = warp[:, :3].float().clone()
+                full_depth = warp[:, 4:5].float().clone() if cfg.predict_depth else None
+                if x1 is not None:
+                    full[rows] = x1.float()
+                    if full_depth is not None:
+                        full_depth[rows] = raw_depth.float()
+                x1, raw_depth = full, full_depth
             x1, raw_depth = keep_covered(x1, raw_depth, warp)
         frames = to_uint8(x1)
         if not return_depth:
