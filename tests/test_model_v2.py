@@ -71,6 +71,8 @@ def plane_scene(b: int = 2, k: int = 2, distance: float = 3.0, seed: int = 0):
         (dict(context_noise=-0.1), "context_noise must be a non-negative"),
         (dict(predict_depth=1), "predict_depth must be a bool"),
         (dict(keep_warp=True), "keep_warp needs warp_input=True"),
+        (dict(self_rollout=0.5), "self_rollout needs warp_input=True and predict_depth=True"),
+        (dict(warp_input=True, predict_depth=True, self_rollout=1.5), "self_rollout must be a share in"),
         (dict(warp_input=True, keep_warp=1), "keep_warp must be a bool"),
     ],
 )
@@ -525,6 +527,57 @@ def test_v2_training_loss_backpropagates_and_overfits_a_batch():
     assert losses[-1] < 0.6 * losses[0], losses
     for name in inputs:  # once the heads move, the gradient reaches every v2 input's embedding
         assert not torch.equal(net.get_parameter(name), before[name]), name
+
+
+def test_self_rollout_replaces_view_0_by_the_networks_own_generation():
+    """self_rollout: view 0 of the chosen samples becomes what the camera would generate there from the rest."""
+    cfg = dataclasses.replace(TINY_V2, self_rollout=1.0)
+    net = nw.FrameNetwork(cfg)
+    net.load_state_dict(randomized(TINY_V2).state_dict())
+    net.train()
+    batch = v2_batch(b=3, k=3)
+    batch["context_poses"][:, 0] = torch.from_numpy(camera_pose(0.2, 0.6, 0.1))  # view 0 sees past the plane
+    batch["has_depth"] = torch.tensor([True, False, True])
+    context = sm._model_frames(batch["context_frames"], "context_frames", (3, 3))
+    depth = batch["context_depth"].clone()
+    depth[1] = torch.nan  # what training_loss makes of a sample without depth
+    poses = batch["context_poses"].numpy()
+    new, new_depth = sm._self_rollout(net, context, depth, poses, INTR, None, batch["has_depth"],
+                                      torch.Generator().manual_seed(7))
+    assert net.training  # restored
+    assert torch.equal(new[:, 1:], context[:, 1:]) and torch.equal(new[1], context[1])  # only view 0 of 0 and 2
+    assert torch.isnan(new_depth[1]).all() and not torch.equal(new[0, 0], context[0, 0])
+    # the same as the camera's generation: FrameModel with keep_warp, one step, the same noise
+    g = torch.Generator().manual_seed(7)
+    torch.rand(3, generator=g)
+    eps = torch.randn(3, 3, 32, 32, generator=g)
+    keep_net = nw.FrameNetwork(dataclasses.replace(TINY_V2, keep_warp=True))
+    keep_net.load_state_dict(net.state_dict())
+    model = sm.FrameModel(keep_net.eval(), autocast_dtype=None)
+    rows = [0, 2]
+    frames, depth_gen = model.generate(poses[rows, 0], batch["context_frames"].numpy()[rows, 1:], poses[rows, 1:], INTR,
+                                       steps=1, noise=eps[rows], context_depths=depth.numpy()[rows, 1:],
+                                       return_depth=True)
+    np.testing.assert_array_equal(nw.to_uint8(new[rows, 0]), frames)
+    np.testing.assert_allclose(new_depth[rows, 0].numpy(), depth_gen, rtol=1e-5)
+    assert np.isfinite(depth_gen).all()
+
+
+def test_training_loss_uses_self_rollout_only_when_configured(monkeypatch):
+    """training_loss runs the rollout for self_rollout > 0 with K >= 2, and its loss still backpropagates."""
+    seen = []
+    real = sm._self_rollout
+    monkeypatch.setattr(sm, "_self_rollout", lambda *a, **k: seen.append(a[1].shape) or real(*a, **k))
+    cfg = dataclasses.replace(TINY_V2, self_rollout=0.5)
+    net = nw.FrameNetwork(cfg)
+    net.load_state_dict(randomized(TINY_V2).state_dict())
+    loss, _ = sm.training_loss(net.train(), v2_batch(b=4, k=2), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert seen == [torch.Size([4, 2, 3, 32, 32])]
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    sm.training_loss(nw.FrameNetwork(TINY_V2), v2_batch(b=2, k=2), torch.Generator().manual_seed(0))
+    sm.training_loss(net, v2_batch(b=2, k=1), torch.Generator().manual_seed(0))
+    assert len(seen) == 1  # neither without self_rollout nor with one view
 
 
 def test_v2_training_loss_ignores_depth_it_must_not_use():

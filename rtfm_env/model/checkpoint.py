@@ -103,6 +103,7 @@ CONFIG_MAXIMA: dict[str, int | float] = {
     "max_depth": 1.0e6,  # metres
     "hole_sigma": 10.0,  # [-1, 1] units
     "context_noise": 10.0,  # [-1, 1] units
+    "self_rollout": 1.0,  # share of training samples
     "depth_loss_weight": 1.0e3,
 }
 #: ``model_config`` fields that ``config.json`` may change from what the weights were trained

@@ -248,7 +248,7 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
 #: ModelConfig fields added by version 2; absent from a v1 record, where they take their defaults.
 V2_FIELDS = (
     "warp_input", "depth_input", "predict_depth", "residual", "min_depth", "max_depth", "warp_start", "hole_sigma",
-    "context_noise", "depth_loss_weight", "keep_warp",
+    "context_noise", "depth_loss_weight", "keep_warp", "self_rollout",
 )
 
 
@@ -303,6 +303,10 @@ class ModelConfig:
     # and the network is told s (the sampler tells it 0); > 0 adds the noise-level embedding.
     context_noise: float = 0.0
     depth_loss_weight: float = 1.0  # training: weight of the L1 log-depth loss beside the RGB MSE
+    # Training (warp_input, K >= 2): share of samples whose first context view is replaced by the network's
+    # own generation of it (no gradient, one Euler step, covered pixels kept, its predicted depth) from the
+    # other context views, so the network learns from context like the camera's stored generated frames.
+    self_rollout: float = 0.0
     # Sampler (warp_input): where a context view covers the target pixel, the frame (and depth) is the
     # warp itself and the network's sample fills only the rest. Seen surfaces are then copied, never
     # re-drawn, so they cannot drift or pick up the sampler's noise along a closed loop.
@@ -358,6 +362,12 @@ class ModelConfig:
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"ModelConfig.{name} must be a non-negative finite number, got {value!r}")
+        if not (isinstance(self.self_rollout, (int, float)) and not isinstance(self.self_rollout, bool)
+                and 0.0 <= float(self.self_rollout) <= 1.0):
+            raise ValueError(f"ModelConfig.self_rollout must be a share in [0, 1], got {self.self_rollout!r}")
+        if self.self_rollout and not (self.warp_input and self.predict_depth):
+            raise ValueError("ModelConfig.self_rollout needs warp_input=True and predict_depth=True (a generated "
+                             "context view is warped with its predicted depth)")
         for name, why in (("residual", "its base is the warp"), ("warp_start", "the flow starts from the warp"),
                           ("keep_warp", "it keeps the warp where it covers")):
             if getattr(self, name) and not self.warp_input:

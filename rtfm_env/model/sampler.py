@@ -419,6 +419,9 @@ def training_loss(
                            "metres, NaN where unknown")
         target_depth = _check_depths(batch["target_depth"], "target_depth", (b, h, w)).to(device)
 
+    if cfg.self_rollout > 0 and k >= 2:
+        context, context_depth = _self_rollout(model, context, context_depth, context_poses, intrinsics, valid,
+                                               has_depth, generator)
     noise_level = None
     if cfg.context_noise > 0:
         # Noisy context, as the camera's own generated frames are: the network learns to trust a
@@ -472,6 +475,66 @@ def training_loss(
     if warp is not None:
         stats["coverage"] = warp[:, 3].mean().detach()
     return loss, {"loss": loss.detach(), **stats}
+
+
+def _self_rollout(
+    model: FrameNetwork,
+    context: torch.Tensor,
+    context_depth: torch.Tensor,
+    context_poses: np.ndarray,
+    intrinsics: Intrinsics,
+    valid: torch.Tensor | None,
+    has_depth: torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``self_rollout``: replace context view 0 of a share of the samples by the network's generation of it.
+
+    The chosen samples' view 0 is generated from their views 1..K-1 as the camera generates a
+    frame (warp start, one Euler step, covered pixels kept) with the current weights and no
+    gradient, and stored with its predicted depth, so the loss sees context like the camera's
+    memory of generated frames. Samples without depth, or whose views 1..K-1 are all padding,
+    keep their view. Returns the new (context, context_depth); the inputs are not modified.
+    """
+    cfg = model.config
+    b, k = context.shape[:2]
+    device = context.device
+    pick = _uniform((b,), generator, device) < cfg.self_rollout  # (B,)
+    pick &= has_depth
+    rest_valid = None if valid is None else valid[:, 1:].to(device)
+    if rest_valid is not None:
+        pick &= rest_valid.any(dim=1)
+    eps = _noise((b, 3, *context.shape[-2:]), generator, device)  # drawn for every sample: the stream is fixed
+    rows = pick.nonzero()[:, 0]
+    if not rows.numel():
+        return context, context_depth
+    r = rows.cpu().numpy()
+    src_frames, src_depth, src_poses = context[rows, 1:], context_depth[rows, 1:], context_poses[r, 1:]
+    target = context_poses[r, 0]
+    sub_valid = None if rest_valid is None else rest_valid[rows]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            warp = target_warp(src_frames, src_depth, src_poses, target, intrinsics, cfg, sub_valid)  # (R, 5, H, W)
+            target_rays, context_rays = posed_rays(target, src_poses, intrinsics)
+            feat = depth_features(src_depth, cfg) if cfg.depth_input else None
+            level = torch.zeros(len(r), k - 1, device=device) if cfg.context_noise > 0 else None
+            cache = model.encode_context(src_frames, context_rays.to(device), sub_valid, warp=warp,
+                                         context_depth=feat, noise_level=level)
+            nearest = None
+            if cfg.flow_start == "context" and not cfg.warp_start:
+                nearest = nearest_context(target, src_poses, sub_valid, cfg.nearest_rotation_weight)
+            x0, _ = flow_start(src_frames, nearest, cfg, noise=eps[rows], warp=warp)
+            x1, raw = sample(model, x0, target_rays.to(device), cache, 1, model.denoise, return_depth=True)
+            x1, raw = keep_covered(x1, raw, warp)
+            depth = depth_from_model(raw[:, 0].float(), cfg)  # (R, H, W) metres
+    finally:
+        model.train(was_training)
+    context = context.clone()
+    context_depth = context_depth.clone()
+    context[rows, 0] = x1.clamp(-1.0, 1.0).to(context.dtype)
+    context_depth[rows, 0] = depth.to(context_depth.dtype)
+    return context, context_depth
 
 
 def sample(
