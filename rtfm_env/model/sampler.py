@@ -717,14 +717,18 @@ class FrameModel:
         return self
 
     def _warm_up(self) -> None:
-        """One generation of one frame from one view: compiles that shape."""
+        """One generation of one frame from one view: compiles that shape.
+
+        The target looks half away from the view, so the warp leaves a hole and the network
+        runs even with ``keep_warp`` (which skips targets the warp covers entirely).
+        """
         from rtfm_env.geometry import camera_pose
 
         cfg = self.config
         intrinsics = Intrinsics(cfg.width, cfg.height, 60.0)
         frames = np.zeros((1, 1, cfg.height, cfg.width, 3), dtype=np.uint8)
         depths = np.full((1, 1, cfg.height, cfg.width), 2.0, dtype=np.float32) if self.needs_depth else None
-        self.generate(camera_pose(0.1, 0.0, 0.0)[None], frames, camera_pose(0.0, 0.0, 0.0)[None, None], intrinsics,
+        self.generate(camera_pose(0.1, 0.0, math.radians(45.0))[None], frames, camera_pose(0.0, 0.0, 0.0)[None, None], intrinsics,
                       generator=torch.Generator().manual_seed(0), context_depths=depths)
 
     def _autocast(self) -> torch.autocast | nullcontext:
