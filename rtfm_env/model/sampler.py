@@ -728,7 +728,8 @@ class FrameModel:
         intrinsics = Intrinsics(cfg.width, cfg.height, 60.0)
         frames = np.zeros((1, 1, cfg.height, cfg.width, 3), dtype=np.uint8)
         depths = np.full((1, 1, cfg.height, cfg.width), 2.0, dtype=np.float32) if self.needs_depth else None
-        self.generate(camera_pose(0.1, 0.0, math.radians(45.0))[None], frames, camera_pose(0.0, 0.0, 0.0)[None, None], intrinsics,
+        target = camera_pose(0.1, 0.0, math.radians(45.0))[None]
+        self.generate(target, frames, camera_pose(0.0, 0.0, 0.0)[None, None], intrinsics,
                       generator=torch.Generator().manual_seed(0), context_depths=depths)
 
     def _autocast(self) -> torch.autocast | nullcontext:
