@@ -346,7 +346,7 @@ def test_sampler_defaults_may_be_edited(saved, edit):
     _edit_record(path, model_config=edit)
     loaded = ck.load_checkpoint(path)
     assert all(getattr(loaded.config, k) == v for k, v in edit.items())
-    assert set(ck.OVERRIDABLE_FIELDS) == {"sample_steps", "sample_sigma"}
+    assert set(ck.OVERRIDABLE_FIELDS) == {"sample_steps", "sample_sigma", "keep_warp"}
 
 
 @pytest.mark.parametrize(

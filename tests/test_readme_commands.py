@@ -186,14 +186,16 @@ def test_eval_report_prints_the_merged_headline_table(tmp_path):
     Run as written on a copy of the committed evaluations: the base run's rows and the
     companions' rows, with the numbers report.md shows (not only the base run's).
     """
-    command = _readme_line(r"eval report --out \S+ --with ")
+    command = _readme_line(r"eval report --out docs/results/revisit_v2 --with ")
     for src in sorted((ROOT / "docs/results").glob("revisit*")):
         shutil.copytree(src, tmp_path / "docs/results" / src.name)
     done = _run(command, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = Path(shlex.split(command)[shlex.split(command).index("--out") + 1])
+    args = shlex.split(command)
+    out = Path(args[args.index("--out") + 1])
+    companions = [a for a in args[args.index("--with") + 1 :] if not a.startswith("-")]
     rows = _md_headline_rows((tmp_path / out / "report.md").read_text())
-    assert len(HEADLINE_HEADER) == 6 and len({row[5] for row in rows}) == 3, rows  # this run + 2 companions
+    assert len(HEADLINE_HEADER) == 6 and len({row[5] for row in rows}) == 1 + len(companions), rows
     printed = [line.strip() for line in done.stdout.splitlines() if line.startswith("  ")]
     assert len(printed) == len(rows), done.stdout
     for line, (name, measured, target, verdict, n, run) in zip(printed, rows, strict=True):
