@@ -16,6 +16,7 @@ along the optical axis, ``inf`` where nothing was hit.
 
 from __future__ import annotations
 
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from rtfm_env.memory import SpatialMemory
 from rtfm_env.model.checkpoint import CONFIG_FILE, CONFIG_MAXIMA
 from rtfm_env.model.sampler import FrameModel
 from rtfm_env.scenes.base import Scene
+from rtfm_env.warp import RESOLUTION_TOLERANCE
 from rtfm_env.worlds import DEFAULT_WORLD, turn_in_place
 
 __all__ = [
@@ -783,6 +785,11 @@ class ReprojectionCamera(MemoryCamera):
             stored view exact at its own pose: a floor at a grazing angle spans several percent
             of depth within one pixel, so a tight tolerance lets other views' nearer samples of
             the same floor win (measured: 2% gives 25 dB at a stored pose, 10% gives it exactly).
+        resolution_tolerance: resolution-aware fusion (see :func:`rtfm_env.warp.forward_warp`):
+            among the views of the front surface the least magnified wins, so a floor comes
+            from the view that saw it from closest; views within this factor of the least
+            magnification go by retrieval order. None fuses by retrieval order alone (sharper
+            than it in the scan regime: docs/results/closed_loop).
     """
 
     has_depth = True
@@ -796,6 +803,7 @@ class ReprojectionCamera(MemoryCamera):
         splat: str = "nearest",
         device: str | torch.device | None = None,
         depth_tolerance: float = 0.1,
+        resolution_tolerance: float | None = RESOLUTION_TOLERANCE,
     ) -> None:
         super().__init__(world=world, seed_views=seed_views, memory_capacity=memory_capacity)
         if isinstance(depth_tolerance, bool) or not (
@@ -803,6 +811,13 @@ class ReprojectionCamera(MemoryCamera):
         ):
             raise ValueError(f"depth_tolerance must be a number in [0, 1], got {depth_tolerance!r}")
         self.depth_tolerance = float(depth_tolerance)
+        if resolution_tolerance is not None and (
+            isinstance(resolution_tolerance, bool)
+            or not isinstance(resolution_tolerance, (int, float))
+            or not (1.0 <= resolution_tolerance < math.inf)
+        ):
+            raise ValueError(f"resolution_tolerance must be None or a finite number >= 1, got {resolution_tolerance!r}")
+        self.resolution_tolerance = None if resolution_tolerance is None else float(resolution_tolerance)
         if not (_is_int(k) and 1 <= k <= 64):
             raise ValueError(f"k must be an integer in [1, 64], got {k!r}")
         if not isinstance(splat, str) or splat not in ("nearest", "bilinear"):
@@ -848,6 +863,7 @@ class ReprojectionCamera(MemoryCamera):
             "memory_capacity": self.memory_capacity,
             "splat": self.splat,
             "depth_tolerance": self.depth_tolerance,
+            "resolution_tolerance": self.resolution_tolerance,
             "device": str(self.device),
         }
 
@@ -888,10 +904,13 @@ def reproject_many(
     """
     cameras, poses = _check_many(cameras, poses, ReprojectionCamera)
     first = cameras[0]
-    settings = (first.intrinsics, first.device, first.splat, first.depth_tolerance)
+    settings = (first.intrinsics, first.device, first.splat, first.depth_tolerance, first.resolution_tolerance)
     for i, camera in enumerate(cameras[1:], start=1):
-        if (camera.intrinsics, camera.device, camera.splat, camera.depth_tolerance) != settings:
-            raise ValueError(f"cameras[{i}] differs from cameras[0] in intrinsics, device, splat or depth tolerance")
+        same = (camera.intrinsics, camera.device, camera.splat, camera.depth_tolerance, camera.resolution_tolerance)
+        if same != settings:
+            raise ValueError(
+                f"cameras[{i}] differs from cameras[0] in intrinsics, device, splat, depth or resolution tolerance"
+            )
     batches = [_check_poses(p) for p in poses]
     out = _reproject(cameras, batches)
     for camera in cameras:
@@ -938,6 +957,7 @@ def _reproject(
             valid=torch.from_numpy(np.concatenate(valid)).to(device),
             splat=first.splat,
             depth_tolerance=first.depth_tolerance,
+            resolution_tolerance=first.resolution_tolerance,
             per_view=False,  # only the fused view is shown
         )
         rgb = fill_holes(res.fused_rgb, res.fused_mask, depth=res.fused_depth)  # (B, H, W, 3)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rtfm_env.geometry import Intrinsics, camera_pose, plucker_rays
-from rtfm_env.warp import fill_holes, forward_warp, unproject
+from rtfm_env.warp import RESOLUTION_TOLERANCE, fill_holes, forward_warp, unproject
 
 INTR = Intrinsics(64, 64, 90.0)  # focal = 32 pixels exactly
 SPLATS = ("nearest", "bilinear")
@@ -346,8 +346,9 @@ def test_miniworld_forward_step_and_turn_match_ground_truth():
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("resolution_tolerance", [None, RESOLUTION_TOLERANCE])
 @pytest.mark.parametrize("max_footprint", [1, 2, 3])
-def test_numpy_and_torch_backends_agree(max_footprint):
+def test_numpy_and_torch_backends_agree(max_footprint, resolution_tolerance):
     rng = np.random.default_rng(8)
     b, k = 2, 3
     frames = rng.integers(0, 256, (b, k, 64, 64, 3), dtype=np.uint8)
@@ -362,7 +363,7 @@ def test_numpy_and_torch_backends_agree(max_footprint):
     tgt = np.stack([camera_pose(0.05, -0.3 + 0.1 * i, 0.05 * i) for i in range(b)])  # forward: magnified
     valid = np.ones((b, k), dtype=bool)
     valid[1, 2] = False
-    kw = dict(valid=valid, max_footprint=max_footprint)
+    kw = dict(valid=valid, max_footprint=max_footprint, resolution_tolerance=resolution_tolerance, depth_tolerance=0.1)
     ref = forward_warp(frames, depths, src, tgt, INTR, backend="torch", **kw)
     fast = forward_warp(frames, depths, src, tgt, INTR, backend="numpy", **kw)
     assert forward_warp(frames, depths, src, tgt, INTR, per_view=False, **kw).rgb is None
@@ -379,3 +380,64 @@ def test_numpy_and_torch_backends_agree(max_footprint):
     mask = torch.rand(2, 37, 50) < 0.05
     mask[1] = False
     assert torch.allclose(fill_holes(odd, mask, backend="numpy"), fill_holes(odd, mask, backend="torch"), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Resolution-aware fusion: the least magnified view of the front surface wins
+# --------------------------------------------------------------------------------------
+
+
+def _wall_views(distances):
+    """Views of a textured wall (the plane x = 3) from cameras at x = 3 - d looking along +x, one per d."""
+    rng = np.random.default_rng(3)
+    k = len(distances)
+    frames = rng.integers(0, 256, (1, k, 64, 64, 3), dtype=np.uint8)
+    depths = np.stack([np.full((64, 64), d, dtype=np.float32) for d in distances])[None]
+    src = np.stack([camera_pose(3.0 - d, 0.0, 0.0) for d in distances])[None]
+    return frames, depths, src
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_resolution_fusion_prefers_the_nearer_view_of_the_same_surface(backend):
+    # view 0 (ranked first) saw the wall from 3.2 m, view 1 from 2.95 m; the target stands 2.9 m
+    # from it. Both are within the depth tolerance of the front surface; view 0 is magnified
+    # 3.2 / 2.9 = 1.10x, view 1 1.02x: resolution-aware fusion takes view 1, order alone view 0.
+    frames, depths, src = _wall_views([3.2, 2.95])
+    tgt = camera_pose(0.1, 0.0, 0.0)[None]
+    kw = dict(depth_tolerance=0.1, backend=backend)
+    by_order = forward_warp(frames, depths, src, tgt, INTR, resolution_tolerance=None, **kw)
+    by_res = forward_warp(frames, depths, src, tgt, INTR, resolution_tolerance=RESOLUTION_TOLERANCE, **kw)
+    inner = (slice(8, 56), slice(8, 56))
+    assert (by_order.fused_view[0][inner] == 0).all()
+    assert (by_res.fused_view[0][inner] == 1).all()
+    assert torch.equal(by_res.fused_mask, by_order.fused_mask)
+    assert torch.equal(by_res.fused_rgb[0][inner], by_res.rgb[0, 1][inner])
+    # beyond the depth tolerance the nearer surface wins whatever the resolution
+    far = forward_warp(frames, depths, src, tgt, INTR, resolution_tolerance=RESOLUTION_TOLERANCE,
+                       depth_tolerance=0.01, backend=backend)
+    assert (far.fused_view[0][inner] == 1).all()
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_resolution_fusion_keeps_a_view_at_the_target_pose_exact(backend):
+    # view 0 stands at the target's pose; view 1 saw the wall from closer (minified in the
+    # target: it counts as magnification 1, a tie), so view 0 keeps every pixel: a revisit of a
+    # stored pose shows the stored frame exactly.
+    frames, depths, src = _wall_views([3.0, 2.5])
+    tgt = src[:, 0]
+    res = forward_warp(frames, depths, src, tgt, INTR, depth_tolerance=0.1, backend=backend,
+                       resolution_tolerance=RESOLUTION_TOLERANCE)
+    assert (res.fused_view[0] == 0).all()
+    assert torch.equal((res.fused_rgb[0] * 255.0).round().to(torch.uint8), torch.from_numpy(frames[0, 0]))
+    # the same with the views' order swapped: the stored view is magnified 1x, the other 1x
+    # too (minified), so order decides; the sharper-than-needed view is not preferred
+    res = forward_warp(frames[:, ::-1].copy(), depths[:, ::-1].copy(), src[:, ::-1].copy(), tgt, INTR,
+                       depth_tolerance=0.1, backend=backend, resolution_tolerance=RESOLUTION_TOLERANCE)
+    assert (res.fused_view[0][8:56, 8:56] == 0).all()
+
+
+@pytest.mark.parametrize("value", [0.5, math.inf, math.nan, True, "1.1"])
+def test_resolution_tolerance_is_checked(value):
+    frames, depths, src = _wall_views([3.0])
+    with pytest.raises(ValueError, match="resolution_tolerance must be None or a finite number >= 1"):
+        forward_warp(frames, depths, src, src[:, 0], INTR, resolution_tolerance=value)
