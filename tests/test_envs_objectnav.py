@@ -229,3 +229,32 @@ def test_recorded_worlds_and_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="success_distance"):
         ObjectNavEnv(success_distance=0.0)
     assert DiscreteAction.STOP == STOP
+
+
+def test_view_zone_distance_is_finite_from_a_pocket_the_grid_does_not_connect():
+    """A pocket the grid graph leaves unconnected gets a finite distance to the target's view zone.
+
+    The robot can still stand there; it gets the nearest connected cell's distance plus the gap,
+    never inf (whose difference made NaN rewards that stopped PPO training).
+    """
+    from rtfm_env.envs.objectnav import PlacedObject, ViewZone
+    from rtfm_env.scenes.grid import FreeSpace
+
+    free = np.ones((20, 20), dtype=bool)  # 2 m x 2 m, 0.1 m cells; x = column, z = row
+    free[5:8, 14:17] = False
+    free[6, 15] = True  # a one-cell pocket at (x, z) = (1.55, 0.65), enclosed
+    fs = FreeSpace(free, 0.0, 0.0, 0.1)
+    zone = ViewZone(fs, np.zeros((0, 2, 2)), PlacedObject(kind=0, x=1.55, z=1.55, radius=0.1, height=1.0), 0.3)
+    assert math.isinf(zone.field[fs.snap(np.array([1.55, 0.65]))])  # the graph does not reach it
+    assert zone.distance(np.array([1.55, 1.35])) == pytest.approx(0.0)  # a view point
+    below = zone.distance(np.array([1.55, 0.85]))  # just past the pocket's enclosure
+    assert 0.0 < below < math.inf
+    pocket = zone.distance(np.array([1.55, 0.65]))
+    above = zone.distance(np.array([1.55, 0.45]))  # the other nearest connected cell, 0.2 m away too
+    assert math.isfinite(pocket) and min(above, below) + 0.2 - 1e-9 <= pocket <= max(above, below) + 0.2 + 1e-9
+    # with the object's side of the wall unreachable from everywhere the answer stays inf
+    lone = np.zeros((20, 20), dtype=bool)
+    lone[6, 15] = True
+    zone = ViewZone(FreeSpace(lone, 0.0, 0.0, 0.1), np.zeros((0, 2, 2)),
+                    PlacedObject(kind=0, x=1.55, z=0.65, radius=0.05, height=1.0), 0.2)  # fmt: skip
+    assert zone.distance(np.array([1.55, 0.65])) == 0.0

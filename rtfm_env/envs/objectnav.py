@@ -156,6 +156,7 @@ class ViewZone:
         if len(self.nodes) == 0:
             raise RuntimeError(f"the {obj.name} at ({obj.x:.2f}, {obj.z:.2f}) has no free floor within {radius} m")
         self.field = csgraph.dijkstra(free_space.graph, directed=False, indices=self.nodes, min_only=True)
+        self._connected: tuple[np.ndarray, Any] | None = None  # finite-field nodes and their KD-tree, lazily
 
     @property
     def points(self) -> np.ndarray:
@@ -163,9 +164,31 @@ class ViewZone:
         return self.free_space.centre(self.nodes)
 
     def distance(self, xz: np.ndarray) -> float:
-        """Grid distance in metres from the floor point ``xz`` (its cell) to the nearest view point; inf if none."""
-        node = self.free_space.snap(np.asarray(xz, dtype=np.float64))
-        return math.inf if node is None else float(self.field[node])
+        """Grid distance in metres from the floor point ``xz`` (its cell) to the nearest view point.
+
+        The robot moves continuously, so it can stand in a free cell that the grid's graph does
+        not connect to the view points (a pocket between an object and a wall whose only links
+        are diagonals that cut a blocked corner). Such a cell takes the distance of the nearest
+        connected cell plus the straight line to it, so the distance, and the progress reward
+        made from it, stays finite. inf only when no free cell reaches a view point.
+        """
+        xz = np.asarray(xz, dtype=np.float64)
+        node = self.free_space.snap(xz)
+        if node is None:
+            return math.inf
+        d = float(self.field[node])
+        if math.isfinite(d):
+            return d
+        if self._connected is None:
+            from scipy.spatial import cKDTree
+
+            nodes = np.flatnonzero(np.isfinite(self.field))
+            self._connected = (nodes, cKDTree(self.free_space.centre(nodes)) if len(nodes) else None)
+        nodes, tree = self._connected
+        if tree is None:
+            return math.inf
+        gap, i = tree.query(self.free_space.centre(node))
+        return float(self.field[nodes[i]]) + float(gap)
 
     def contains(self, xz: np.ndarray) -> bool:
         """Whether the exact floor point ``xz`` is within ``radius`` of the footprint with no wall in between."""
