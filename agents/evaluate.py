@@ -26,6 +26,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,34 @@ def run_episode(env: gym.Env, agent: Agent, seed: int) -> dict[str, Any]:
     while not done:
         obs, _, terminated, truncated, info = env.step(agent.act(obs))
         done = terminated or truncated
-    wall = time.perf_counter() - t0
+    return _record(seed, info, time.perf_counter() - t0)
+
+
+def _frames_at(cores: list[Any], pending: list[tuple[int, np.ndarray]]) -> dict[int, Any]:
+    """The frames (or (frame, depth) pairs) of the envs in ``pending`` at their new poses.
+
+    One batched generate when every camera is a model camera, one batched warp when every
+    camera is a reprojection camera, else one render per env.
+    """
+    from rtfm_env.cameras import ModelCamera, ReprojectionCamera, observe_many, reproject_many
+
+    if not pending:
+        return {}
+    depth = bool(cores[0].depth)
+    cams = [cores[i].camera for i, _ in pending]
+    poses = [pose[None] for _, pose in pending]
+    if all(isinstance(c, ModelCamera) for c in cams):
+        out = observe_many(cams, poses, depth=depth)
+    elif all(isinstance(c, ReprojectionCamera) for c in cams):
+        out = reproject_many(cams, poses, depth=depth)
+    else:
+        out = [c.observe_rgbd(p) if depth else c.observe(p) for c, p in zip(cams, poses, strict=True)]
+    if depth:
+        return {i: (f[0], d[0]) for (i, _), (f, d) in zip(pending, out, strict=True)}
+    return {i: f[0] for (i, _), f in zip(pending, out, strict=True)}
+
+
+def _record(seed: int, info: dict[str, Any], wall: float) -> dict[str, Any]:
     return {
         "seed": seed,
         "success": bool(info["success"]),
@@ -141,6 +169,82 @@ def run_episode(env: gym.Env, agent: Agent, seed: int) -> dict[str, Any]:
         "start_distance_to_goal": float(info["start_distance_to_goal"]),
         "wall_s": wall,
     }
+
+
+def run_episodes(
+    envs: list[gym.Env], agents: list[Agent], seeds: list[int], progress: Callable[[int], None] | None = None
+) -> list[dict[str, Any]]:
+    """Episodes ``reset(seed=s)`` for every s in ``seeds``, run on ``len(envs)`` envs stepped together.
+
+    Each env runs one episode at a time with its own agent (``agents[j]`` acts in ``envs[j]``);
+    a finished env starts the next seed in the queue. Every step generates the frames of all
+    running envs in one camera call (one batched frame-model generate or one batched warp:
+    :func:`_frames_at`), which is what makes ranking many policies under the model camera
+    affordable. An episode's record is what :func:`run_episode` gives for its seed; its
+    ``wall_s`` is its share (by steps) of the batch's wall time. With one env this is
+    :func:`run_episode` over the seeds in turn.
+
+    Args:
+        envs: envs of one config (the RTFM env under ``gym.make``'s wrappers), sharing one frame
+            model when the camera is the model.
+        agents: one per env (agents keep per-episode state; the oracle reads its env).
+        seeds: the episodes, in order.
+        progress: called with the number of finished episodes after each one.
+
+    Returns:
+        One record per seed, in the order of ``seeds``.
+    """
+    if not envs or len(envs) != len(agents):
+        raise ValueError(f"give one agent per env, got {len(envs)} envs and {len(agents)} agents")
+    cores = [env.unwrapped for env in envs]
+    if not all(hasattr(c, "begin_step") and hasattr(c, "end_step") for c in cores):
+        raise TypeError("run_episodes needs RTFM envs (begin_step / end_step)")
+    queue = list(enumerate(seeds))
+    records: list[dict[str, Any] | None] = [None] * len(seeds)
+    running: dict[int, tuple[int, int, dict[str, Any]]] = {}  # env -> (episode index, seed, observation)
+    steps_done: dict[int, int] = {}
+    t0 = time.perf_counter()
+
+    def start(j: int) -> None:
+        if queue:
+            index, seed = queue.pop(0)
+            obs, _ = envs[j].reset(seed=seed)
+            agents[j].reset()
+            running[j] = (index, seed, obs)
+
+    for j in range(len(envs)):
+        start(j)
+    finished = 0
+    total_steps = 0
+    while running:
+        pending = []
+        for j, (_, _, obs) in running.items():
+            pose = cores[j].begin_step(agents[j].act(obs))
+            if pose is not None:
+                pending.append((j, pose))
+        frames = _frames_at(cores, pending)
+        for j in list(running):
+            index, seed, _ = running[j]
+            got = frames.get(j)
+            if isinstance(got, tuple):
+                obs, _, terminated, truncated, info = cores[j].end_step(*got)
+            else:
+                obs, _, terminated, truncated, info = cores[j].end_step(got)
+            total_steps += 1
+            if terminated or truncated:
+                records[index] = _record(seed, info, 0.0)
+                steps_done[index] = int(info["steps"])
+                del running[j]
+                finished += 1
+                if progress is not None:
+                    progress(finished)
+                start(j)
+            else:
+                running[j] = (index, seed, obs)
+    wall = time.perf_counter() - t0
+    for index, record in enumerate(records):
+        record["wall_s"] = wall * steps_done[index] / max(total_steps, 1)
+    return records
 
 
 def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ import torch
 
 from agents.base import Agent
 from agents.envs import EnvConfig, make_env
-from agents.evaluate import AGENT_KINDS, make_agent, run_episode, summarize
+from agents.evaluate import AGENT_KINDS, make_agent, run_episodes, summarize
 from agents.ranking import MEASURES, agreement
 from rtfm_env import worlds
 from rtfm_env.cameras import CAMERAS
@@ -89,6 +89,7 @@ class RankConfig:
     confidence: float = 0.95  # coverage of the bootstrap intervals
     checkpoint: str | None = None  # model camera: frame-model checkpoint directory (None: the shipped one)
     env: dict[str, Any] = field(default_factory=dict)  # EnvConfig fields that differ from the task's defaults
+    batch: int = 16  # envs stepped together (one batched camera call per step); 1: one episode at a time
 
     def check(self) -> None:
         """Raise ValueError naming the valid choices for a bad field."""
@@ -103,6 +104,8 @@ class RankConfig:
             raise ValueError(f"policies are listed twice: {self.policies}")
         if isinstance(self.episodes, bool) or not isinstance(self.episodes, int) or self.episodes < 1:
             raise ValueError(f"episodes must be a positive integer, got {self.episodes!r}")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 1 <= self.batch <= 64:
+            raise ValueError(f"batch must be an integer in [1, 64], got {self.batch!r}")
         if self.checkpoint is not None and "model" not in (self.camera, self.reference):
             raise ValueError("--checkpoint applies to the model camera only; neither camera is 'model'")
 
@@ -164,25 +167,38 @@ def evaluate_camera(
     kwargs: dict[str, Any] = {}
     if config.camera in ("model", "reprojection", "nearest"):
         kwargs.update(memory)
-    if config.camera == "model" and cfg.checkpoint is not None:
-        kwargs["checkpoint"] = cfg.checkpoint
-    env = make_env(config, **kwargs)()
+    if config.camera == "model":  # one frame model, loaded once, shared by the batch's envs
+        from rtfm_env.cameras import ModelCamera
+        from rtfm_env.model.sampler import FrameModel
+
+        if cfg.checkpoint is not None:
+            kwargs["checkpoint"] = FrameModel.from_pretrained(cfg.checkpoint)
+        else:
+            kwargs["checkpoint"] = ModelCamera(resolution=config.resolution).model
+    n_envs = min(cfg.batch, cfg.episodes)
+    envs: list[gym.Env] = []
     rows = []
+    seeds = [cfg.seed + i for i in range(cfg.episodes)]
     try:
+        for _ in range(n_envs):
+            envs.append(make_env(config, **kwargs)())
         for spec in cfg.policies:
-            agent = make_agent(spec, env, seed=cfg.seed, env_config=config)
+            # env j's agent is seeded seed + j (the random policy), so one env gives run_episode's stream
+            agents = [make_agent(spec, env, seed=cfg.seed + j, env_config=config) for j, env in enumerate(envs)]
             if blind:
-                agent = BlindView(agent)
-            records = []
-            for i in range(cfg.episodes):
-                records.append(run_episode(env, agent, cfg.seed + i))
+                agents = [BlindView(a) for a in agents]
+
+            def report(done: int, spec: str = spec) -> None:
                 if progress:
-                    print(f"\r{spec} / {camera}: {i + 1}/{cfg.episodes}", end="", file=sys.stderr, flush=True)
+                    print(f"\r{spec} / {camera}: {done}/{cfg.episodes}", end="", file=sys.stderr, flush=True)
+
+            records = run_episodes(envs, agents, seeds, report)
             if progress:
                 print(file=sys.stderr)
             rows.append({"policy": spec, "camera": camera, **summarize(records), "records": records})
     finally:
-        env.close()
+        for env in envs:
+            env.close()
     return rows
 
 
@@ -305,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--resamples", type=int, default=RankConfig.resamples, help="bootstrap resamples")
     parser.add_argument("--confidence", type=float, default=RankConfig.confidence, help="bootstrap interval coverage")
     parser.add_argument("--checkpoint", default=None, help="model camera: frame-model checkpoint directory")
+    parser.add_argument("--batch", type=int, default=RankConfig.batch,
+                        help="envs stepped together, one batched camera call per step (default %(default)s)")
     parser.add_argument("--json", default=None, help="write the full result (config, machine, records) here")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -332,6 +350,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         confidence=args.confidence,
         checkpoint=args.checkpoint,
         env=env,
+        batch=args.batch,
     )
     if cfg.task not in gym.registry:
         raise ValueError(

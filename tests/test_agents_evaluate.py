@@ -108,3 +108,42 @@ def test_ppo_policy_from_another_task_is_refused(tmp_path, one_thread):
         assert agent.blind
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("camera", ["ground_truth", "reprojection"])
+def test_batched_episodes_equal_one_at_a_time(camera, one_thread):
+    """run_episodes on 3 envs stepped together gives each seed the record run_episode gives it.
+
+    The oracle and the seeker are deterministic, so every record (but its wall time) must match;
+    5 seeds on 3 envs makes finished envs take the queue's next seeds mid-run.
+    """
+    from agents.evaluate import run_episode, run_episodes
+
+    config = EnvConfig(env_id="RTFM/ObjectNav-v0", camera=camera, max_steps=40, success_distance=1.0,
+                       max_goal_distance=4.0)  # fmt: skip
+    seeds = [300, 301, 302, 303, 304]
+    envs = [make_env(config)() for _ in range(3)]
+    try:
+        for spec in ("shortest_path", "seeker"):
+            agents = [make_agent(spec, env, env_config=config) for env in envs]
+            seen = []
+            batched = run_episodes(envs, agents, seeds, progress=seen.append)
+            assert seen == [1, 2, 3, 4, 5]
+            single = [run_episode(envs[0], agents[0], s) for s in seeds]
+            strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in batched]
+            assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in single]
+            assert all(r["wall_s"] > 0 for r in batched)
+    finally:
+        for env in envs:
+            env.close()
+
+
+def test_batched_episodes_reject_mismatched_agents():
+    from agents.evaluate import run_episodes
+
+    env = make_env(ENV)()
+    try:
+        with pytest.raises(ValueError, match="one agent per env"):
+            run_episodes([env], [], [1])
+    finally:
+        env.close()
