@@ -9,6 +9,9 @@ Examples::
     .venv/bin/python -m agents.train_ppo --camera model --total-timesteps 30000 \\
         --n-envs 8 --seed 0 --out runs/ppo/model
 
+``--init-policy DIR`` starts from a saved policy's weights instead of from scratch (e.g. the
+imitation pre-training of ``agents/train_bc.py``: PPO then fine-tunes it).
+
 ``OUT`` receives ``config.json``, ``log.csv`` (one row per rollout), ``checkpoints/step_N/``
 (policy + optimizer, every ``--checkpoint-every`` timesteps), ``last.json`` naming the
 latest checkpoint, and ``policy/`` (the final policy, what ``agents/evaluate.py`` loads as
@@ -64,6 +67,9 @@ class TrainConfig:
     # several times slower than one (measured 1.6 vs 16 steps/s with the model camera).
     torch_threads: int = 1  # 0 keeps torch's default
     device: str = "cpu"  # torch device of the policy
+    # A saved policy (e.g. agents/train_bc.py's OUT/policy) whose weights start the run; "" starts
+    # from scratch. Its network and task must be this run's.
+    init_policy: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, nested."""
@@ -218,6 +224,15 @@ def main(cfg: TrainConfig) -> Path:
     start = restore_checkpoint(model, out) if resume else 0
     if resume:
         print(f"resuming {out} from {start} timesteps", file=sys.stderr)
+    elif cfg.init_policy:
+        init, meta = load_policy(cfg.init_policy)
+        differ = sorted(k for k, v in cfg.env.to_dict().items() if meta["env"].get(k) != v)
+        if differ:
+            raise ValueError(f"--init-policy {cfg.init_policy} was trained on another task ({differ} differ)")
+        try:
+            model.policy.load_state_dict(init.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise PolicyFileError(f"--init-policy {cfg.init_policy} does not fit this run's network: {e}") from e
 
     # -- loop (SB3's: collect n_steps x n_envs, then n_epochs of minibatch updates) --
     start_wall = time.perf_counter()
