@@ -26,8 +26,9 @@ __all__ = ["POLICY_KEYS", "GOAL_KEYS", "EnvConfig", "PolicyObservation", "make_e
 POLICY_KEYS = ("rgb", "pointgoal")
 
 #: The goal entries a policy may read besides ``rgb``, one per task: PointNav's GPS+compass
-#: point goal, ObjectNav's goal kind (an index, no direction to it).
-GOAL_KEYS = ("pointgoal", "objectgoal")
+#: point goal, ObjectNav's goal kind (an index, no direction to it), ImageNav's goal image (a
+#: view taken at the goal: no direction or distance either).
+GOAL_KEYS = ("pointgoal", "objectgoal", "imagegoal")
 
 
 @dataclass
@@ -89,7 +90,8 @@ def goal_key(keys: Any) -> str:
 def policy_observation(observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The policy's view of an env observation: ``rgb`` channel-first (3, H, W) and the goal entry.
 
-    The goal is ``pointgoal`` (float32) or, on ObjectNav, ``objectgoal`` (an int64 index).
+    The goal is ``pointgoal`` (float32), on ObjectNav ``objectgoal`` (an int64 index), on
+    ImageNav ``imagegoal`` (uint8, channel-first like ``rgb``).
     Channel-first is what SB3's CNN expects; doing it here (rather than with SB3's
     ``VecTransposeImage``) keeps one observation format for training, saving and acting.
     """
@@ -100,10 +102,16 @@ def policy_observation(observation: dict[str, np.ndarray]) -> dict[str, np.ndarr
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"observation['rgb'] must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
     goal = observation[key]
-    return {
-        "rgb": np.ascontiguousarray(rgb.transpose(2, 0, 1)),
-        key: np.asarray(goal, dtype=np.float32) if key == "pointgoal" else np.int64(goal),
-    }
+    if key == "pointgoal":
+        goal = np.asarray(goal, dtype=np.float32)
+    elif key == "objectgoal":
+        goal = np.int64(goal)
+    else:
+        goal = np.asarray(goal)
+        if goal.shape != rgb.shape or goal.dtype != np.uint8:
+            raise ValueError(f"observation['imagegoal'] must be {rgb.shape} uint8 like rgb, got {goal.shape} {goal.dtype}")
+        goal = np.ascontiguousarray(goal.transpose(2, 0, 1))
+    return {"rgb": np.ascontiguousarray(rgb.transpose(2, 0, 1)), key: goal}
 
 
 class PolicyObservation(gym.ObservationWrapper):
@@ -122,9 +130,8 @@ class PolicyObservation(gym.ObservationWrapper):
             )
         key = goal_key(space.spaces)
         h, w, c = space["rgb"].shape
-        self.observation_space = spaces.Dict(
-            {"rgb": spaces.Box(0, 255, shape=(c, h, w), dtype=np.uint8), key: space[key]}
-        )
+        image = spaces.Box(0, 255, shape=(c, h, w), dtype=np.uint8)
+        self.observation_space = spaces.Dict({"rgb": image, key: image if key == "imagegoal" else space[key]})
 
     def observation(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """See :func:`policy_observation`."""

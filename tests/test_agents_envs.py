@@ -55,3 +55,24 @@ def test_env_config_round_trips_and_rejects_unknown_keys():
     assert EnvConfig.from_dict(config.to_dict()) == config
     with pytest.raises(KeyError, match="valid"):
         EnvConfig.from_dict({**config.to_dict(), "goal": 3})
+
+
+def test_imagenav_goal_image_is_a_channel_first_policy_input(one_thread):
+    """On ImageNav the policy reads rgb and the goal image, both (3, H, W) uint8; SB3 checks the view."""
+    from stable_baselines3.common.env_checker import check_env
+
+    env = make_env(EnvConfig(env_id="RTFM/ImageNav-v0", max_steps=8), policy_view=True)()
+    try:
+        space = env.observation_space
+        assert set(space.spaces) == {"rgb", "imagegoal"}
+        assert space["imagegoal"].shape == space["rgb"].shape == (3, 64, 64)
+        obs, _ = env.reset(seed=3)
+        raw = env.unwrapped._observation()
+        assert np.array_equal(obs["imagegoal"], raw["imagegoal"].transpose(2, 0, 1))
+        assert space.contains(obs)
+        check_env(env, warn=False)
+    finally:
+        env.close()
+    rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="imagegoal"):
+        policy_observation({"rgb": rgb, "imagegoal": np.zeros((4, 4, 3), dtype=np.uint8)})
