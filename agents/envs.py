@@ -109,7 +109,9 @@ def policy_observation(observation: dict[str, np.ndarray]) -> dict[str, np.ndarr
     else:
         goal = np.asarray(goal)
         if goal.shape != rgb.shape or goal.dtype != np.uint8:
-            raise ValueError(f"observation['imagegoal'] must be {rgb.shape} uint8 like rgb, got {goal.shape} {goal.dtype}")
+            raise ValueError(
+                f"observation['imagegoal'] must be {rgb.shape} uint8 like rgb, got {goal.shape} {goal.dtype}"
+            )
         goal = np.ascontiguousarray(goal.transpose(2, 0, 1))
     return {"rgb": np.ascontiguousarray(rgb.transpose(2, 0, 1)), key: goal}
 
