@@ -1,0 +1,304 @@
+r"""The ranking study: every policy under every camera on the same episodes, agreement with ground truth.
+
+``agents/rank.py`` ranks a user's policies under one camera against the reference; this command
+runs the committed study behind ``agents/RESULTS.md``: each camera is evaluated once (the
+reference too), then each camera's per-policy success and SPL are compared with the reference's
+(Pearson r, Spearman rho, MMRV with bootstrap intervals: :mod:`agents.ranking`). It also makes
+the blind check of the task (the ``blind`` camera: ground truth with every view replaced by grey;
+a task that needs eyes has the vision policies' blind success at most ``blind_ratio`` of their
+ground-truth success) and the scatter of per-policy success, reference against each camera.
+
+Policies are ``NAME=SPEC`` (a short label and an agent spec of :mod:`agents.evaluate`) or a bare
+spec. ``--privileged`` names the labels that do not read the view (the oracle, random): they
+are ranked with the others but left out of the blind check.
+
+Each camera's evaluation is saved in ``OUT/cameras/<camera>.json`` as it finishes; a rerun with
+the same settings reuses it (resume), and a changed setting re-evaluates. ``OUT/rank.json``
+holds the config, the machine, every policy's per-episode success and SPL (compact) and the
+agreement; ``OUT/rank.md`` the tables; ``OUT/scatter.png`` the scatter.
+
+Example::
+
+    .venv/bin/python -m agents.rank_study --task RTFM/ObjectNav-v0 --scene MiniWorld-OneRoom-v0 \
+        --max-steps 100 --max-goal-distance 6 --cameras ground_truth model reprojection blind \
+        --policies random shortest_path seeker bc_s0=ppo:runs/bc/s0/policy --privileged random shortest_path \
+        --episodes 100 --out agents/results/objectnav_rank
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.envs import EnvConfig
+from agents.rank import BLIND, RANKED, RankConfig, _ranks, env_setup, evaluate_camera
+from agents.ranking import MEASURES, agreement
+from rtfm_env.data.shards import atomic_write_bytes
+from rtfm_env.provenance import machine_info
+
+__all__ = ["parse_policies", "study", "study_table", "main"]
+
+
+def parse_policies(items: list[str]) -> tuple[list[str], list[str]]:
+    """``NAME=SPEC`` items (or bare specs, named by themselves) -> (names, specs); names must be unique."""
+    names, specs = [], []
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep:
+            name, spec = item, item
+        if not name or not spec:
+            raise ValueError(f"a policy is NAME=SPEC or SPEC, got {item!r}")
+        names.append(name)
+        specs.append(spec)
+    if len(set(names)) != len(names):
+        raise ValueError(f"policy names are listed twice: {names}")
+    return names, specs
+
+
+def _key(cfg: RankConfig, camera: str) -> str:
+    """What a camera's cached evaluation depends on."""
+    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("camera", "reference", "resamples")}
+    data["camera"] = camera
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _compact(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Rows without per-episode records, with per-episode success (0/1 string) and SPL (3 decimals)."""
+    out = []
+    for name, row in zip(names, rows, strict=True):
+        records = row["records"]
+        out.append(
+            {
+                "name": name,
+                **{k: v for k, v in row.items() if k != "records"},
+                "episode_success": "".join("1" if r["success"] else "0" for r in records),
+                "episode_spl": [round(float(r["spl"]), 3) for r in records],
+                "mean_steps": float(np.mean([r["steps"] for r in records])),
+            }
+        )
+    return out
+
+
+def _scores(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    if key == "success":
+        return np.array([[float(c) for c in row["episode_success"]] for row in rows])
+    return np.array([row["episode_spl"] for row in rows], dtype=np.float64)
+
+
+def study(
+    cfg: RankConfig,
+    cameras: list[str],
+    names: list[str],
+    privileged: list[str],
+    out: Path,
+    blind_ratio: float = 0.3,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate (or reuse) every camera, measure agreement with ``cfg.reference``; returns the JSON result."""
+    if cfg.reference not in cameras:
+        raise ValueError(f"the reference {cfg.reference!r} must be one of the cameras {cameras}")
+    unknown = sorted(set(privileged) - set(names))
+    if unknown:
+        raise ValueError(f"--privileged names {unknown} are not policy names {names}")
+    cfg.check()
+    env_config, memory = env_setup(cfg)
+    cache = out / "cameras"
+    cache.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    for camera in cameras:
+        path = cache / f"{camera}.json"
+        key = _key(cfg, camera)
+        if path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("key") == key:
+                results[camera] = saved
+                continue
+        t0 = time.perf_counter()
+        rows = evaluate_camera(cfg, camera, env_config, memory, progress)
+        entry = {"key": key, "camera": camera, "wall_s": round(time.perf_counter() - t0, 1),
+                 "rows": _compact(rows, names), "ranks": _ranks(rows)}  # fmt: skip
+        atomic_write_bytes(path, (json.dumps(entry, indent=1) + "\n").encode())
+        results[camera] = entry
+    reference = results[cfg.reference]
+    agree: dict[str, Any] = {}
+    for camera in cameras:
+        if camera == cfg.reference:
+            continue
+        agree[camera] = {
+            key: {
+                m: e.to_dict()
+                for m, e in agreement(
+                    _scores(results[camera]["rows"], key),
+                    _scores(reference["rows"], key),
+                    cfg.resamples,
+                    cfg.confidence,
+                    cfg.seed,
+                ).items()
+            }
+            for key in RANKED
+        }
+    blind = None
+    if BLIND in results:
+        vision = [i for i, n in enumerate(names) if n not in privileged]
+        ref_success = sum(reference["rows"][i]["success"] for i in vision)
+        blind_success = sum(results[BLIND]["rows"][i]["success"] for i in vision)
+        ratio = blind_success / ref_success if ref_success > 0 else math.nan
+        blind = {
+            "policies": [names[i] for i in vision],
+            "reference_success": ref_success / max(len(vision), 1),
+            "blind_success": blind_success / max(len(vision), 1),
+            "ratio": ratio,
+            "limit": blind_ratio,
+            "needs_eyes": bool(ratio <= blind_ratio),
+        }
+    return {
+        "config": dataclasses.asdict(cfg),
+        "env": env_config.to_dict(),
+        "cameras": cameras,
+        "policies": names,
+        "privileged": privileged,
+        "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1],
+        "machine": machine_info(),
+        "results": results,
+        "agreement": agree,
+        "blind_check": blind,
+    }
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def study_table(result: dict[str, Any]) -> str:
+    """Markdown: per-policy success / SPL under every camera, agreement per camera, the blind check."""
+    cfg, cams, names = result["config"], result["cameras"], result["policies"]
+    first, last = result["seeds"]
+    ref = cfg["reference"]
+    lines = [
+        f"{cfg['task']}, scene {result['env']['scene']}, {cfg['episodes']} episodes per policy and camera "
+        f"(seeds {first}-{last}, the same episodes everywhere), memory cameras in world `{cfg['world'] or 'scan'}`.",
+        "",
+        "| policy | " + " | ".join(f"{c}: success / SPL" for c in cams) + " |",
+        "|---|" + "---:|" * len(cams),
+    ]
+    order = sorted(range(len(names)), key=lambda i: -result["results"][ref]["rows"][i]["success"])
+    for i in order:
+        cells = []
+        for c in cams:
+            row = result["results"][c]["rows"][i]
+            cells.append(f"{row['success']:.2f} ± {row['success_se']:.2f} / {row['spl']:.2f}")
+        mark = " (privileged)" if names[i] in result["privileged"] else ""
+        lines.append(f"| {names[i]}{mark} | " + " | ".join(cells) + " |")
+    lines.append("")
+    conf = round(100 * cfg["confidence"])
+    labels = {"pearson": "Pearson r", "spearman": "Spearman ρ", "mmrv": "MMRV"}
+    lines.append(f"| camera vs {ref} | score | " + " | ".join(f"{labels[m]} [{conf}% CI]" for m in MEASURES) + " |")
+    lines.append("|---|---|" + "---:|" * len(MEASURES))
+    for c, per_key in result["agreement"].items():
+        for key in RANKED:
+            cells = [f"{_fmt(per_key[key][m]['value'])} [{_fmt(per_key[key][m]['low'])}, "
+                     f"{_fmt(per_key[key][m]['high'])}]" for m in MEASURES]  # fmt: skip
+            lines.append(f"| {c} | {key} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Intervals: percentile bootstrap over episodes, {cfg['resamples']} resamples. MMRV is in success "
+                 "(or SPL) units; lower is better.")  # fmt: skip
+    blind = result["blind_check"]
+    if blind is not None:
+        verdict = "holds" if blind["needs_eyes"] else "FAILS"
+        lines += [
+            "",
+            f"Blind check ({verdict}): the vision policies ({', '.join(blind['policies'])}) succeed "
+            f"{blind['blind_success']:.3f} of the time blind against {blind['reference_success']:.3f} with "
+            f"{ref}: ratio {_fmt(blind['ratio'], 3)} (the task needs eyes when it is at most {blind['limit']}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_scatter(result: dict[str, Any], path: Path) -> None:
+    """Per-policy success, reference (x) against each other camera (y), with y = x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = result["config"]["reference"]
+    others = [c for c in result["cameras"] if c != ref]
+    fig, axes = plt.subplots(1, len(others), figsize=(3.2 * len(others), 3.3), squeeze=False)
+    x = [r["success"] for r in result["results"][ref]["rows"]]
+    for ax, cam in zip(axes[0], others, strict=True):
+        y = [r["success"] for r in result["results"][cam]["rows"]]
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        ax.scatter(x, y, s=18)
+        for name, xi, yi in zip(result["policies"], x, y, strict=True):
+            ax.annotate(name, (xi, yi), fontsize=5, xytext=(2, 2), textcoords="offset points")
+        r = result["agreement"][cam]["success"]["pearson"]["value"]
+        ax.set_title(f"{cam} (r = {_fmt(r)})", fontsize=8)
+        ax.set_xlabel(f"success, {ref}", fontsize=7)
+        ax.set_ylabel(f"success, {cam}", fontsize=7)
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.03)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(f"{result['config']['task']}: per-policy success", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse, run the study, write OUT/rank.json, rank.md and scatter.png; returns the result."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default=RankConfig.task)
+    p.add_argument("--cameras", nargs="+", default=["ground_truth", "model", "reprojection", BLIND])
+    p.add_argument("--reference", default="ground_truth")
+    p.add_argument("--policies", nargs="+", required=True, help="NAME=SPEC or SPEC, 2 or more")
+    p.add_argument("--privileged", nargs="*", default=[], help="names of policies that do not read the view")
+    p.add_argument("--world", default=None, help="memory cameras' world (default: the envs' default, scan)")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=RankConfig.seed)
+    p.add_argument("--resamples", type=int, default=RankConfig.resamples)
+    p.add_argument("--checkpoint", default=None, help="model camera: frame-model checkpoint (default: shipped)")
+    p.add_argument("--batch", type=int, default=RankConfig.batch)
+    p.add_argument("--blind-ratio", type=float, default=0.3)
+    p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    for f in dataclasses.fields(EnvConfig):
+        if f.name not in ("camera", "env_id"):
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
+    args = p.parse_args(argv)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    names, specs = parse_policies(args.policies)
+    env = {f.name: getattr(args, f.name) for f in dataclasses.fields(EnvConfig)
+           if f.name not in ("camera", "env_id") and getattr(args, f.name) is not None}  # fmt: skip
+    cfg = RankConfig(task=args.task, camera=args.cameras[0], policies=specs, reference=args.reference,
+                     world=args.world, episodes=args.episodes, seed=args.seed, resamples=args.resamples,
+                     checkpoint=args.checkpoint, env=env, batch=args.batch)  # fmt: skip
+    out = Path(args.out)
+    result = study(cfg, list(args.cameras), names, list(args.privileged), out, args.blind_ratio, not args.quiet)
+    atomic_write_bytes(out / "rank.json", (json.dumps(result, indent=1) + "\n").encode())
+    table = study_table(result)
+    atomic_write_bytes(out / "rank.md", table.encode())
+    plot_scatter(result, out / "scatter.png")
+    print(table)
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
