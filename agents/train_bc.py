@@ -5,7 +5,10 @@ but, in the 1e5 steps a CPU affords, not when to stop: in an 80,896-step run wit
 ground-truth camera (OneRoom, 100-step episodes), training episodes succeeded in at most 6% of
 a rollout, and in none after step 28,672; the policy walked until truncation.
 Embodied-AI practice (Habitat-Web; Ramrakhya et al., 2022) starts such policies by imitation
-and fine-tunes with RL. This command does the imitation part with DAgger (Ross et al., 2011):
+and fine-tunes with RL. This command does the imitation part with DAgger (Ross et al., 2011),
+from an expert: the privileged oracle by default, or any agent spec (``--expert seeker``: the
+scripted colour seeker, which reads only the view and the goal, so its labels are learnable from
+what the policy sees; the oracle's geodesic turns before the target is in view are not):
 
 * round 0 runs the oracle (``shortest_path``: :class:`~rtfm_env.envs.objectnav.ObjectGoalFollower`
   on ObjectNav, :class:`~rtfm_env.envs.follower.ShortestPathFollower` elsewhere), taking a random
@@ -64,7 +67,8 @@ class BCConfig:
 
     env: EnvConfig = field(default_factory=EnvConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)  # the network (cnn_output_dim, net_arch) and gamma
-    rounds: int = 6  # DAgger rounds (round 0: the oracle's own episodes)
+    expert: str = "shortest_path"  # the teacher: an agent spec of agents.evaluate (the oracle, or "seeker")
+    rounds: int = 6  # DAgger rounds (round 0: the expert's own episodes)
     episodes_per_round: int = 80  # episodes collected per round
     noise: float = 0.2  # round 0: probability of a random action instead of the oracle's
     beta: float = 0.5  # round r >= 1: probability beta ** r of the oracle's action instead of the policy's
@@ -231,7 +235,7 @@ def main(cfg: BCConfig, progress: bool = True) -> Path:
         print(f"resuming {out} after round {done_rounds - 1}", file=sys.stderr)
     data = _load_data(out, done_rounds)
     env = make_env(cfg.env)()
-    oracle = make_agent("shortest_path", env, env_config=cfg.env)
+    oracle = make_agent(cfg.expert, env, env_config=cfg.env)
     key = goal_key(env.observation_space.spaces)
     t0 = time.perf_counter()
     try:
