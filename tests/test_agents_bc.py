@@ -39,7 +39,8 @@ def run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("bc") / "run"
-    argv = [*TASK, *NET, "--expert", "seeker", "--episodes-per-round", "6", "--epochs", "2", "--torch-threads", "0", "--out", str(out)]
+    argv = [*TASK, *NET, "--expert", "seeker", "--episodes-per-round", "6", "--epochs", "2", "--torch-threads", "0",
+            "--out", str(out)]  # fmt: skip
     first = main(parse_args([*argv, "--rounds", "2"]), progress=False)
     after_two = {k: v.clone() for k, v in load_policy(first)[0].state_dict().items()}
     rows_two = (out / "log.csv").read_text().splitlines()
