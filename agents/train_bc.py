@@ -76,6 +76,11 @@ class BCConfig:
     bc_batch_size: int = 128  # samples per minibatch (PPO's batch_size is its own)
     bc_learning_rate: float = 5e-4  # Adam (PPO's learning_rate is its own)
     value_coef: float = 0.5  # weight of the value head's regression on returns
+    # Class balance of the action loss: each label weighs frequency ** -balance (normalised to a
+    # mean weight of 1). The stop is one label per episode; with plain cross-entropy (0) the
+    # policy's most likely action is almost never a stop and a deterministic policy walks until
+    # truncation (measured: 2.5% success against 99% for its teacher).
+    balance: float = 0.5
     seed: int = 0  # seeds the network, the episodes and the sampling
     out: str = "runs/bc"
     torch_threads: int = 1  # 0 keeps torch's default
@@ -85,6 +90,8 @@ class BCConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.balance, (int, float)) and 0.0 <= self.balance <= 1.0):
+            raise ValueError(f"balance must be in [0, 1], got {self.balance!r}")
         for name in ("noise", "beta"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
@@ -153,6 +160,13 @@ def collect(
     return data, {"success": float(np.mean(successes)), "spl": float(np.mean(spls))}
 
 
+def class_weights(actions: np.ndarray, n_actions: int, balance: float) -> np.ndarray:
+    """Per-action loss weights: frequency ** -balance, scaled so the mean weight over ``actions`` is 1."""
+    freq = np.bincount(actions, minlength=n_actions) / max(len(actions), 1)
+    weight = np.where(freq > 0, np.maximum(freq, 1e-12) ** -balance, 0.0)
+    return (weight / max((weight * freq).sum(), 1e-12)).astype(np.float32)
+
+
 def fit(
     cfg: BCConfig, policy: Any, data: dict[str, np.ndarray], rng: np.random.Generator, key: str
 ) -> dict[str, float]:
@@ -160,6 +174,7 @@ def fit(
     params = list(policy.parameters())
     optimiser = torch.optim.Adam(params, lr=cfg.bc_learning_rate)
     n = len(data["action"])
+    weight = torch.as_tensor(class_weights(data["action"], int(policy.action_space.n), cfg.balance))
     policy.set_training_mode(True)
     losses, correct, seen = [], 0, 0
     for _ in range(cfg.epochs):
@@ -170,7 +185,8 @@ def fit(
             actions = torch.as_tensor(data["action"][idx])
             values, log_prob, _ = policy.evaluate_actions(obs, actions)
             target = torch.as_tensor(data["return"][idx])
-            loss = -log_prob.mean() + cfg.value_coef * torch.nn.functional.mse_loss(values.flatten(), target)
+            loss = -(weight[actions] * log_prob).mean()
+            loss = loss + cfg.value_coef * torch.nn.functional.mse_loss(values.flatten(), target)
             optimiser.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

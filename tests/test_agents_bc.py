@@ -11,7 +11,7 @@ pytest.importorskip("stable_baselines3")
 from agents.envs import EnvConfig, make_env  # noqa: E402
 from agents.evaluate import run_episode  # noqa: E402
 from agents.ppo import PolicyFileError, PPOAgent, load_policy  # noqa: E402
-from agents.train_bc import BCConfig, discounted_returns, main, parse_args  # noqa: E402
+from agents.train_bc import BCConfig, class_weights, discounted_returns, main, parse_args  # noqa: E402
 from agents.train_ppo import main as ppo_main  # noqa: E402
 from agents.train_ppo import parse_args as ppo_args  # noqa: E402
 
@@ -22,6 +22,16 @@ NET = ["--cnn-output-dim", "16", "--net-arch", "16"]
 def test_discounted_returns_by_hand():
     assert np.allclose(discounted_returns([1.0, 0.0, 2.0], 0.5), [1.5, 1.0, 2.0])
     assert discounted_returns([], 0.9).shape == (0,)
+
+
+def test_class_weights_balance_rare_stops():
+    actions = np.array([0] + [1] * 9)  # one stop in ten labels
+    assert np.allclose(class_weights(actions, 4, 0.0), [1, 1, 0, 0])
+    w = class_weights(actions, 4, 0.5)
+    assert w[2] == w[3] == 0.0 and w[0] == pytest.approx(3.0 * w[1])  # (0.1 / 0.9) ** -0.5 = 3
+    assert np.mean(w[actions]) == pytest.approx(1.0)
+    full = class_weights(actions, 4, 1.0)
+    assert full[0] * 1 == pytest.approx(full[1] * 9)  # each class weighs the same in total
 
 
 @pytest.mark.parametrize(
