@@ -611,6 +611,12 @@ class ModelCamera(MemoryCamera):
             )
 
 
+def _trust(memory: SpatialMemory, ids: np.ndarray) -> np.ndarray:
+    """(B, K) warp priorities of stored frames ``ids``: 0 for observed frames, 1 for generated ones."""
+    sources = np.asarray(memory.sources(ids.ravel()))
+    return (sources != "observed").astype(np.int64).reshape(ids.shape)
+
+
 def observe_many(
     cameras: Sequence[ModelCamera], poses: Sequence[np.ndarray], *, depth: bool = False
 ) -> list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
@@ -706,11 +712,12 @@ def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[tup
         for camera, batch in zip(cameras, batches, strict=True)
     ]
     width = max(len(c) for per_camera in contexts for c in per_camera)
-    frames, context_poses, context_depths, valid, noise = [], [], [], [], []
+    frames, context_poses, context_depths, valid, noise, priority = [], [], [], [], [], []
     for camera, batch, per_camera in zip(cameras, batches, contexts, strict=True):
         memory, b = camera.memory, len(batch)
         ids = np.array([c + [c[0]] * (width - len(c)) for c in per_camera], dtype=np.int64)  # (B_i, K)
         valid.append([[j < len(c) for j in range(width)] for c in per_camera])
+        priority.append(_trust(memory, ids))  # (B_i, K): observed 0, generated 1
         frames.append(memory.frames(ids.ravel()).reshape(b, width, *memory.resolution, 3))  # (B_i, K, H, W, 3)
         context_poses.append(memory.poses(ids.ravel()).reshape(b, width, 4, 4))  # (B_i, K, 4, 4)
         if model.needs_depth:  # (B_i, K, H, W) metres, NaN for a stored frame without depth
@@ -728,6 +735,7 @@ def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[tup
         noise=torch.cat(noise),
         context_depths=np.concatenate(context_depths) if context_depths else None,
         return_depth=model.predicts_depth,
+        context_priority=np.concatenate(priority),
     )
     depth = None
     if model.predicts_depth:
@@ -931,11 +939,12 @@ def _reproject(
         camera.last_context = per_camera
     flat = [c for per_camera in contexts for c in per_camera]
     width = max(1, max(len(c) for c in flat))
-    frames, depths, src, valid, fallback = [], [], [], [], []
+    frames, depths, src, valid, fallback, priority = [], [], [], [], [], []
     for camera, per_camera in zip(cameras, contexts, strict=True):
         memory = camera.memory
         some = next((c[0] for c in per_camera if c), int(memory.ids[0]))
         ids = np.array([c + [c[0] if c else some] * (width - len(c)) for c in per_camera], dtype=np.int64)  # (B_i, K)
+        priority.append(_trust(memory, ids))  # (B_i, K): observed 0, generated 1 (a loaded world may hold both)
         n = len(per_camera)
         frames.append(memory.frames(ids.ravel()).reshape(n, width, h, w, 3))  # (B_i, K, H, W, 3)
         depths.append(memory.depths(ids.ravel()).reshape(n, width, h, w))  # (B_i, K, H, W)
@@ -958,6 +967,7 @@ def _reproject(
             splat=first.splat,
             depth_tolerance=first.depth_tolerance,
             resolution_tolerance=first.resolution_tolerance,
+            priority=torch.from_numpy(np.concatenate(priority)).to(device),
             per_view=False,  # only the fused view is shown
         )
         rgb = fill_holes(res.fused_rgb, res.fused_mask, depth=res.fused_depth)  # (B, H, W, 3)

@@ -71,6 +71,7 @@ EDGE_TOLERANCE = 0.1  # relative depth step between neighbours treated as a surf
 #: 1.0 and 1.05 lift the reprojection camera's sharpness ratio from 0.55-0.65 to 0.66-0.79 at
 #: equal PSNR; 1.25 only to 0.60-0.72.
 RESOLUTION_TOLERANCE = 1.05
+_NO_PRIORITY = 1 << 62  # the priority of a view that does not see the front surface at a pixel
 MAX_DEPTH_KEY = 1e30  # metres: depths are clamped here before their bits enter the z-buffer keys
 
 _IDX_BITS = 28  # source index bits in a z-buffer key; a warp holds at most 2**28 source pixels
@@ -279,6 +280,7 @@ def forward_warp(
     max_footprint: int = 2,
     depth_tolerance: float = 0.02,
     resolution_tolerance: float | None = None,
+    priority: torch.Tensor | np.ndarray | None = None,
     near: float = NEAR,
     per_view: bool = True,
     backend: str = "auto",
@@ -309,6 +311,11 @@ def forward_warp(
             earliest. A floor seen from 3 m in one stored view and 1.5 m in another then comes
             from the nearer view, however the views were ranked, while a view at the target's
             own pose (magnification 1) is still kept exactly.
+        priority: optional (B, K) integers, lower is more trusted. Among the views of the front
+            surface only those of the lowest priority at the pixel are fused (then resolution,
+            then order decide among them): the cameras give observed frames 0 and generated
+            ones 1, so a generated view never replaces an observed view of the same surface,
+            however much sharper it samples it. None: all views are equal.
         near: target depths at or below this (metres) are dropped (behind the camera).
         per_view: False skips the per-view colours (``WarpResult.rgb`` is then None), which
             only the fused outputs' users do not need; per-view depth and mask are always given.
@@ -374,6 +381,16 @@ def forward_warp(
         if tuple(valid_t.shape) != (b, k):
             raise ValueError(f"valid must have shape (B, K) = {(b, k)}, got {tuple(valid_t.shape)}")
         valid_t = valid_t.to(torch.bool)
+    priority_t = None
+    if priority is not None:
+        priority_t = _as_tensor(priority, "priority", device)
+        if tuple(priority_t.shape) != (b, k) or priority_t.dtype.is_floating_point or priority_t.dtype == torch.bool:
+            raise ValueError(
+                f"priority must be (B, K) = {(b, k)} integers, got {tuple(priority_t.shape)} {priority_t.dtype}"
+            )
+        if bool((priority_t < 0).any()) or bool((priority_t >= _NO_PRIORITY).any()):
+            raise ValueError(f"priority must be integers in [0, 2**62), got {priority_t.tolist()}")
+        priority_t = priority_t.to(torch.int64)
     if use_np:
         return _forward_warp_np(
             frames_t.detach().numpy(),
@@ -385,6 +402,7 @@ def forward_warp(
             int(max_footprint),
             depth_tolerance,
             resolution_tolerance,
+            None if priority_t is None else priority_t.numpy(),
             near,
             per_view,
         )
@@ -457,6 +475,9 @@ def forward_warp(
     fused_mask = nearest < math.inf  # (B, H, W)
     limit = nearest * _f32(1.0 + depth_tolerance)
     front = depth_v <= limit[:, None]  # (B, K, H, W) views that see the front surface
+    if priority_t is not None:  # of those, only the most trusted class (observed before generated)
+        prio = torch.where(front, priority_t[:, :, None, None], _NO_PRIORITY)  # (B, K, H, W)
+        front &= prio == prio.amin(1, keepdim=True)
     view = torch.zeros((b, h, w), dtype=torch.int64, device=device)
     if resolution_tolerance is None:
         for j in range(k - 1, -1, -1):  # the earliest view within the tolerance wins
@@ -616,6 +637,7 @@ def _forward_warp_np(
     max_footprint: int,
     depth_tolerance: float,
     resolution_tolerance: float | None,
+    priority: np.ndarray | None,
     near: float,
     per_view: bool,
 ) -> WarpResult:
@@ -731,15 +753,19 @@ def _forward_warp_np(
     fused_mask = nearest < np.inf  # (B, HW)
     limit = nearest * _F32(1.0 + depth_tolerance)
     view = np.zeros((b, hw), dtype=np.int64)
+    front = depth_v <= limit[:, None]  # (B, K, HW) views that see the front surface
+    if priority is not None:  # as the torch path: only the most trusted class
+        prio = np.where(front, priority[:, :, None], _NO_PRIORITY)
+        front &= prio == prio.min(axis=1, keepdims=True)
     if resolution_tolerance is None:
         for j in range(k - 1, -1, -1):  # the earliest view within the tolerance wins
-            view[depth_v[:, j] <= limit] = j
+            view[front[:, j]] = j
     else:  # as the torch path: the earliest of the front surface's sharpest views
         mag_ext = np.empty(n_pix + 1, dtype=_F32)
         np.maximum(magnification, _F32(1.0), out=mag_ext[:n_pix])
         mag_ext[n_pix] = np.inf
         mag = mag_ext.take(winner)  # (B, K, HW), inf where empty
-        mag[depth_v > limit[:, None]] = np.inf
+        mag[~front] = np.inf
         accept = mag.min(axis=1) * _F32(resolution_tolerance)  # (B, HW)
         for j in range(k - 1, -1, -1):
             view[mag[:, j] <= accept] = j
@@ -981,6 +1007,7 @@ def warp_and_fill(
     splat: str = "nearest",
     depth_tolerance: float = 0.1,
     resolution_tolerance: float | None = RESOLUTION_TOLERANCE,
+    priority: torch.Tensor | np.ndarray | None = None,
     backend: str = "auto",
 ) -> FilledWarp:
     """Warp K posed RGB-D views per batch item into the target camera, fuse them and fill the holes.
@@ -1005,6 +1032,7 @@ def warp_and_fill(
         depth_tolerance: as :func:`forward_warp` (0.1, as the reprojection camera).
         resolution_tolerance: as :func:`forward_warp` (:data:`RESOLUTION_TOLERANCE`, as the
             reprojection camera; None: depth and view order alone).
+        priority: as :func:`forward_warp` (observed 0, generated 1).
         backend: as :func:`forward_warp` and :func:`fill_holes`.
 
     Returns:
@@ -1023,7 +1051,7 @@ def warp_and_fill(
     depth_t = torch.where(torch.isposinf(depth_t), torch.tensor(far, dtype=depth_t.dtype, device=device), depth_t)
     res = forward_warp(frames_t, depth_t, src_poses, tgt_poses, intrinsics, valid=valid, splat=splat,
                        depth_tolerance=depth_tolerance, resolution_tolerance=resolution_tolerance,
-                       per_view=False, backend=backend)
+                       priority=priority, per_view=False, backend=backend)
     mask = res.fused_mask  # (B, H, W)
     rgb = fill_holes(res.fused_rgb, mask, depth=res.fused_depth, backend=backend)  # (B, H, W, 3)
     log_depth = torch.where(mask, res.fused_depth, 1.0).log()[..., None]  # (B, H, W, 1)

@@ -102,3 +102,25 @@ def test_observe_many_with_depth_refuses_a_v1_model(tiny_checkpoint, scene):
     cam.reset(scene, scene.start_state.pose(), seed=0)
     with pytest.raises(ValueError, match="does not predict depth"):
         observe_many([cam], [np.eye(4)[None]], depth=True)
+
+
+def test_model_camera_warps_observed_views_before_its_own_generations(scene, tiny_v2_checkpoint, monkeypatch):
+    """Each generate call gets context_priority: 0 for the observed context views, 1 for generated ones."""
+    cam = ModelCamera(tiny_v2_checkpoint, k=4, world="image")
+    scene.reset(0)
+    start = scene.start_state.pose()
+    cam.reset(scene, start, seed=0)
+    seen = []
+    original = type(cam.model).generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(np.asarray(kwargs["context_priority"]).copy())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(cam.model), "generate", spy)
+    for pose in _walk_poses(scene, start, n=3):
+        cam.observe(pose[None])
+        ids = cam.last_context[0]
+        want = [0 if s == "observed" else 1 for s in cam.memory.sources(ids)]
+        assert seen[-1][0, : len(ids)].tolist() == want
+    assert seen[-1][0, 0] == 0 and 1 in seen[-1][0]  # the start frame and the camera's own frames

@@ -346,9 +346,10 @@ def test_miniworld_forward_step_and_turn_match_ground_truth():
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("resolution_tolerance", [None, RESOLUTION_TOLERANCE])
+@pytest.mark.parametrize(("resolution_tolerance", "priority"), [(None, None), (RESOLUTION_TOLERANCE, None),
+                                                                  (RESOLUTION_TOLERANCE, [[0, 1, 0], [1, 1, 0]])])
 @pytest.mark.parametrize("max_footprint", [1, 2, 3])
-def test_numpy_and_torch_backends_agree(max_footprint, resolution_tolerance):
+def test_numpy_and_torch_backends_agree(max_footprint, resolution_tolerance, priority):
     rng = np.random.default_rng(8)
     b, k = 2, 3
     frames = rng.integers(0, 256, (b, k, 64, 64, 3), dtype=np.uint8)
@@ -363,7 +364,8 @@ def test_numpy_and_torch_backends_agree(max_footprint, resolution_tolerance):
     tgt = np.stack([camera_pose(0.05, -0.3 + 0.1 * i, 0.05 * i) for i in range(b)])  # forward: magnified
     valid = np.ones((b, k), dtype=bool)
     valid[1, 2] = False
-    kw = dict(valid=valid, max_footprint=max_footprint, resolution_tolerance=resolution_tolerance, depth_tolerance=0.1)
+    kw = dict(valid=valid, max_footprint=max_footprint, resolution_tolerance=resolution_tolerance, depth_tolerance=0.1,
+              priority=None if priority is None else np.array(priority))
     ref = forward_warp(frames, depths, src, tgt, INTR, backend="torch", **kw)
     fast = forward_warp(frames, depths, src, tgt, INTR, backend="numpy", **kw)
     assert forward_warp(frames, depths, src, tgt, INTR, per_view=False, **kw).rgb is None
@@ -441,3 +443,29 @@ def test_resolution_tolerance_is_checked(value):
     frames, depths, src = _wall_views([3.0])
     with pytest.raises(ValueError, match="resolution_tolerance must be None or a finite number >= 1"):
         forward_warp(frames, depths, src, src[:, 0], INTR, resolution_tolerance=value)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_priority_keeps_the_observed_view_of_a_surface(backend):
+    # view 0 observed from 3.2 m, view 1 generated from 2.95 m (sharper): with priorities
+    # (observed 0, generated 1) the observed view keeps the surface; in front of it, a nearer
+    # surface seen only by the generated view still wins (priority only breaks same-surface ties)
+    frames, depths, src = _wall_views([3.2, 2.95])
+    tgt = camera_pose(0.1, 0.0, 0.0)[None]
+    kw = dict(depth_tolerance=0.1, backend=backend, resolution_tolerance=RESOLUTION_TOLERANCE)
+    inner = (slice(8, 56), slice(8, 56))
+    assert (forward_warp(frames, depths, src, tgt, INTR, **kw).fused_view[0][inner] == 1).all()
+    res = forward_warp(frames, depths, src, tgt, INTR, priority=np.array([[0, 1]]), **kw)
+    assert (res.fused_view[0][inner] == 0).all()
+    nearer = depths.copy()
+    nearer[0, 1, 20:40, 20:40] = 1.5  # a box in front of the wall, seen by the generated view only
+    res = forward_warp(frames, nearer, src, tgt, INTR, priority=np.array([[0, 1]]), **kw)
+    assert (res.fused_view[0][28:34, 28:34] == 1).all() and (res.fused_view[0][8:12, 8:12] == 0).all()
+
+
+@pytest.mark.parametrize(("value", "match"), [(np.array([[0.5]]), "integers"), (np.array([[0, 1]]), r"\(B, K\)"),
+                                              (np.array([[-1]]), r"\[0, 2\*\*62\)"), (np.array([[True]]), "integers")])
+def test_priority_is_checked(value, match):
+    frames, depths, src = _wall_views([3.0])
+    with pytest.raises(ValueError, match=match):
+        forward_warp(frames, depths, src, src[:, 0], INTR, priority=value)

@@ -174,12 +174,14 @@ def target_warp(
     intrinsics: Intrinsics,
     config: ModelConfig,
     context_valid: torch.Tensor | None = None,
+    context_priority: torch.Tensor | np.ndarray | None = None,
 ) -> torch.Tensor:
     """The network's target-aligned input: the context warped into each target camera, fused, filled.
 
     :func:`rtfm_env.warp.warp_and_fill` (z-buffered splatting of every view with its depth,
-    nearest surface wins, holes filled by push-pull from their far side), without gradients and
-    outside autocast, on the frames' device.
+    nearest surface wins, then the most trusted view (``context_priority``), then the least
+    magnified; holes filled by push-pull from their far side), without gradients and outside
+    autocast, on the frames' device.
 
     Args:
         context_frames: (B, K, 3, H, W) model frames in [-1, 1].
@@ -191,6 +193,8 @@ def target_warp(
         intrinsics: shared pinhole intrinsics.
         config: ``min_depth`` / ``max_depth`` set the depth normalisation.
         context_valid: optional (B, K) bool; padding views are not warped.
+        context_priority: optional (B, K) integers, lower is more trusted (observed 0, generated
+            1): see :func:`rtfm_env.warp.forward_warp`'s ``priority``.
 
     Returns:
         (B, 5, H, W) float32: RGB in [-1, 1], coverage mask (1 where a view covers the pixel, 0 in
@@ -205,7 +209,8 @@ def target_warp(
         target = _as_tensor(target_poses).to(device, torch.float64)
         source = _as_tensor(context_poses).to(device, torch.float64)
         valid = None if context_valid is None else context_valid.to(device)
-        filled = warp_and_fill(colours, depths, source, target, intrinsics, valid=valid, far=config.max_depth)
+        filled = warp_and_fill(colours, depths, source, target, intrinsics, valid=valid, far=config.max_depth,
+                               priority=context_priority)
         rgb = filled.rgb.permute(0, 3, 1, 2) * 2.0 - 1.0  # (B, 3, H, W)
         mask = filled.mask[:, None].to(torch.float32)  # (B, 1, H, W)
         depth = depth_to_model(filled.depth, config)[:, None]  # (B, 1, H, W)
@@ -749,6 +754,7 @@ class FrameModel:
         noise: np.ndarray | torch.Tensor | None = None,
         context_depths: np.ndarray | torch.Tensor | None = None,
         return_depth: bool = False,
+        context_priority: np.ndarray | torch.Tensor | None = None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Frames (and, for a depth-predicting model, depths) seen from ``target_poses``.
 
@@ -772,6 +778,11 @@ class FrameModel:
                 NaN (or 0) where unknown, e.g. a frame without depth. Required by a model that
                 reads depth (:attr:`needs_depth`: v2), ignored by one that does not (v1).
             return_depth: also return the predicted depth; only for a ``predict_depth`` model.
+            context_priority: optional (B, K) integers, lower is more trusted: where several
+                context views see the same surface, only the most trusted are warped into the
+                target (the cameras give observed frames 0 and generated frames 1, so the
+                camera's own generations never overwrite what was observed). None: all equal.
+                Only a model that reads the warp (``warp_input``) uses it.
 
         Returns:
             (B, H, W, 3) uint8 RGB frames; with ``return_depth``, (frames, depths) where depths
@@ -834,7 +845,8 @@ class FrameModel:
         valid_d = None if valid is None else valid.to(device)
         warp = context_feat = noise_level = None
         if cfg.warp_input:
-            warp = target_warp(context, depths, context_poses_np, target, intrinsics, cfg, valid_d)  # (B, 5, H, W)
+            warp = target_warp(context, depths, context_poses_np, target, intrinsics, cfg, valid_d,
+                               context_priority=context_priority)  # (B, 5, H, W)
         if cfg.depth_input:
             context_feat = depth_features(depths.to(device), cfg)  # (B, K, 2, H, W)
         if cfg.context_noise > 0:
