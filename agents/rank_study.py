@@ -46,7 +46,7 @@ from agents.ranking import MEASURES, agreement
 from rtfm_env.data.shards import atomic_write_bytes
 from rtfm_env.provenance import machine_info
 
-__all__ = ["parse_policies", "study", "study_table", "main"]
+__all__ = ["parse_policies", "study", "study_table", "transfer", "main"]
 
 
 def parse_policies(items: list[str]) -> tuple[list[str], list[str]]:
@@ -103,13 +103,23 @@ def study(
     out: Path,
     blind_ratio: float = 0.3,
     progress: bool = True,
+    groups: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate (or reuse) every camera, measure agreement with ``cfg.reference``; returns the JSON result."""
+    """Evaluate (or reuse) every camera, measure agreement with ``cfg.reference``; returns the JSON result.
+
+    ``groups`` maps a training camera to the names of the policies trained with it (the same
+    recipe and budget); the result then holds the train x test transfer matrix over the cameras
+    evaluated (:func:`transfer`).
+    """
     if cfg.reference not in cameras:
         raise ValueError(f"the reference {cfg.reference!r} must be one of the cameras {cameras}")
     unknown = sorted(set(privileged) - set(names))
     if unknown:
         raise ValueError(f"--privileged names {unknown} are not policy names {names}")
+    groups = groups or {}
+    unknown = sorted({n for members in groups.values() for n in members} - set(names))
+    if unknown:
+        raise ValueError(f"--groups names {unknown} are not policy names {names}")
     cfg.check()
     env_config, memory = env_setup(cfg)
     cache = out / "cameras"
@@ -172,7 +182,37 @@ def study(
         "results": results,
         "agreement": agree,
         "blind_check": blind,
+        "transfer": transfer(results, names, groups, cfg.reference) if groups else None,
     }
+
+
+def transfer(results: dict[str, Any], names: list[str], groups: dict[str, list[str]], reference: str) -> dict:
+    """The train x test matrix: each group's mean success and SPL under each evaluated camera.
+
+    Cells are means over the group's policies of their success rates (standard error over all
+    the group's episodes, pooled). ``ratio[train]`` is the group's success under ``reference``
+    divided by the ``reference``-trained group's success under ``reference`` (1 = as good as
+    training on the real thing).
+    """
+    index = {n: i for i, n in enumerate(names)}
+    cells: dict[str, dict[str, dict[str, float]]] = {}
+    for train, members in groups.items():
+        cells[train] = {}
+        for test, entry in results.items():
+            if test == BLIND:
+                continue
+            rows = [entry["rows"][index[n]] for n in members]
+            success = np.array([float(c) for r in rows for c in r["episode_success"]])
+            spl = np.array([v for r in rows for v in r["episode_spl"]], dtype=np.float64)
+            se = float(success.std(ddof=1) / math.sqrt(len(success))) if len(success) > 1 else 0.0
+            cells[train][test] = {"success": float(success.mean()), "success_se": se, "spl": float(spl.mean()),
+                                  "policies": len(rows)}  # fmt: skip
+    ratio = {}
+    base = cells.get(reference, {}).get(reference, {}).get("success")
+    for train in groups:
+        own = cells[train].get(reference, {}).get("success")
+        ratio[train] = own / base if base and own is not None else math.nan
+    return {"groups": groups, "cells": cells, "ratio": ratio, "reference": reference}
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -212,6 +252,17 @@ def study_table(result: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"Intervals: percentile bootstrap over episodes, {cfg['resamples']} resamples. MMRV is in success "
                  "(or SPL) units; lower is better.")  # fmt: skip
+    tr = result.get("transfer")
+    if tr:
+        tests = [c for c in cams if c != BLIND]
+        lines += ["", f"Transfer (train x test; mean success / SPL over each group's policies; ratio = success under "
+                      f"{tr['reference']} / the {tr['reference']}-trained group's):", "",
+                  "| trained with | " + " | ".join(f"test: {c}" for c in tests) + f" | ratio on {tr['reference']} |",
+                  "|---|" + "---:|" * (len(tests) + 1)]  # fmt: skip
+        for train, row in tr["cells"].items():
+            cells = [f"{row[c]['success']:.2f} ± {row[c]['success_se']:.2f} / {row[c]['spl']:.2f}" for c in tests]
+            lines.append(f"| {train} ({', '.join(tr['groups'][train])}) | " + " | ".join(cells)
+                         + f" | {_fmt(tr['ratio'][train])} |")  # fmt: skip
     blind = result["blind_check"]
     if blind is not None:
         verdict = "holds" if blind["needs_eyes"] else "FAILS"
@@ -265,6 +316,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--reference", default="ground_truth")
     p.add_argument("--policies", nargs="+", required=True, help="NAME=SPEC or SPEC, 2 or more")
     p.add_argument("--privileged", nargs="*", default=[], help="names of policies that do not read the view")
+    p.add_argument("--groups", nargs="*", default=[], metavar="CAMERA=NAME,NAME",
+                   help="policies trained with each camera (same recipe), for the transfer matrix")
     p.add_argument("--world", default=None, help="memory cameras' world (default: the envs' default, scan)")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=RankConfig.seed)
@@ -282,13 +335,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     names, specs = parse_policies(args.policies)
+    groups = {}
+    for item in args.groups:
+        camera, sep, members = item.partition("=")
+        if not sep or not camera or not members:
+            raise ValueError(f"a group is CAMERA=NAME[,NAME...], got {item!r}")
+        groups[camera] = members.split(",")
     env = {f.name: getattr(args, f.name) for f in dataclasses.fields(EnvConfig)
            if f.name not in ("camera", "env_id") and getattr(args, f.name) is not None}  # fmt: skip
     cfg = RankConfig(task=args.task, camera=args.cameras[0], policies=specs, reference=args.reference,
                      world=args.world, episodes=args.episodes, seed=args.seed, resamples=args.resamples,
                      checkpoint=args.checkpoint, env=env, batch=args.batch)  # fmt: skip
     out = Path(args.out)
-    result = study(cfg, list(args.cameras), names, list(args.privileged), out, args.blind_ratio, not args.quiet)
+    result = study(cfg, list(args.cameras), names, list(args.privileged), out, args.blind_ratio, not args.quiet, groups)
     atomic_write_bytes(out / "rank.json", (json.dumps(result, indent=1) + "\n").encode())
     table = study_table(result)
     atomic_write_bytes(out / "rank.md", table.encode())

@@ -21,7 +21,8 @@ def test_parse_policies_names_and_errors():
 def test_study_end_to_end_with_cache(tmp_path, one_thread, monkeypatch):
     out = tmp_path / "study"
     argv = [*ARGS, "--cameras", "ground_truth", "blind", "--policies", "random", "oracle=shortest_path", "seeker",
-            "--privileged", "random", "oracle", "--out", str(out)]  # fmt: skip
+            "--privileged", "random", "oracle", "--groups", "ground_truth=seeker,random", "blind=oracle",
+            "--out", str(out)]  # fmt: skip
     result = rank_study.main(argv)
     saved = json.loads((out / "rank.json").read_text())
     assert saved["policies"] == ["random", "oracle", "seeker"] and saved["cameras"] == ["ground_truth", "blind"]
@@ -32,6 +33,13 @@ def test_study_end_to_end_with_cache(tmp_path, one_thread, monkeypatch):
     assert blind["policies"] == ["seeker"] and blind["blind_success"] == 0.0 and blind["needs_eyes"] is True
     assert (out / "scatter.png").stat().st_size > 1000 and "Blind check (holds)" in (out / "rank.md").read_text()
     assert result["agreement"] == saved["agreement"]
+    cells = saved["transfer"]["cells"]
+    assert set(cells) == {"ground_truth", "blind"} and set(cells["ground_truth"]) == {"ground_truth"}  # blind: no test
+    pooled = (gt[2]["success"] + gt[0]["success"]) / 2
+    assert cells["ground_truth"]["ground_truth"]["success"] == pytest.approx(pooled)
+    assert saved["transfer"]["ratio"]["ground_truth"] == pytest.approx(1.0)
+    assert saved["transfer"]["ratio"]["blind"] == pytest.approx(1.0 / pooled)  # the oracle's 1.0 over the group's
+    assert "Transfer (train x test" in (out / "rank.md").read_text()
 
     # a rerun reuses both cameras' evaluations: nothing is evaluated again
     def boom(*a, **k):
@@ -48,6 +56,9 @@ def test_study_end_to_end_with_cache(tmp_path, one_thread, monkeypatch):
 def test_study_refuses_bad_requests(tmp_path):
     with pytest.raises(ValueError, match="reference"):
         rank_study.main([*ARGS, "--cameras", "blind", "reprojection", "--policies", "random", "seeker",
+                         "--out", str(tmp_path)])  # fmt: skip
+    with pytest.raises(ValueError, match="groups"):
+        rank_study.main([*ARGS, "--cameras", "ground_truth", "--policies", "random", "seeker", "--groups", "model=x",
                          "--out", str(tmp_path)])  # fmt: skip
     with pytest.raises(ValueError, match="privileged"):
         rank_study.main([*ARGS, "--cameras", "ground_truth", "--policies", "random", "seeker", "--privileged", "x",
