@@ -601,23 +601,23 @@ def _dumps(result: dict) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _row_spec(spec: str) -> tuple[str, Path, int | None]:
-    """``NAME=DIR`` or ``NAME=DIR,k=N`` (N context views per frame instead of the camera's default)."""
+def _row_spec(spec: str) -> tuple[str, Path, dict[str, int]]:
+    """``NAME=DIR`` with optional ``,k=N`` / ``,warp_k=N`` (the camera's context views: attended / warped)."""
     name, sep, rest = spec.partition("=")
-    directory, comma, option = rest.partition(",")
-    k = None
-    if comma:
+    directory, *options = rest.split(",")
+    camera: dict[str, int] = {}
+    for option in options:
         key, eq, value = option.partition("=")
-        if key != "k" or not eq or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"--model takes NAME=DIR or NAME=DIR,k=N (N >= 1), got {spec!r}")
-        k = int(value)
+        if key not in ("k", "warp_k") or key in camera or not eq or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--model takes NAME=DIR[,k=N][,warp_k=N] (N >= 1), got {spec!r}")
+        camera[key] = int(value)
     if not sep or not name or not directory:
-        raise ValueError(f"--model takes NAME=DIR or NAME=DIR,k=N, got {spec!r}")
-    return name, Path(directory), k
+        raise ValueError(f"--model takes NAME=DIR[,k=N][,warp_k=N], got {spec!r}")
+    return name, Path(directory), camera
 
 
 def model_rows(cfg: ClosedLoopConfig) -> dict[str, Path]:
-    """Checkpoint directory of each model row: ``model`` and every ``--model NAME=DIR[,k=N]``."""
+    """Checkpoint directory of each model row: ``model`` and every ``--model NAME=DIR[,k=N][,warp_k=N]``."""
     rows = {"model": Path(cfg.checkpoint) if cfg.checkpoint else DEFAULT_CHECKPOINT}
     for spec in cfg.models:
         name, directory, _ = _row_spec(spec)
@@ -627,9 +627,9 @@ def model_rows(cfg: ClosedLoopConfig) -> dict[str, Path]:
     return rows
 
 
-def model_context(cfg: ClosedLoopConfig) -> dict[str, int]:
-    """The model rows given ``,k=N``: their context views per frame (others use the camera's default)."""
-    return {name: k for name, _, k in map(_row_spec, cfg.models) if k is not None}
+def model_context(cfg: ClosedLoopConfig) -> dict[str, dict[str, int]]:
+    """The model rows given ``,k=N`` or ``,warp_k=N``: those camera options (others use the camera's defaults)."""
+    return {name: camera for name, _, camera in map(_row_spec, cfg.models) if camera}
 
 
 def check_config(cfg: ClosedLoopConfig) -> list[str]:
@@ -669,7 +669,8 @@ def main(cfg: ClosedLoopConfig) -> dict:
             "path": os.path.relpath(d) if d.resolve().is_relative_to(Path.cwd()) else str(d),
             "sha256": sha256_file(d / WEIGHTS_FILE),
             "step": json.loads((d / "config.json").read_text()).get("extra", {}).get("step"),
-            "k": model_context(cfg).get(name),
+            "k": model_context(cfg).get(name, {}).get("k"),
+            "warp_k": model_context(cfg).get(name, {}).get("warp_k"),
         }
         for name, d in rows.items()
     }
@@ -698,8 +699,7 @@ def main(cfg: ClosedLoopConfig) -> dict:
             kwargs["world"] = regime
         if camera in models:
             kwargs.update(camera="model", checkpoint=models[camera])  # a loaded FrameModel, shared by all envs
-            if camera in model_context(cfg):
-                kwargs["k"] = model_context(cfg)[camera]
+            kwargs.update(model_context(cfg).get(camera, {}))
         return gym.make(cfg.env_id, **kwargs)
 
     for env_id in cfg.envs:

@@ -414,7 +414,13 @@ class ModelCamera(MemoryCamera):
         checkpoint: a checkpoint directory (``save_checkpoint``'s layout), None for the shipped
             :data:`DEFAULT_CHECKPOINT`, or a loaded :class:`FrameModel` to share (its device and
             precision are then kept, and ``device`` and ``autocast`` must be None).
-        k: context frames per generated frame, 1 to the model's ``max_context``.
+        k: context frames per generated frame that the network attends to, 1 to the model's
+            ``max_context``.
+        warp_k: context frames warped into the target for the network's warp input (a model
+            with ``warp_input``), k to ``max_context``; the network attends to the first ``k``
+            of them. The warp's cost barely grows with the views, the network's grows with each,
+            so more views in the warp cover more of the target (fewer holes to paint, each
+            surface from its sharpest view) at about the network cost of ``k``. None: ``k``.
         steps: Euler sampling steps, 1 to 1000; None for the model's ``sample_steps``.
         context_strategy: one of :data:`CONTEXT_STRATEGIES`.
         seed_views: ground-truth frames stored at reset (the start and turns in place).
@@ -462,6 +468,7 @@ class ModelCamera(MemoryCamera):
         gelu: str | None = None,
         compile: bool = False,  # noqa: A002 (torch's own name for it)
         world: str | os.PathLike = DEFAULT_WORLD,
+        warp_k: int | None = None,
     ) -> None:
         super().__init__(world=world, seed_views=seed_views, memory_capacity=memory_capacity)
         if not isinstance(context_strategy, str) or context_strategy not in CONTEXT_STRATEGIES:
@@ -520,7 +527,13 @@ class ModelCamera(MemoryCamera):
         max_context = self.model.config.max_context
         if not (_is_int(k) and 1 <= k <= max_context):
             raise ValueError(f"k must be an integer in [1, {max_context}] (the model's max_context), got {k!r}")
+        if warp_k is not None and not (_is_int(warp_k) and k <= warp_k <= max_context):
+            raise ValueError(f"warp_k must be None or an integer in [k, {max_context}] = [{k}, {max_context}], "
+                             f"got {warp_k!r}")
         self.k = int(k)
+        # Views warped into the target: the network attends to the first k, the warp fuses all.
+        # A model that reads no warp (v1, the implicit ablation) uses k views only.
+        self.warp_k = self.k if warp_k is None or not self.model.config.warp_input else int(warp_k)
         self.steps = None if steps is None else int(steps)
         self.context_strategy = context_strategy
         self.seed = int(seed)
@@ -588,6 +601,7 @@ class ModelCamera(MemoryCamera):
             "camera": "model",
             "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
             "k": self.k,
+            "warp_k": self.warp_k,
             "steps": self.model.config.sample_steps if self.steps is None else self.steps,
             "context_strategy": self.context_strategy,
             "world": str(self.world),
@@ -708,15 +722,17 @@ def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[tup
     model = first.model
     cap = model.config.max_context
     contexts = [
-        [select_context(camera.memory, p, camera.k, camera.context_strategy, camera.intrinsics, cap) for p in batch]
+        [select_context(camera.memory, p, camera.warp_k, camera.context_strategy, camera.intrinsics, cap)
+         for p in batch]
         for camera, batch in zip(cameras, batches, strict=True)
-    ]
+    ]  # fmt: skip
     width = max(len(c) for per_camera in contexts for c in per_camera)
-    frames, context_poses, context_depths, valid, noise, priority = [], [], [], [], [], []
+    frames, context_poses, context_depths, valid, noise, priority, attend = [], [], [], [], [], [], []
     for camera, batch, per_camera in zip(cameras, batches, contexts, strict=True):
         memory, b = camera.memory, len(batch)
         ids = np.array([c + [c[0]] * (width - len(c)) for c in per_camera], dtype=np.int64)  # (B_i, K)
         valid.append([[j < len(c) for j in range(width)] for c in per_camera])
+        attend.append([[j < min(len(c), camera.k) for j in range(width)] for c in per_camera])
         priority.append(_trust(memory, ids))  # (B_i, K): observed 0, generated 1
         frames.append(memory.frames(ids.ravel()).reshape(b, width, *memory.resolution, 3))  # (B_i, K, H, W, 3)
         context_poses.append(memory.poses(ids.ravel()).reshape(b, width, 4, 4))  # (B_i, K, 4, 4)
@@ -736,6 +752,8 @@ def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[tup
         context_depths=np.concatenate(context_depths) if context_depths else None,
         return_depth=model.predicts_depth,
         context_priority=np.concatenate(priority),
+        context_attend=None if valid_all.all() and all(c.warp_k == c.k for c in cameras) else
+        np.concatenate([np.array(a, dtype=bool).reshape(-1, width) for a in attend]),
     )
     depth = None
     if model.predicts_depth:

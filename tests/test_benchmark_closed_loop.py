@@ -150,11 +150,11 @@ def test_bad_options_fail_with_the_choices():
         closed_loop.check_config(closed_loop.ClosedLoopConfig(regimes=["room"]))
     with pytest.raises(ValueError, match="NAME=DIR"):
         closed_loop.check_config(closed_loop.ClosedLoopConfig(models=["nodir"]))
-    for bad in ("a=dir,k=0", "a=dir,k=x", "a=dir,n=4"):
-        with pytest.raises(ValueError, match="NAME=DIR,k=N"):
+    for bad in ("a=dir,k=0", "a=dir,k=x", "a=dir,n=4", "a=dir,k=2,k=3"):
+        with pytest.raises(ValueError, match=r"NAME=DIR\[,k=N\]"):
             closed_loop.check_config(closed_loop.ClosedLoopConfig(models=[bad]))
-    cfg = closed_loop.ClosedLoopConfig(models=["wide=some/dir,k=4", "plain=other"])
+    cfg = closed_loop.ClosedLoopConfig(models=["wide=some/dir,k=4", "plain=other", "warped=d,k=2,warp_k=4"])
     assert closed_loop.model_rows(cfg)["wide"] == Path("some/dir")
-    assert closed_loop.model_context(cfg) == {"wide": 4}
+    assert closed_loop.model_context(cfg) == {"wide": {"k": 4}, "warped": {"k": 2, "warp_k": 4}}
     seeds = closed_loop.episode_seeds(0, "MiniWorld-YMaze-v0", 0)
     assert len(set(seeds)) == 3 and seeds != closed_loop.episode_seeds(0, "MiniWorld-YMaze-v0", 1)

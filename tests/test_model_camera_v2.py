@@ -124,3 +124,30 @@ def test_model_camera_warps_observed_views_before_its_own_generations(scene, tin
         want = [0 if s == "observed" else 1 for s in cam.memory.sources(ids)]
         assert seen[-1][0, : len(ids)].tolist() == want
     assert seen[-1][0, 0] == 0 and 1 in seen[-1][0]  # the start frame and the camera's own frames
+
+
+def test_warp_k_warps_more_views_than_the_network_attends(scene, tiny_v2_checkpoint, tiny_checkpoint, monkeypatch):
+    """ModelCamera(k=2, warp_k=4): up to 4 context views, the network attending to the first 2 of each."""
+    cam = ModelCamera(tiny_v2_checkpoint, k=2, warp_k=4, world="scan")
+    assert cam.options["warp_k"] == 4 and cam.options["k"] == 2
+    scene.reset(0)
+    start = scene.start_state.pose()
+    cam.reset(scene, start, seed=0)
+    seen = []
+    original = type(cam.model).generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("context_attend"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(cam.model), "generate", spy)
+    cam.observe(_walk_poses(scene, start, n=2))
+    ids = cam.last_context
+    assert all(2 < len(c) <= 4 for c in ids)
+    attend = np.asarray(seen[-1])
+    assert attend.shape == (2, max(len(c) for c in ids))
+    for row in attend:
+        assert row.tolist() == [j < 2 for j in range(len(row))]
+    with pytest.raises(ValueError, match="warp_k must be None or an integer in"):
+        ModelCamera(tiny_v2_checkpoint, k=2, warp_k=1)
+    assert ModelCamera(tiny_checkpoint, k=2, warp_k=4).warp_k == 2  # a model without warp input: k views

@@ -618,3 +618,41 @@ def test_generate_raises_on_nan_depth_instead_of_returning_it():
     model.generate(target_poses, frames, context_poses, INTR, context_depths=depths)  # frames alone are fine
     with pytest.raises(FloatingPointError, match="predicted depth has .* NaN"):
         model.generate(target_poses, frames, context_poses, INTR, context_depths=depths, return_depth=True)
+
+
+def test_context_attend_feeds_every_view_to_the_warp_and_only_attended_ones_to_the_network(monkeypatch):
+    """context_attend: the warp fuses all K views, the network encodes the attended columns only."""
+    frames, context_poses, target_poses, depths = plane_scene()  # K = 2
+    model = sm.FrameModel(randomized(TINY_V2), autocast_dtype=None)
+    args = (target_poses, frames, context_poses, INTR)
+    encoded, warped = [], []
+    real_encode, real_warp = model._encode_context, sm.target_warp
+
+    def encode(context, rays, valid, **kwargs):
+        encoded.append((tuple(context.shape), None if valid is None else valid.tolist()))
+        return real_encode(context, rays, valid, **kwargs)
+
+    def warp(context, *a, **k):
+        warped.append(context.shape[1])
+        return real_warp(context, *a, **k)
+
+    monkeypatch.setattr(model, "_encode_context", encode)
+    monkeypatch.setattr(sm, "target_warp", warp)
+    noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    full = model.generate(*args, context_depths=depths, noise=noise)
+    everything = model.generate(*args, context_depths=depths, noise=noise, context_attend=np.ones((2, 2), bool))
+    np.testing.assert_array_equal(full, everything)  # attending every view is the default
+    first = model.generate(*args, context_depths=depths, noise=noise, context_attend=np.array([[1, 0], [1, 0]], bool))
+    assert warped == [2, 2, 2]  # the warp always fuses both views
+    assert encoded[-1] == ((2, 1, 3, 32, 32), None)  # the network encodes view 0 only
+    assert not np.array_equal(first, full)
+    mixed = model.generate(*args, context_depths=depths, noise=noise, context_attend=np.array([[1, 0], [1, 1]], bool))
+    assert encoded[-1] == ((2, 2, 3, 32, 32), [[True, False], [True, True]])
+    np.testing.assert_array_equal(mixed[0], first[0])  # a row attending view 0 alone is the same either way
+    with pytest.raises(ValueError, match="context_attend must be bool"):
+        model.generate(*args, context_depths=depths, context_attend=np.ones((2, 3), bool))
+    with pytest.raises(ValueError, match="no valid context view"):
+        model.generate(*args, context_depths=depths, context_attend=np.array([[0, 0], [1, 1]], bool))
+    v1 = sm.FrameModel(randomized(nw.model_config("T", height=32, width=32, max_context=4)), autocast_dtype=None)
+    with pytest.raises(ValueError, match="reads no warp"):
+        v1.generate(target_poses, frames, context_poses, INTR, context_attend=np.array([[1, 0], [1, 0]], bool))

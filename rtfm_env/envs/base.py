@@ -131,7 +131,8 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
       trajectory, the robot and what the task draws).
     - Model camera only (errors with another camera; None keeps the camera's default):
       ``checkpoint`` (directory; None for the shipped one), ``k`` (context frames per
-      generated frame), ``context_strategy`` (one of
+      generated frame), ``warp_k`` (context frames warped into the target, the network
+      attending to the first ``k``), ``context_strategy`` (one of
       :data:`rtfm_env.cameras.CONTEXT_STRATEGIES`: ``"spatial"`` is context juggling,
       ``"last_k"``, ``"first_only"`` and ``"all"`` the baselines), ``sampling_steps`` (Euler
       steps per frame), ``seed_views`` (ground-truth frames stored at reset: the start view and
@@ -187,6 +188,7 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         render_mode: str | None = None,
         checkpoint: str | os.PathLike | None = None,
         k: int | None = None,
+        warp_k: int | None = None,
         context_strategy: str | None = None,
         sampling_steps: int | None = None,
         seed_views: int | None = None,
@@ -228,6 +230,7 @@ class RTFMEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         camera_options = {
             "checkpoint": checkpoint,
             "k": k,
+            "warp_k": warp_k,
             "context_strategy": context_strategy,
             "sampling_steps": sampling_steps,
             "seed_views": seed_views,

@@ -755,6 +755,7 @@ class FrameModel:
         context_depths: np.ndarray | torch.Tensor | None = None,
         return_depth: bool = False,
         context_priority: np.ndarray | torch.Tensor | None = None,
+        context_attend: np.ndarray | torch.Tensor | None = None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Frames (and, for a depth-predicting model, depths) seen from ``target_poses``.
 
@@ -783,6 +784,12 @@ class FrameModel:
                 target (the cameras give observed frames 0 and generated frames 1, so the
                 camera's own generations never overwrite what was observed). None: all equal.
                 Only a model that reads the warp (``warp_input``) uses it.
+            context_attend: optional (B, K) bool, the context views the network attends to; the
+                others only enter the warp (a model with ``warp_input``). The network's cost
+                grows with the views it attends to, the warp's barely, so a camera can warp more
+                views than it attends (``ModelCamera(warp_k=...)``). None: every valid view.
+                Each row must attend to at least one valid view; the network reads the columns
+                up to the last one attended anywhere.
 
         Returns:
             (B, H, W, 3) uint8 RGB frames; with ``return_depth``, (frames, depths) where depths
@@ -836,6 +843,21 @@ class FrameModel:
                                  f"context_depths ({b}, {k}, {h}, {w}) metres, NaN where a frame has none")
             depths = _check_depths(context_depths, "context_depths", (b, k, h, w))
 
+        net_k, net_valid = k, valid  # the views the network attends to: the first net_k columns
+        if context_attend is not None:
+            attend = _as_tensor(context_attend)
+            if attend.dtype != torch.bool or tuple(attend.shape) != (b, k):
+                raise ValueError(f"context_attend must be bool of shape {(b, k)}, got {attend.dtype} "
+                                 f"{tuple(attend.shape)}")
+            if not cfg.warp_input and not bool(attend.all()):
+                raise ValueError("context_attend leaves views to the warp only, but this model reads no warp "
+                                 "(warp_input is off): every view must be attended")
+            both = attend if valid is None else attend & valid
+            net_k = int(both.any(dim=0).nonzero().max()) + 1 if bool(both.any()) else 0
+            net_valid = _check_valid(both[:, :net_k].contiguous(), b, net_k) if net_k else _check_valid(both, b, k)
+            if bool(net_valid.all()):
+                net_valid = None
+
         device = self.device
         target_rays, context_rays = posed_rays(target, context_poses_np, intrinsics)
         nearest = None
@@ -848,9 +870,9 @@ class FrameModel:
             warp = target_warp(context, depths, context_poses_np, target, intrinsics, cfg, valid_d,
                                context_priority=context_priority)  # (B, 5, H, W)
         if cfg.depth_input:
-            context_feat = depth_features(depths.to(device), cfg)  # (B, K, 2, H, W)
+            context_feat = depth_features(depths[:, :net_k].to(device), cfg)  # (B, K', 2, H, W)
         if cfg.context_noise > 0:
-            noise_level = torch.zeros(b, k, device=device)  # (B, K): the context is as it is
+            noise_level = torch.zeros(b, net_k, device=device)  # (B, K'): the context is as it is
         target_rays = target_rays.to(device)
         context_rays = context_rays.to(device)
         rows = None  # the targets the network runs on; None: all
@@ -871,8 +893,10 @@ class FrameModel:
                 return x[rows.cpu().numpy()] if isinstance(x, np.ndarray) else x[rows.to(x.device)]
 
             with torch.inference_mode(), self._autocast():
-                cache = self._encode_context(pick(context), pick(context_rays), pick(valid_d), warp=pick(warp),
-                                             context_depth=pick(context_feat), noise_level=pick(noise_level))
+                net_valid_d = None if net_valid is None else net_valid.to(device)
+                cache = self._encode_context(pick(context[:, :net_k]), pick(context_rays[:, :net_k]),
+                                             pick(net_valid_d), warp=pick(warp), context_depth=pick(context_feat),
+                                             noise_level=pick(noise_level))
                 x0, _ = flow_start(pick(context), pick(nearest), cfg, generator, pick(eps), cfg.sample_sigma,
                                    warp=pick(warp))  # (B', 3, H, W)
                 x1, raw_depth = sample(self.network, x0, pick(target_rays), cache, steps, self._denoise,
