@@ -50,6 +50,7 @@ __all__ = [
     "AUTOCAST_DTYPES",
     "default_autocast",
     "DEFAULT_CHECKPOINT",
+    "DEFAULT_WARP_K",
     "V1_CHECKPOINT",
     "select_context",
     "turn_in_place",
@@ -393,6 +394,14 @@ class MemoryCamera(Camera):
         """Raise ``ValueError`` when a loaded memory lacks what this camera needs."""
 
 
+#: The model camera's default ``warp_k``: context views warped into the target (the network
+#: attends to ``k`` = 2 of them). Measured in the closed loop (docs/results/closed_loop): against
+#: warping the 2 attended views only, +0.5 to +1.0 dB in the scan regime (meeting "reprojection
+#: - 0.5 dB" in every window) and +0.4 dB in walk steps 51-200; the image regime is unchanged
+#: (its only observed frame is the start).
+DEFAULT_WARP_K = 4
+
+
 class ModelCamera(MemoryCamera):
     """The frame model as a camera: each frame is generated from posed frames in a spatial memory.
 
@@ -422,7 +431,9 @@ class ModelCamera(MemoryCamera):
             would carry the camera's own blur forward). The warp's cost barely grows with the
             views, the network's grows with each, so more views in the warp cover more of the
             target (fewer holes to paint, each surface from its sharpest view) at about the
-            network cost of ``k``. None: ``k``.
+            network cost of ``k``. Only context juggling (``spatial``) uses it; the baseline
+            strategies attend to exactly what they pick. None: :data:`DEFAULT_WARP_K` (or ``k`` if larger, capped at
+            ``max_context``); ``warp_k=k`` warps only the attended views.
         steps: Euler sampling steps, 1 to 1000; None for the model's ``sample_steps``.
         context_strategy: one of :data:`CONTEXT_STRATEGIES`.
         seed_views: ground-truth frames stored at reset (the start and turns in place).
@@ -535,7 +546,12 @@ class ModelCamera(MemoryCamera):
         self.k = int(k)
         # Views warped into the target: the network attends to the first k, the warp fuses all.
         # A model that reads no warp (v1, the implicit ablation) uses k views only.
-        self.warp_k = self.k if warp_k is None or not self.model.config.warp_input else int(warp_k)
+        if not self.model.config.warp_input:
+            self.warp_k = self.k
+        elif warp_k is None:
+            self.warp_k = min(max(self.k, DEFAULT_WARP_K), max_context)
+        else:
+            self.warp_k = int(warp_k)
         self.steps = None if steps is None else int(steps)
         self.context_strategy = context_strategy
         self.seed = int(seed)
@@ -627,6 +643,11 @@ class ModelCamera(MemoryCamera):
             )
 
 
+def _wanted(camera: ModelCamera) -> int:
+    """Context views to select: ``warp_k`` for context juggling (``spatial``), ``k`` for the baselines."""
+    return camera.warp_k if camera.context_strategy == "spatial" else camera.k
+
+
 def _warp_context(camera: ModelCamera, ids: list[int]) -> list[int]:
     """The first ``k`` ids (the network's context), then only the observed ones among the rest.
 
@@ -635,7 +656,7 @@ def _warp_context(camera: ModelCamera, ids: list[int]) -> list[int]:
     softer guess forward (measured: with generated extras the image regime's sharpness in steps
     11-50 fell from 0.84 to 0.55).
     """
-    if len(ids) <= camera.k:
+    if len(ids) <= camera.k or _wanted(camera) == camera.k:
         return ids
     rest = ids[camera.k :]
     observed = [i for i, source in zip(rest, camera.memory.sources(rest), strict=True) if source == "observed"]
@@ -739,7 +760,7 @@ def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[tup
     model = first.model
     cap = model.config.max_context
     contexts = [
-        [_warp_context(camera, select_context(camera.memory, p, camera.warp_k, camera.context_strategy,
+        [_warp_context(camera, select_context(camera.memory, p, _wanted(camera), camera.context_strategy,
                                               camera.intrinsics, cap)) for p in batch]
         for camera, batch in zip(cameras, batches, strict=True)
     ]  # fmt: skip
@@ -749,7 +770,8 @@ def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[tup
         memory, b = camera.memory, len(batch)
         ids = np.array([c + [c[0]] * (width - len(c)) for c in per_camera], dtype=np.int64)  # (B_i, K)
         valid.append([[j < len(c) for j in range(width)] for c in per_camera])
-        attend.append([[j < min(len(c), camera.k) for j in range(width)] for c in per_camera])
+        attended = camera.k if _wanted(camera) > camera.k else width  # the baselines attend to all they pick
+        attend.append([[j < min(len(c), attended) for j in range(width)] for c in per_camera])
         priority.append(_trust(memory, ids))  # (B_i, K): observed 0, generated 1
         frames.append(memory.frames(ids.ravel()).reshape(b, width, *memory.resolution, 3))  # (B_i, K, H, W, 3)
         context_poses.append(memory.poses(ids.ravel()).reshape(b, width, 4, 4))  # (B_i, K, 4, 4)
@@ -769,7 +791,7 @@ def _generate(cameras: list[ModelCamera], batches: list[np.ndarray]) -> list[tup
         context_depths=np.concatenate(context_depths) if context_depths else None,
         return_depth=model.predicts_depth,
         context_priority=np.concatenate(priority),
-        context_attend=None if valid_all.all() and all(c.warp_k == c.k for c in cameras) else
+        context_attend=None if all(_wanted(c) == c.k for c in cameras) else
         np.concatenate([np.array(a, dtype=bool).reshape(-1, width) for a in attend]),
     )
     depth = None

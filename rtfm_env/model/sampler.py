@@ -849,7 +849,7 @@ class FrameModel:
             if attend.dtype != torch.bool or tuple(attend.shape) != (b, k):
                 raise ValueError(f"context_attend must be bool of shape {(b, k)}, got {attend.dtype} "
                                  f"{tuple(attend.shape)}")
-            if not cfg.warp_input and not bool(attend.all()):
+            if not cfg.warp_input and not bool((attend if valid is None else attend | ~valid).all()):
                 raise ValueError("context_attend leaves views to the warp only, but this model reads no warp "
                                  "(warp_input is off): every view must be attended")
             both = attend if valid is None else attend & valid
