@@ -79,12 +79,19 @@ def plot(runs: dict[str, Path], rank_path: Path | None, out: Path) -> None:
     for ax in axes[0]:
         ax.set_ylim(-0.03, 1.03)
         ax.tick_params(labelsize=7)
+    save_figure(fig, out)
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure as a PNG (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
-    tmp.replace(out)
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from agents.envs import EnvConfig
+from agents.plot_curves import save_figure
 from agents.rank import BLIND, RANKED, RankConfig, _ranks, env_setup, evaluate_camera
 from agents.ranking import MEASURES, agreement
 from rtfm_env.data.shards import atomic_write_bytes
@@ -300,12 +301,7 @@ def plot_scatter(result: dict[str, Any], path: Path) -> None:
         ax.set_ylim(-0.03, 1.03)
         ax.tick_params(labelsize=6)
     fig.suptitle(f"{result['config']['task']}: per-policy success", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
