@@ -151,10 +151,13 @@ def test_warp_k_warps_more_views_than_the_network_attends(scene, tiny_v2_checkpo
     # views beyond k are observed frames only: from one start image, the extras are that image at most
     single = ModelCamera(tiny_v2_checkpoint, k=1, warp_k=4, world="image", seed_views=2)
     single.reset(scene, start, seed=0)
+    extras_seen = 0
     for pose in _walk_poses(scene, start, n=4):
         single.observe(pose[None])
         extras = single.last_context[0][1:]
         assert all(src == "observed" for src in single.memory.sources(extras))
+        extras_seen += len(extras)
+    assert extras_seen > 0  # the second observed frame did enter the warp beside the attended view
     assert "generated" in single.memory.sources(single.memory.ids)
     with pytest.raises(ValueError, match="warp_k must be None or an integer in"):
         ModelCamera(tiny_v2_checkpoint, k=2, warp_k=1)
