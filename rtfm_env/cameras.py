@@ -653,8 +653,8 @@ def _warp_context(camera: ModelCamera, ids: list[int]) -> list[int]:
 
     Views beyond ``k`` enter the warp alone, where a covered pixel is kept as warped: an
     observed view is the world as it was seen, a generated one would copy the camera's own
-    softer guess forward (measured: with generated extras the image regime's sharpness in steps
-    11-50 fell from 0.84 to 0.55).
+    softer guess forward (an exploratory closed-loop run, not committed: with generated extras
+    the image regime's sharpness in steps 11-50 fell from 0.84 to 0.55).
     """
     if len(ids) <= camera.k or _wanted(camera) == camera.k:
         return ids

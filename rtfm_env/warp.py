@@ -67,9 +67,9 @@ EDGE_TOLERANCE = 0.1  # relative depth step between neighbours treated as a surf
 #: Resolution-aware fusion (``forward_warp(resolution_tolerance=...)``, the cameras' setting): views
 #: magnified up to this factor times the sharpest view's magnification go by retrieval order. The
 #: 5% is float slack, so that a view at the target's own pose (magnification 1 up to rounding)
-#: keeps its place. Measured in the scan regime (YMaze, steps 11-60 of a closed-loop walk):
-#: 1.0 and 1.05 lift the reprojection camera's sharpness ratio from 0.55-0.65 to 0.66-0.79 at
-#: equal PSNR; 1.25 only to 0.60-0.72.
+#: keeps its place. An exploratory diagnostic (not a committed benchmark; scan regime, YMaze,
+#: steps 11-60) gave reprojection sharpness ratios of 0.66-0.79 with 1.0 and 1.05 against
+#: 0.60-0.72 with 1.25, at equal PSNR; the committed effect is docs/results/closed_loop.
 RESOLUTION_TOLERANCE = 1.05
 _NO_PRIORITY = 1 << 62  # the priority of a view that does not see the front surface at a pixel
 MAX_DEPTH_KEY = 1e30  # metres: depths are clamped here before their bits enter the z-buffer keys
