@@ -305,3 +305,13 @@ def test_gelu_form_is_part_of_what_an_evaluation_resumes_with():
     assert RevisitConfig().identity()["gelu"] == RevisitConfig(gelu="none").identity()["gelu"] == "none"
     with pytest.raises(ValueError, match="unknown gelu 'relu'"):
         evaluate(RevisitConfig(out="unused", gelu="relu", **TINY), progress=False)
+
+
+def test_warp_k_is_part_of_what_an_evaluation_resumes_with():
+    """The spatial camera's warp_k is recorded as the value used, so a changed default does not resume."""
+    from rtfm_env.cameras import DEFAULT_WARP_K
+
+    assert RevisitConfig().identity()["warp_k"] == RevisitConfig(warp_k=DEFAULT_WARP_K).identity()["warp_k"]
+    assert RevisitConfig(warp_k=2).identity()["warp_k"] == 2 != RevisitConfig().identity()["warp_k"]
+    with pytest.raises(ValueError, match="warp_k must be None"):
+        evaluate(RevisitConfig(out="unused", warp_k=1, k=2, **TINY), progress=False)

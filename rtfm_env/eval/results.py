@@ -87,6 +87,9 @@ class RevisitConfig:
     strategies: list[str] | None = None  # subset of STRATEGIES; None: all that apply
     kinds: list[str] = field(default_factory=lambda: list(SUITE_KINDS))  # trajectory families
     k: int = 2  # context views per generated frame (spatial, last_k, first_only)
+    # Retrieved views the spatial strategy warps into the target (ModelCamera's warp_k); None:
+    # the camera's default (cameras.DEFAULT_WARP_K), recorded in the identity as the value used.
+    warp_k: int | None = None
     steps: int | None = None  # sampling steps; None: the checkpoint's default
     memory_capacity: int | None = None  # frames each model camera keeps; None: every frame
     resolution: int = 64  # pixels, square frames (must match the checkpoint)
@@ -131,6 +134,10 @@ class RevisitConfig:
         d = asdict(self)
         for key in ("out", "episodes", "envs", "threads"):
             d.pop(key)
+        if d["warp_k"] is None:  # recorded as the camera's default, so a later default does not resume it
+            from rtfm_env.cameras import DEFAULT_WARP_K
+
+            d["warp_k"] = max(self.k, DEFAULT_WARP_K)
         if d["all_cap"] is None:
             d.pop("all_cap")  # absent as before the option existed: earlier evaluations still resume
         # Evaluations made before the option ran the trained tanh form: the key is absent for it,

@@ -122,6 +122,9 @@ def _validate(cfg: RevisitConfig) -> tuple[list[str], list[str]]:
     if cfg.all_cap is not None and (isinstance(cfg.all_cap, bool) or not isinstance(cfg.all_cap, int)
                                     or cfg.all_cap < 1):
         raise ValueError(f"all_cap must be None (the model's max_context) or an integer >= 1, got {cfg.all_cap!r}")
+    if cfg.warp_k is not None and (isinstance(cfg.warp_k, bool) or not isinstance(cfg.warp_k, int)
+                                   or cfg.warp_k < cfg.k):
+        raise ValueError(f"warp_k must be None (the camera's default) or an integer >= k ({cfg.k}), got {cfg.warp_k!r}")
     if cfg.gelu not in (None, "tanh", "none"):
         raise ValueError(f"unknown gelu {cfg.gelu!r}; valid: ['tanh', 'none'] (or None for the default)")
     for name in ("episodes", "tour_every"):
@@ -504,6 +507,7 @@ def evaluate(
                 k=min(cfg.k, cfg.all_cap) if s == "all" and cfg.all_cap is not None else cfg.k,
                 steps=cfg.steps, context_strategy=s, memory_capacity=cfg.memory_capacity,
                 seed=cfg.seed, resolution=cfg.resolution, world="image",
+                warp_k=cfg.warp_k if s == "spatial" else None,
             )
     if "ground_truth" in strategies:
         cameras["ground_truth"] = GroundTruthCamera()
@@ -721,6 +725,8 @@ _HELP = {
     "threads": "torch CPU threads (0: torch's default; 1 avoids oversubscribing shared cores)",
     "gelu": "the network's GELU form: 'tanh' as trained, 'none' (erf, within bf16 rounding of it and faster); "
     "default: 'none' under bf16",
+    "warp_k": "retrieved views the spatial strategy warps into the target (the network attends to k of them; "
+    "default: the camera's, cameras.DEFAULT_WARP_K)",
     "all_cap": "most stored frames the 'all' strategy attends to (default: the model's max_context); a larger "
     "cap shows how attending to the whole memory grows in cost (views beyond the trained number are out of "
     "distribution)",
@@ -740,7 +746,7 @@ def _add_revisit_arguments(p: argparse.ArgumentParser) -> None:
             continue
         elif f.name == "gelu":
             kwargs["choices"] = ["tanh", "none"]
-        elif f.name in ("steps", "memory_capacity", "all_cap") or isinstance(default, int):
+        elif f.name in ("steps", "memory_capacity", "all_cap", "warp_k") or isinstance(default, int):
             kwargs["type"] = int
         elif isinstance(default, float):
             kwargs["type"] = float
