@@ -12,8 +12,10 @@ Policies are ``NAME=SPEC`` (a short label and an agent spec of :mod:`agents.eval
 spec. ``--privileged`` names the labels that do not read the view (the oracle, random): they
 are ranked with the others but left out of the blind check.
 
-Each camera's evaluation is saved in ``OUT/cameras/<camera>.json`` as it finishes; a rerun with
-the same settings reuses it (resume), and a changed setting re-evaluates. ``OUT/rank.json``
+Each camera's evaluations are saved in ``OUT/cameras/<camera>.json``, one entry per policy (by its
+spec and the settings); a rerun reuses every policy already evaluated with the same settings
+(resume, or a policy added to a finished study: only it is evaluated), and a changed setting
+re-evaluates. ``OUT/rank.json``
 holds the config, the machine, every policy's per-episode success and SPL (compact) and the
 agreement; ``OUT/rank.md`` the tables; ``OUT/scatter.png`` the scatter.
 
@@ -67,10 +69,64 @@ def parse_policies(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _key(cfg: RankConfig, camera: str) -> str:
-    """What a camera's cached evaluation depends on."""
+    """What a camera's evaluation of the whole policy list depends on (the study's record of it)."""
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("camera", "reference", "resamples")}
     data["camera"] = camera
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _policy_key(config: dict[str, Any], camera: str, spec: str) -> str:
+    """What one policy's evaluation under ``camera`` depends on: the settings (not the other policies) and its spec.
+
+    Episodes are reset with fixed seeds and each policy gets fresh agents, so a policy's numbers
+    do not depend on which policies are evaluated beside it (``agents.rank.evaluate_camera``).
+    """
+    data = {k: v for k, v in config.items() if k not in ("camera", "reference", "resamples", "policies")}
+    data.update(camera=camera, spec=spec)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Format of ``OUT/cameras/<camera>.json``: one entry per evaluated policy, by :func:`_policy_key`.
+CACHE_FORMAT, CACHE_VERSION = "rank-study-camera", 2
+
+
+def _load_cache(path: Path, camera: str) -> dict[str, dict[str, Any]]:
+    """Policy key -> {spec, wall_s, row} from a camera's cache file; empty when there is none.
+
+    A file of the first format (one entry for a whole policy list) is read through the study's
+    ``rank.json`` beside it, whose config names the policies in order: each row is kept when
+    that config reproduces the file's key. A file that cannot be read is an error naming it.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"camera cache {path} is not readable JSON ({e}); delete it to re-evaluate") from e
+    if saved.get("format") == CACHE_FORMAT:
+        return dict(saved.get("policies", {}))
+    entries: dict[str, dict[str, Any]] = {}
+    study_file = path.parent.parent / "rank.json"
+    if "rows" in saved and study_file.is_file():
+        try:
+            config = json.loads(study_file.read_text(encoding="utf-8"))["config"]
+        except (OSError, json.JSONDecodeError, KeyError):
+            return {}
+        data = {k: v for k, v in config.items() if k not in ("camera", "reference", "resamples")}
+        data["camera"] = camera
+        if hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16] != saved.get("key"):
+            return {}
+        if len(config["policies"]) != len(saved["rows"]):
+            return {}
+        for spec, row in zip(config["policies"], saved["rows"], strict=True):
+            entries[_policy_key(config, camera, spec)] = {"spec": spec, "wall_s": None,
+                                                           "row": {k: v for k, v in row.items() if k != "name"}}
+    return entries
+
+
+def _save_cache(path: Path, camera: str, entries: dict[str, dict[str, Any]]) -> None:
+    record = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "camera": camera, "policies": entries}
+    atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
 
 
 def _compact(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
@@ -126,38 +182,53 @@ def study(
     cache = out / "cameras"
     cache.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
+    config = dataclasses.asdict(cfg)
     for camera in cameras:
         path = cache / f"{camera}.json"
-        key = _key(cfg, camera)
-        if path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("key") == key:
-                results[camera] = saved
-                continue
-        t0 = time.perf_counter()
-        rows = evaluate_camera(cfg, camera, env_config, memory, progress)
-        entry = {"key": key, "camera": camera, "wall_s": round(time.perf_counter() - t0, 1),
-                 "rows": _compact(rows, names), "ranks": _ranks(rows)}  # fmt: skip
-        atomic_write_bytes(path, (json.dumps(entry, indent=1) + "\n").encode())
-        results[camera] = entry
+        entries = _load_cache(path, camera)
+        keys = [_policy_key(config, camera, spec) for spec in cfg.policies]
+        missing = [spec for spec, k in zip(cfg.policies, keys, strict=True) if k not in entries]
+        if missing:  # only the policies this camera has not seen with these settings
+            t0 = time.perf_counter()
+            rows = evaluate_camera(dataclasses.replace(cfg, policies=missing), camera, env_config, memory, progress)
+            wall = round((time.perf_counter() - t0) / len(missing), 1)
+            for spec, row in zip(missing, _compact(rows, missing), strict=True):
+                row.pop("name")
+                entries[_policy_key(config, camera, spec)] = {"spec": spec, "wall_s": wall, "row": row}
+            _save_cache(path, camera, entries)
+        rows = [{"name": n, **entries[k]["row"]} for n, k in zip(names, keys, strict=True)]
+        walls = [entries[k]["wall_s"] for k in keys]
+        results[camera] = {"key": _key(cfg, camera), "camera": camera,
+                           "wall_s": None if None in walls else round(sum(walls), 1),
+                           "rows": rows, "ranks": _ranks(rows)}  # fmt: skip
     reference = results[cfg.reference]
-    agree: dict[str, Any] = {}
-    for camera in cameras:
-        if camera == cfg.reference:
-            continue
-        agree[camera] = {
-            key: {
-                m: e.to_dict()
-                for m, e in agreement(
-                    _scores(results[camera]["rows"], key),
-                    _scores(reference["rows"], key),
-                    cfg.resamples,
-                    cfg.confidence,
-                    cfg.seed,
-                ).items()
+
+    def agree_on(rows: list[int]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for camera in cameras:
+            if camera == cfg.reference:
+                continue
+            out[camera] = {
+                key: {
+                    m: e.to_dict()
+                    for m, e in agreement(
+                        _scores(results[camera]["rows"], key)[rows],
+                        _scores(reference["rows"], key)[rows],
+                        cfg.resamples,
+                        cfg.confidence,
+                        cfg.seed,
+                    ).items()
+                }
+                for key in RANKED
             }
-            for key in RANKED
-        }
+        return out
+
+    agree = agree_on(list(range(len(names))))
+    # Privileged policies (the oracle, random) score the same under every camera: at the ends of
+    # the range they lift Pearson r whatever the camera shows. Agreement over the vision policies
+    # alone is the stricter figure.
+    vision_rows = [i for i, n in enumerate(names) if n not in privileged]
+    agree_vision = agree_on(vision_rows) if privileged and len(vision_rows) >= 3 else None
     blind = None
     if BLIND in results:
         vision = [i for i, n in enumerate(names) if n not in privileged]
@@ -182,6 +253,7 @@ def study(
         "machine": machine_info(),
         "results": results,
         "agreement": agree,
+        "agreement_vision": agree_vision,
         "blind_check": blind,
         "transfer": transfer(results, names, groups, cfg.reference) if groups else None,
     }
@@ -245,11 +317,15 @@ def study_table(result: dict[str, Any]) -> str:
     labels = {"pearson": "Pearson r", "spearman": "Spearman ρ", "mmrv": "MMRV"}
     lines.append(f"| camera vs {ref} | score | " + " | ".join(f"{labels[m]} [{conf}% CI]" for m in MEASURES) + " |")
     lines.append("|---|---|" + "---:|" * len(MEASURES))
-    for c, per_key in result["agreement"].items():
-        for key in RANKED:
-            cells = [f"{_fmt(per_key[key][m]['value'])} [{_fmt(per_key[key][m]['low'])}, "
-                     f"{_fmt(per_key[key][m]['high'])}]" for m in MEASURES]  # fmt: skip
-            lines.append(f"| {c} | {key} | " + " | ".join(cells) + " |")
+    sets = [("", result["agreement"])]
+    if result.get("agreement_vision"):
+        sets.append((" (vision policies only)", result["agreement_vision"]))
+    for label, agreements in sets:
+        for c, per_key in agreements.items():
+            for key in RANKED:
+                cells = [f"{_fmt(per_key[key][m]['value'])} [{_fmt(per_key[key][m]['low'])}, "
+                         f"{_fmt(per_key[key][m]['high'])}]" for m in MEASURES]  # fmt: skip
+                lines.append(f"| {c}{label} | {key} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Intervals: percentile bootstrap over episodes, {cfg['resamples']} resamples. MMRV is in success "
                  "(or SPL) units; lower is better.")  # fmt: skip
@@ -347,7 +423,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     atomic_write_bytes(out / "rank.json", (json.dumps(result, indent=1) + "\n").encode())
     table = study_table(result)
     atomic_write_bytes(out / "rank.md", table.encode())
-    plot_scatter(result, out / "scatter.png")
+    if len(result["cameras"]) > 1:  # with the reference alone there is nothing to plot against it
+        plot_scatter(result, out / "scatter.png")
     print(table)
     return result
 

@@ -51,6 +51,58 @@ def test_study_end_to_end_with_cache(tmp_path, one_thread, monkeypatch):
     # a changed setting (fewer steps) is a new evaluation
     with pytest.raises(AssertionError, match="evaluated again"):
         rank_study.main([*argv, "--max-steps", "50"])
+    assert saved["agreement_vision"] is None  # one vision policy: nothing to rank
+
+    # the same policies under other names, in another order, fewer of them: nothing is evaluated again
+    monkeypatch.setattr(rank_study, "evaluate_camera", boom)
+    subset = rank_study.main([*ARGS, "--cameras", "ground_truth", "--policies", "s=seeker", "r=random",
+                              "--out", str(out)])  # fmt: skip
+    gt_rows = subset["results"]["ground_truth"]["rows"]
+    assert [r["name"] for r in gt_rows] == ["s", "r"]
+    assert gt_rows[0]["episode_success"] == result["results"]["ground_truth"]["rows"][2]["episode_success"]
+
+
+def test_study_reads_a_first_format_camera_cache(tmp_path, one_thread, monkeypatch):
+    """A camera file holding one entry for a whole policy list is reused through the study's rank.json."""
+    out = tmp_path / "study"
+    argv = [*ARGS, "--cameras", "ground_truth", "--policies", "random", "oracle=shortest_path", "--out", str(out)]
+    first = rank_study.main(argv)
+    cfg = json.loads((out / "rank.json").read_text())["config"]
+    old = {"key": first["results"]["ground_truth"]["key"], "camera": "ground_truth", "wall_s": 1.0,
+           "rows": first["results"]["ground_truth"]["rows"], "ranks": [2, 1]}  # fmt: skip
+    (out / "cameras" / "ground_truth.json").write_text(json.dumps(old))
+
+    def boom(*a, **k):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(rank_study, "evaluate_camera", boom)
+    again = rank_study.main(argv)
+    assert again["results"]["ground_truth"]["rows"] == first["results"]["ground_truth"]["rows"]
+    # a key that the study's config does not reproduce is not trusted
+    (out / "cameras" / "ground_truth.json").write_text(json.dumps({**old, "key": "0" * 16}))
+    with pytest.raises(AssertionError, match="evaluated again"):
+        rank_study.main(argv)
+    assert cfg["policies"] == ["random", "shortest_path"]
+    # a policy added to it: only that one is evaluated
+    (out / "cameras" / "ground_truth.json").write_text(json.dumps(old))
+    from agents.rank import evaluate_camera
+
+    asked = []
+
+    def spy(cfg, camera, *a, **k):
+        asked.append((camera, list(cfg.policies)))
+        return evaluate_camera(cfg, camera, *a, **k)
+
+    monkeypatch.setattr(rank_study, "evaluate_camera", spy)
+    grown = rank_study.main([*argv[: argv.index("--out")], "seeker", "--out", str(out)])
+    assert asked == [("ground_truth", ["seeker"])]
+    rows = grown["results"]["ground_truth"]["rows"]
+    assert [r["name"] for r in rows] == ["random", "oracle", "seeker"]
+    assert rows[:2] == first["results"]["ground_truth"]["rows"]
+    assert json.loads((out / "cameras" / "ground_truth.json").read_text())["format"] == rank_study.CACHE_FORMAT
+    (out / "cameras" / "ground_truth.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not readable JSON"):
+        rank_study.main(argv)
 
 
 def test_study_refuses_bad_requests(tmp_path):
@@ -63,3 +115,35 @@ def test_study_refuses_bad_requests(tmp_path):
     with pytest.raises(ValueError, match="privileged"):
         rank_study.main([*ARGS, "--cameras", "ground_truth", "--policies", "random", "seeker", "--privileged", "x",
                          "--out", str(tmp_path)])  # fmt: skip
+
+
+def test_agreement_over_vision_policies_leaves_out_the_privileged(tmp_path, monkeypatch):
+    """The oracle and random score alike under every camera; the vision-only agreement ranks the rest."""
+    from agents.evaluate import summarize
+
+    # Per camera and policy: successes over 10 episodes. The camera "reprojection" reverses the
+    # order of the three vision policies, while the privileged ends (0 and 10) stay put.
+    wins = {"ground_truth": {"random": 0, "shortest_path": 10, "a": 2, "b": 4, "c": 6},
+            "reprojection": {"random": 0, "shortest_path": 10, "a": 6, "b": 4, "c": 2}}  # fmt: skip
+    specs = {"a": "ppo:a", "b": "ppo:b", "c": "ppo:c"}
+    by_spec = {specs.get(k, k): k for k in wins["ground_truth"]}
+
+    def fake(cfg, camera, *a, **k):
+        rows = []
+        for spec in cfg.policies:
+            n = wins[camera][by_spec[spec]]
+            records = [{"seed": i, "success": i < n, "spl": 0.9 * (i < n), "soft_spl": 0.5, "steps": 10,
+                        "collisions": 0, "distance_to_goal": 1.0, "start_distance_to_goal": 3.0, "wall_s": 0.1}
+                       for i in range(10)]  # fmt: skip
+            rows.append({"policy": spec, "camera": camera, **summarize(records), "records": records})
+        return rows
+
+    monkeypatch.setattr(rank_study, "evaluate_camera", fake)
+    result = rank_study.main([*ARGS, "--episodes", "10", "--cameras", "ground_truth", "reprojection",
+                              "--policies", "random", "oracle=shortest_path", "a=ppo:a", "b=ppo:b", "c=ppo:c",
+                              "--privileged", "random", "oracle", "--out", str(tmp_path / "s")])  # fmt: skip
+    overall = result["agreement"]["reprojection"]["success"]
+    vision = result["agreement_vision"]["reprojection"]["success"]
+    assert overall["pearson"]["value"] > 0.7  # the privileged ends carry it
+    assert vision["pearson"]["value"] == pytest.approx(-1.0) and vision["spearman"]["value"] == pytest.approx(-1.0)
+    assert "reprojection (vision policies only)" in (tmp_path / "s" / "rank.md").read_text()
