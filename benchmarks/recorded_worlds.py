@@ -36,6 +36,9 @@ from rtfm_env.world_build import BuildConfig, build_world
 
 HELD_OUT = ("MiniWorld-YMaze-v0", "MiniWorld-WallGap-v0", "MiniWorld-Sign-v0")
 
+#: Steps of each id's first walk shown in the page's image strips (those within the walk).
+STRIP_STEPS = (10, 50, 100, 150)
+
 
 @dataclass
 class RecordedWorldsConfig:
@@ -64,6 +67,8 @@ def main(cfg: RecordedWorldsConfig) -> dict:
     t0 = time.perf_counter()
     per = {cam: {"psnr": [], "ssim": [], "sharpness": []} for cam in cameras}
     per_env: dict[str, dict] = {}
+    out = Path(cfg.out)
+    strips: dict[str, dict[str, dict[int, np.ndarray]]] = {}  # env -> camera -> step -> frame (first walk)
     with tempfile.TemporaryDirectory() as tmp:
         for env_id in tqdm(envs, desc="worlds", unit="world"):
             world = Path(tmp) / f"{env_id}.rtfm"
@@ -71,6 +76,7 @@ def main(cfg: RecordedWorldsConfig) -> dict:
             truth = MiniWorldScene(env_id)
             truth.reset(cfg.layout_seed)
             per_env[env_id] = {"frames": info["frames"], "method": info["free_space"]["method"]}
+            strips[env_id] = {cam: {} for cam in [*cameras, "ground truth"]}
             for cam in cameras:
                 env = gym.make("RTFM/Explore-v0", world=str(world), camera=cam, max_steps=cfg.steps + 1)
                 scores = {"psnr": [], "ssim": [], "sharpness": []}
@@ -79,9 +85,12 @@ def main(cfg: RecordedWorldsConfig) -> dict:
                         obs, _ = env.reset(seed=cfg.seed + ep)
                         rng = np.random.default_rng(cfg.seed + ep)
                         gt_sharp, cam_sharp = [], []
-                        for action in _walk_actions(rng, cfg.steps):
+                        for step, action in enumerate(_walk_actions(rng, cfg.steps), start=1):
                             obs, *_ = env.step(action)
                             gt = truth.render(obs["pose"].astype(np.float64))
+                            if ep == 0 and step in STRIP_STEPS:
+                                strips[env_id][cam][step] = obs["rgb"].copy()
+                                strips[env_id]["ground truth"][step] = gt
                             scores["psnr"].append(psnr(obs["rgb"], gt))
                             scores["ssim"].append(ssim(obs["rgb"], gt))
                             gt_sharp.append(sharpness(gt))
@@ -128,7 +137,15 @@ def main(cfg: RecordedWorldsConfig) -> dict:
         "per_env": per_env,
         "results": results,
     }
-    out = Path(cfg.out)
+    from closed_loop import plot_strip
+
+    report["strips"] = {}
+    for env_id, frames in strips.items():
+        steps = sorted(frames["ground truth"])
+        if steps:
+            path = out.with_name(f"{out.stem}_{env_id.removeprefix('MiniWorld-').removesuffix('-v0')}.png")
+            plot_strip(path, frames, steps, f"{env_id}, first walk: " + " | ".join(frames))
+            report["strips"][env_id] = path.name
     write_atomic(out, json.dumps(report, indent=2))
     write_atomic(out.with_suffix(".md"), markdown(report))
     return report
@@ -172,6 +189,11 @@ def markdown(report: dict) -> str:
             f"| {env_id} | {e['frames']} | {e['method']} | "
             + " | ".join(f"{e[c]['psnr']:.2f}" for c in report["results"]) + " |"
         )
+    if report.get("strips"):
+        lines += ["", f"Image strips: each id's first walk at steps {', '.join(map(str, STRIP_STEPS))} (where the walk "
+                      "reaches them); columns are the cameras, then the ground truth at the same pose. Look at them "
+                      "before believing the table.", ""]  # fmt: skip
+        lines += [f"![{env_id}]({name})" for env_id, name in report["strips"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -171,7 +171,7 @@ def test_recorded_worlds_benchmark_scores_a_built_world(tmp_path):
     out = tmp_path / "recorded.json"
     r = recorded_worlds_bench.main(
         recorded_worlds_bench.RecordedWorldsConfig(
-            envs="MiniWorld-YMaze-v0", cameras="reprojection", episodes=1, steps=6, closed_loop="missing.json",
+            envs="MiniWorld-YMaze-v0", cameras="reprojection", episodes=1, steps=10, closed_loop="missing.json",
             out=str(out),
         )
     )
@@ -180,3 +180,7 @@ def test_recorded_worlds_benchmark_scores_a_built_world(tmp_path):
     assert "target_met" not in res  # no reference run given
     assert r["per_env"]["MiniWorld-YMaze-v0"]["method"] == "depth"
     assert "| reprojection |" in out.with_suffix(".md").read_text()
+    # the page's image strip: the first walk at step 10, camera beside ground truth
+    assert r["strips"] == {"MiniWorld-YMaze-v0": "recorded_YMaze.png"}
+    assert (tmp_path / "recorded_YMaze.png").stat().st_size > 1000
+    assert "![MiniWorld-YMaze-v0](recorded_YMaze.png)" in out.with_suffix(".md").read_text()
