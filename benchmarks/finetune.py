@@ -223,8 +223,13 @@ def markdown(s: dict) -> str:
         f"Fine-tuning changed held-out PSNR by **{gain['mean']:+.2f} ± {gain['se']:.2f} dB** (paired by frame) "
         f"and the sharpness ratio from {before['sharpness']:.2f} to {after['sharpness']:.2f}."
     )
-    if gain["mean"] - 2 * gain["se"] <= 0:
+    if gain["mean"] + 2 * gain["se"] < 0:
+        verdict += " That is a measurable loss (more than two standard errors): on this place, these settings hurt."
+    elif gain["mean"] - 2 * gain["se"] <= 0:
         verdict += " That is not a measurable improvement: on this place, these settings do not help."
+    if after["sharpness"] > 1.1:
+        verdict += (" A ratio above about 1.1 is not extra detail: the frames carry more gradient than the ground "
+                    "truth, i.e. noise or seams (see the strip).")
     if after["sharpness"] < 0.7:
         verdict += " Below about 0.7 the frames are visibly blurred (see the strip)."
     best = max(("copy nearest context", r["copy_nearest_context"]), ("reprojection", r["reprojection_of_context"]),

@@ -263,3 +263,27 @@ def test_finetune_benchmark_writes_scores_page_and_strip(tmp_path):
     assert "--init-from default" in r["train_command"] and "--precision fp32" in r["train_command"]
     assert "| shipped model (before) |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_finetune_page_names_a_loss_and_noise_as_such():
+    """The page's verdict: a gain below zero by more than two standard errors is a loss; sharpness > 1.1 is noise."""
+    import copy
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import finetune as finetune_bench
+
+    base = json.loads((Path(__file__).resolve().parents[1] / "docs/results/finetune.json").read_text())
+    s = copy.deepcopy(base)
+    s["results"]["psnr_gain_db"].update(mean=-0.43, se=0.10)
+    s["results"]["after"]["sharpness"] = 1.18
+    page = finetune_bench.markdown(s)
+    assert "measurable loss" in page and "noise or seams" in page
+    s["results"]["psnr_gain_db"].update(mean=-0.1, se=0.10)
+    s["results"]["after"]["sharpness"] = 0.9
+    page = finetune_bench.markdown(s)
+    assert "not a measurable improvement" in page and "measurable loss" not in page and "noise or seams" not in page
+    s["results"]["psnr_gain_db"].update(mean=1.0, se=0.10)
+    assert "measurable" not in finetune_bench.markdown(s)
