@@ -255,17 +255,29 @@ def study(
         "agreement": agree,
         "agreement_vision": agree_vision,
         "blind_check": blind,
-        "transfer": transfer(results, names, groups, cfg.reference) if groups else None,
+        "transfer": transfer(results, names, groups, cfg.reference, cfg.resamples, cfg.confidence, cfg.seed)
+        if groups
+        else None,
     }
 
 
-def transfer(results: dict[str, Any], names: list[str], groups: dict[str, list[str]], reference: str) -> dict:
+def transfer(
+    results: dict[str, Any],
+    names: list[str],
+    groups: dict[str, list[str]],
+    reference: str,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
     """The train x test matrix: each group's mean success and SPL under each evaluated camera.
 
     Cells are means over the group's policies of their success rates (standard error over all
     the group's episodes, pooled). ``ratio[train]`` is the group's success under ``reference``
     divided by the ``reference``-trained group's success under ``reference`` (1 = as good as
-    training on the real thing).
+    training on the real thing); ``ratio_interval[train]`` its percentile bootstrap interval over
+    episodes (the same episodes drawn for every policy). It does not cover the spread between
+    training seeds, which only more seeds per group measure.
     """
     index = {n: i for i, n in enumerate(names)}
     cells: dict[str, dict[str, dict[str, float]]] = {}
@@ -280,12 +292,31 @@ def transfer(results: dict[str, Any], names: list[str], groups: dict[str, list[s
             se = float(success.std(ddof=1) / math.sqrt(len(success))) if len(success) > 1 else 0.0
             cells[train][test] = {"success": float(success.mean()), "success_se": se, "spl": float(spl.mean()),
                                   "policies": len(rows)}  # fmt: skip
-    ratio = {}
+    ratio, interval = {}, {}
     base = cells.get(reference, {}).get(reference, {}).get("success")
+    ref_rows = results[reference]["rows"] if reference in results else None
+    rng = np.random.default_rng(seed)
+
+    def per_episode(members: list[str]) -> np.ndarray:  # (N,) the group's mean success per episode
+        return np.array([[float(c) for c in ref_rows[index[n]]["episode_success"]] for n in members]).mean(axis=0)
+
+    draws = None
+    if ref_rows is not None and reference in groups:
+        n = len(ref_rows[0]["episode_success"])
+        draws = rng.integers(0, n, size=(resamples, n))
+        base_draws = per_episode(groups[reference])[draws].mean(axis=1)
     for train in groups:
         own = cells[train].get(reference, {}).get("success")
         ratio[train] = own / base if base and own is not None else math.nan
-    return {"groups": groups, "cells": cells, "ratio": ratio, "reference": reference}
+        interval[train] = [math.nan, math.nan]
+        if draws is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = per_episode(groups[train])[draws].mean(axis=1) / base_draws
+            r = r[np.isfinite(r)]
+            if len(r):
+                tail = 100 * (1 - confidence) / 2
+                interval[train] = [float(np.percentile(r, tail)), float(np.percentile(r, 100 - tail))]
+    return {"groups": groups, "cells": cells, "ratio": ratio, "ratio_interval": interval, "reference": reference}
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -333,13 +364,16 @@ def study_table(result: dict[str, Any]) -> str:
     if tr:
         tests = [c for c in cams if c != BLIND]
         lines += ["", f"Transfer (train x test; mean success / SPL over each group's policies; ratio = success under "
-                      f"{tr['reference']} / the {tr['reference']}-trained group's):", "",
+                      f"{tr['reference']} / the {tr['reference']}-trained group's, with its "
+                      f"{round(100 * cfg['confidence'])}% bootstrap interval over episodes; the spread between "
+                      "training seeds is not in it):", "",
                   "| trained with | " + " | ".join(f"test: {c}" for c in tests) + f" | ratio on {tr['reference']} |",
                   "|---|" + "---:|" * (len(tests) + 1)]  # fmt: skip
         for train, row in tr["cells"].items():
             cells = [f"{row[c]['success']:.2f} ± {row[c]['success_se']:.2f} / {row[c]['spl']:.2f}" for c in tests]
+            low, high = tr.get("ratio_interval", {}).get(train, [math.nan, math.nan])
             lines.append(f"| {train} ({', '.join(tr['groups'][train])}) | " + " | ".join(cells)
-                         + f" | {_fmt(tr['ratio'][train])} |")  # fmt: skip
+                         + f" | {_fmt(tr['ratio'][train])} [{_fmt(low)}, {_fmt(high)}] |")  # fmt: skip
     blind = result["blind_check"]
     if blind is not None:
         verdict = "holds" if blind["needs_eyes"] else "FAILS"

@@ -40,6 +40,7 @@ def test_study_end_to_end_with_cache(tmp_path, one_thread, monkeypatch):
     assert saved["transfer"]["ratio"]["ground_truth"] == pytest.approx(1.0)
     assert saved["transfer"]["ratio"]["blind"] == pytest.approx(1.0 / pooled)  # the oracle's 1.0 over the group's
     assert "Transfer (train x test" in (out / "rank.md").read_text()
+    assert saved["transfer"]["ratio_interval"]["ground_truth"] == [1.0, 1.0]  # a group against itself
 
     # a rerun reuses both cameras' evaluations: nothing is evaluated again
     def boom(*a, **k):
@@ -147,3 +148,22 @@ def test_agreement_over_vision_policies_leaves_out_the_privileged(tmp_path, monk
     assert overall["pearson"]["value"] > 0.7  # the privileged ends carry it
     assert vision["pearson"]["value"] == pytest.approx(-1.0) and vision["spearman"]["value"] == pytest.approx(-1.0)
     assert "reprojection (vision policies only)" in (tmp_path / "s" / "rank.md").read_text()
+
+
+def test_transfer_ratio_has_a_bootstrap_interval():
+    """The ratio's interval comes from resampling episodes, the same ones for every policy."""
+    def row(wins, n=200):
+        return {"episode_success": "".join("1" if i < wins else "0" for i in range(n)), "episode_spl": [0.0] * n}
+
+    results = {"ground_truth": {"rows": [row(40), row(60), row(45)]}}
+    tr = rank_study.transfer(results, ["a", "b", "c"], {"ground_truth": ["a", "b"], "model": ["c"]}, "ground_truth",
+                             resamples=500, confidence=0.9, seed=3)  # fmt: skip
+    assert tr["ratio"]["model"] == pytest.approx(45 / 50)
+    low, high = tr["ratio_interval"]["model"]
+    assert low < 0.9 < high and high - low < 0.3
+    again = rank_study.transfer(results, ["a", "b", "c"], {"ground_truth": ["a", "b"], "model": ["c"]},
+                                "ground_truth", resamples=500, confidence=0.9, seed=3)  # fmt: skip
+    assert again["ratio_interval"] == tr["ratio_interval"]  # seeded
+    # no reference-trained group: no ratio, no interval
+    none = rank_study.transfer(results, ["a", "b", "c"], {"model": ["c"]}, "ground_truth")
+    assert all(map(lambda x: x != x, none["ratio_interval"]["model"]))
