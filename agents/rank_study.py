@@ -68,11 +68,16 @@ def parse_policies(items: list[str]) -> tuple[list[str], list[str]]:
     return names, specs
 
 
-def _key(cfg: RankConfig, camera: str) -> str:
-    """What a camera's evaluation of the whole policy list depends on (the study's record of it)."""
-    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("camera", "reference", "resamples")}
-    data["camera"] = camera
+def _digest(config: dict[str, Any], camera: str, drop: tuple[str, ...] = (), **extra: Any) -> str:
+    """Hash of a study config (``dataclasses.asdict`` of a RankConfig) for one camera, less what does not count."""
+    data = {k: v for k, v in config.items() if k not in ("camera", "reference", "resamples", *drop)}
+    data.update(camera=camera, **extra)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _key(config: dict[str, Any], camera: str) -> str:
+    """What a camera's evaluation of the whole policy list depends on (the study's record of it)."""
+    return _digest(config, camera)
 
 
 def _policy_key(config: dict[str, Any], camera: str, spec: str) -> str:
@@ -81,9 +86,7 @@ def _policy_key(config: dict[str, Any], camera: str, spec: str) -> str:
     Episodes are reset with fixed seeds and each policy gets fresh agents, so a policy's numbers
     do not depend on which policies are evaluated beside it (``agents.rank.evaluate_camera``).
     """
-    data = {k: v for k, v in config.items() if k not in ("camera", "reference", "resamples", "policies")}
-    data.update(camera=camera, spec=spec)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return _digest(config, camera, drop=("policies",), spec=spec)
 
 
 #: Format of ``OUT/cameras/<camera>.json``: one entry per evaluated policy, by :func:`_policy_key`.
@@ -112,9 +115,7 @@ def _load_cache(path: Path, camera: str) -> dict[str, dict[str, Any]]:
             config = json.loads(study_file.read_text(encoding="utf-8"))["config"]
         except (OSError, json.JSONDecodeError, KeyError):
             return {}
-        data = {k: v for k, v in config.items() if k not in ("camera", "reference", "resamples")}
-        data["camera"] = camera
-        if hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16] != saved.get("key"):
+        if _key(config, camera) != saved.get("key"):
             return {}
         if len(config["policies"]) != len(saved["rows"]):
             return {}
@@ -198,7 +199,7 @@ def study(
             _save_cache(path, camera, entries)
         rows = [{"name": n, **entries[k]["row"]} for n, k in zip(names, keys, strict=True)]
         walls = [entries[k]["wall_s"] for k in keys]
-        results[camera] = {"key": _key(cfg, camera), "camera": camera,
+        results[camera] = {"key": _key(config, camera), "camera": camera,
                            "wall_s": None if None in walls else round(sum(walls), 1),
                            "rows": rows, "ranks": _ranks(rows)}  # fmt: skip
     reference = results[cfg.reference]
