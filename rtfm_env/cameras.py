@@ -51,6 +51,7 @@ __all__ = [
     "default_autocast",
     "DEFAULT_CHECKPOINT",
     "DEFAULT_WARP_K",
+    "default_warp_k",
     "V1_CHECKPOINT",
     "select_context",
     "turn_in_place",
@@ -402,6 +403,15 @@ class MemoryCamera(Camera):
 DEFAULT_WARP_K = 4
 
 
+def default_warp_k(k: int, max_context: int | None = None) -> int:
+    """The views a model camera warps when ``warp_k`` is None.
+
+    :data:`DEFAULT_WARP_K`, or ``k`` if larger, at most ``max_context`` (the model's; None: no cap).
+    """
+    wanted = max(int(k), DEFAULT_WARP_K)
+    return wanted if max_context is None else min(wanted, int(max_context))
+
+
 class ModelCamera(MemoryCamera):
     """The frame model as a camera: each frame is generated from posed frames in a spatial memory.
 
@@ -549,7 +559,7 @@ class ModelCamera(MemoryCamera):
         if not self.model.config.warp_input:
             self.warp_k = self.k
         elif warp_k is None:
-            self.warp_k = min(max(self.k, DEFAULT_WARP_K), max_context)
+            self.warp_k = default_warp_k(self.k, max_context)
         else:
             self.warp_k = int(warp_k)
         self.steps = None if steps is None else int(steps)

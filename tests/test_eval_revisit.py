@@ -315,3 +315,25 @@ def test_warp_k_is_part_of_what_an_evaluation_resumes_with():
     assert RevisitConfig(warp_k=2).identity()["warp_k"] == 2 != RevisitConfig().identity()["warp_k"]
     with pytest.raises(ValueError, match="warp_k must be None"):
         evaluate(RevisitConfig(out="unused", warp_k=1, k=2, **TINY), progress=False)
+
+
+def test_warp_k_reaches_the_spatial_camera(tmp_path, monkeypatch):
+    """--warp-k is passed to the spatial strategy's camera (and left to the default for the others)."""
+    import rtfm_env.cameras as cameras
+
+    built = {}
+
+    class StopError(Exception):
+        pass
+
+    class Spy:
+        def __init__(self, *args, **kwargs):
+            built[kwargs["context_strategy"]] = kwargs.get("warp_k")
+            if len(built) == 2:
+                raise StopError
+
+    monkeypatch.setattr(cameras, "ModelCamera", Spy)
+    with pytest.raises(StopError):
+        evaluate(RevisitConfig(out=str(tmp_path / "w"), envs=["YMaze"], episodes=1, strategies=["spatial", "last_k"],
+                               warp_k=3, **TINY), progress=False)  # fmt: skip
+    assert built == {"spatial": 3, "last_k": None}

@@ -135,9 +135,9 @@ class RevisitConfig:
         for key in ("out", "episodes", "envs", "threads"):
             d.pop(key)
         if d["warp_k"] is None:  # recorded as the camera's default, so a later default does not resume it
-            from rtfm_env.cameras import DEFAULT_WARP_K
+            from rtfm_env.cameras import default_warp_k
 
-            d["warp_k"] = max(self.k, DEFAULT_WARP_K)
+            d["warp_k"] = default_warp_k(self.k)
         if d["all_cap"] is None:
             d.pop("all_cap")  # absent as before the option existed: earlier evaluations still resume
         # Evaluations made before the option ran the trained tanh form: the key is absent for it,
