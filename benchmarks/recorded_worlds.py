@@ -143,8 +143,9 @@ def main(cfg: RecordedWorldsConfig) -> dict:
     for env_id, frames in strips.items():
         steps = sorted(frames["ground truth"])
         if steps:
-            path = out.with_name(f"{out.stem}_{env_id.removeprefix('MiniWorld-').removesuffix('-v0')}.png")
-            plot_strip(path, frames, steps, f"{env_id}, first walk: " + " | ".join(frames))
+            short = env_id.removeprefix("MiniWorld-").removesuffix("-v0")
+            path = out.with_name(f"{out.stem}_{short}.png")
+            plot_strip(path, frames, steps, f"{short}, first walk")
             report["strips"][env_id] = path.name
     write_atomic(out, json.dumps(report, indent=2))
     write_atomic(out.with_suffix(".md"), markdown(report))
