@@ -7,6 +7,7 @@ on, and the config saved beside a policy is enough to rebuild that task.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -19,7 +20,17 @@ from gymnasium import spaces
 import rtfm_env  # noqa: F401 (registers the RTFM/* ids)
 from rtfm_env.cameras import CAMERAS
 
-__all__ = ["POLICY_KEYS", "GOAL_KEYS", "EnvConfig", "PolicyObservation", "make_env", "policy_observation", "goal_key"]
+__all__ = [
+    "POLICY_KEYS",
+    "GOAL_KEYS",
+    "EnvConfig",
+    "PolicyObservation",
+    "make_env",
+    "policy_observation",
+    "goal_key",
+    "parse_bool",
+    "flag_type",
+]
 
 #: The observation entries a learned PointNav policy reads. ``pose`` is left out: it is the exact
 #: camera-to-world pose, privileged state that a robot with a camera and a GPS+compass lacks.
@@ -43,6 +54,8 @@ class EnvConfig:
     success_distance: float = 0.5  # metres; a stop this close to the goal (geodesic) succeeds
     min_goal_distance: float = 1.0  # metres, least geodesic start-to-goal distance
     max_goal_distance: float = 3.0  # metres, largest geodesic start-to-goal distance
+    landmarks: bool = False  # ImageNav only: ObjectNav's coloured objects in the layout, in view in the goal image
+    depth: bool = False  # add the camera's depth observation (mapping policies: agents.localiser)
 
     def __post_init__(self) -> None:
         if self.env_id not in gym.registry:
@@ -54,6 +67,11 @@ class EnvConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number of metres, got {value!r}")
+        for name in ("landmarks", "depth"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.landmarks and self.env_id != "RTFM/ImageNav-v0":
+            raise ValueError(f"landmarks=True is an RTFM/ImageNav-v0 setting; {self.env_id} has none")
         if self.min_goal_distance > self.max_goal_distance:
             raise ValueError(
                 f"min_goal_distance ({self.min_goal_distance}) must be <= max_goal_distance ({self.max_goal_distance})"
@@ -140,6 +158,21 @@ class PolicyObservation(gym.ObservationWrapper):
         return policy_observation(observation)
 
 
+def parse_bool(text: str) -> bool:
+    """A command line's boolean: true/false, yes/no, 1/0 (any case)."""
+    low = str(text).strip().lower()
+    if low in ("true", "yes", "1"):
+        return True
+    if low in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def flag_type(default: Any) -> Callable[[str], Any]:
+    """The argparse ``type`` of a config field with this default (``bool("False")`` is True, so booleans are parsed)."""
+    return parse_bool if isinstance(default, bool) else type(default)
+
+
 def make_env(config: EnvConfig, *, policy_view: bool = False, **kwargs: Any) -> Callable[[], gym.Env]:
     """A thunk that builds one env of ``config`` (the form vector envs take).
 
@@ -157,6 +190,9 @@ def make_env(config: EnvConfig, *, policy_view: bool = False, **kwargs: Any) -> 
             resolution=config.resolution,
             max_steps=config.max_steps,
             success_distance=config.success_distance,
+            # Passed only when set, so ids without these arguments keep working.
+            **({"landmarks": True} if config.landmarks else {}),
+            **({"depth": True} if config.depth else {}),
             **kwargs,
         )
         task = env.unwrapped.task

@@ -9,7 +9,9 @@ Agents: ``random`` (seeded uniform actions), ``shortest_path`` (the oracle, priv
 ``ppo:DIR`` (a policy saved by ``agents/train_ppo.py``; it reads only rgb + its goal entry) and
 ``ppo-blind:DIR`` (the same policy shown a uniform grey view: an ablation of its vision) and,
 on ``RTFM/ObjectNav-v0``, ``seeker`` (:class:`agents.seeker.ColourSeeker`, a scripted policy
-that finds the goal's colour in the view: no learning, but it needs the camera).
+that finds the goal's colour in the view: no learning, but it needs the camera) and, on
+``RTFM/ImageNav-v0`` with landmarks and depth, ``landmarks`` (:class:`agents.localiser.LandmarkLocaliser`,
+which maps the landmarks it sees and localises the goal image among them).
 
 Example (the sim-to-sim table of ``agents/RESULTS.md``)::
 
@@ -52,7 +54,25 @@ __all__ = [
 ]
 
 #: Agent specs accepted by :func:`make_agent` (``ppo`` takes a directory: ``ppo:DIR``).
-AGENT_KINDS = ("random", "shortest_path", "seeker", "ppo:DIR", "ppo-blind:DIR")
+AGENT_KINDS = ("random", "shortest_path", "seeker", "landmarks[:KEY=VALUE,...]", "ppo:DIR", "ppo-blind:DIR")
+
+#: Settings a ``landmarks:`` spec may give :class:`agents.localiser.LandmarkLocaliser`, with their types.
+LANDMARK_SETTINGS: dict[str, type] = {"noise": float, "scan_turns": int, "seed": int}
+
+
+def landmark_settings(text: str) -> dict[str, Any]:
+    """The settings of a ``landmarks:KEY=VALUE,...`` spec's tail (empty text: none)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in LANDMARK_SETTINGS:
+            raise ValueError(f"a landmarks setting is KEY=VALUE with KEY in {sorted(LANDMARK_SETTINGS)}, got {item!r}")
+        try:
+            out[key] = LANDMARK_SETTINGS[key](value)
+        except ValueError:
+            kind = LANDMARK_SETTINGS[key].__name__
+            raise ValueError(f"landmarks setting {key} needs a {kind}, got {value!r}") from None
+    return out
 
 #: Per-episode numbers averaged into a row, in table order.
 METRICS = ("success", "spl", "soft_spl", "steps", "collisions")
@@ -80,8 +100,9 @@ def make_agent(spec: str, env: gym.Env, seed: int = 0, env_config: EnvConfig | N
     """The agent named by ``spec`` for ``env``.
 
     Args:
-        spec: ``"random"``, ``"shortest_path"``, ``"seeker"`` (ObjectNav only), ``"ppo:DIR"`` or
-            ``"ppo-blind:DIR"``.
+        spec: ``"random"``, ``"shortest_path"``, ``"seeker"`` (ObjectNav only), ``"landmarks"``
+            (ImageNav with landmarks and depth; ``"landmarks:noise=0.2,scan_turns=12"`` grades
+            it: :data:`LANDMARK_SETTINGS`), ``"ppo:DIR"`` or ``"ppo-blind:DIR"``.
         env: the env the agent will act in (the oracle reads its privileged state).
         seed: seeds the random agent.
         env_config: the env's config; a PPO policy trained on another task (anything but the
@@ -104,6 +125,17 @@ def make_agent(spec: str, env: gym.Env, seed: int = 0, env_config: EnvConfig | N
 
         return ColourSeeker()
     kind, _, path = spec.partition(":")
+    if kind == "landmarks":
+        from agents.localiser import LandmarkLocaliser
+        from rtfm_env.envs.imagenav import ImageNavEnv
+
+        core = env.unwrapped
+        if not (isinstance(core, ImageNavEnv) and core.landmarks):
+            raise ValueError("the landmarks agent localises RTFM/ImageNav-v0's goal image by its landmarks: "
+                             "make the env with landmarks=True")  # fmt: skip
+        if "depth" not in env.observation_space.spaces:
+            raise ValueError("the landmarks agent maps the room from its depth: make the env with depth=True")
+        return LandmarkLocaliser.for_env(env, **landmark_settings(path))
     if kind in ("ppo", "ppo-blind") and path:
         from agents.ppo import PPOAgent  # SB3 is the `rl` extra: imported only when asked for
 
@@ -111,7 +143,8 @@ def make_agent(spec: str, env: gym.Env, seed: int = 0, env_config: EnvConfig | N
         agent.check_env(env)
         if env_config is not None:
             trained = agent.env_config.to_dict()
-            differ = sorted(k for k, v in env_config.to_dict().items() if k != "camera" and trained[k] != v)
+            # The camera is what rankings vary; depth is an extra observation a PPO policy never reads.
+            differ = sorted(k for k, v in env_config.to_dict().items() if k not in ("camera", "depth") and trained[k] != v)
             if differ:
                 raise ValueError(
                     f"{spec} was trained on another task: {', '.join(f'{k}={trained[k]!r}' for k in differ)} "

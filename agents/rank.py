@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from agents.base import Agent
-from agents.envs import EnvConfig, make_env
+from agents.envs import EnvConfig, flag_type, make_env
 from agents.evaluate import AGENT_KINDS, make_agent, run_episodes, summarize
 from agents.ranking import MEASURES, agreement
 from rtfm_env import worlds
@@ -67,6 +67,17 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "success_distance": 1.0,
         "min_goal_distance": 1.0,
         "max_goal_distance": 6.0,
+    },
+    # ImageNav with landmarks: a bare room looks alike everywhere at 64x64, so its goal images
+    # barely say where they were taken; depth, for the mapping policies (agents.localiser).
+    "RTFM/ImageNav-v0": {
+        "scene": "MiniWorld-OneRoom-v0",
+        "max_steps": 150,
+        "success_distance": 1.0,
+        "min_goal_distance": 1.0,
+        "max_goal_distance": 6.0,
+        "landmarks": True,
+        "depth": True,
     },
 }
 
@@ -124,8 +135,11 @@ class BlindView(Agent):
         self.agent.reset()
 
     def act(self, observation: dict[str, Any]) -> int:
-        """The agent's action for the observation with its ``rgb`` made grey."""
-        return self.agent.act({**observation, "rgb": np.full_like(observation["rgb"], self.VALUE)})
+        """The agent's action for the observation with its ``rgb`` made grey (and its ``depth``, if any, no return)."""
+        blind = {**observation, "rgb": np.full_like(observation["rgb"], self.VALUE)}
+        if "depth" in observation:
+            blind["depth"] = np.zeros_like(observation["depth"])  # a depth sensor's "no return"
+        return self.agent.act(blind)
 
 
 def env_setup(cfg: RankConfig) -> tuple[EnvConfig, dict[str, Any]]:
@@ -328,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     for f in dataclasses.fields(EnvConfig):
         if f.name not in ("camera", "env_id"):
-            parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
+            parser.add_argument("--" + f.name.replace("_", "-"), type=flag_type(f.default), default=None,
                                 help=f"EnvConfig.{f.name} (default: the task's)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.torch_threads > 0:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.envs import EnvConfig
+from agents.envs import EnvConfig, flag_type
 from agents.plot_curves import save_figure
 from agents.rank import BLIND, RANKED, RankConfig, _ranks, env_setup, evaluate_camera
 from agents.ranking import MEASURES, agreement
@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quiet", action="store_true")
     for f in dataclasses.fields(EnvConfig):
         if f.name not in ("camera", "env_id"):
-            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
+            p.add_argument("--" + f.name.replace("_", "-"), type=flag_type(f.default), default=None)
     args = p.parse_args(argv)
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)

@@ -41,7 +41,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
-from agents.envs import EnvConfig
+from agents.envs import EnvConfig, flag_type
 from agents.ppo import PolicyFileError, PPOConfig, build_ppo, load_policy, make_vec_env, save_policy
 from rtfm_env.data.shards import atomic_write_bytes
 from rtfm_env.model.checkpoint import read_verified_safetensors
@@ -258,7 +258,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str, skip: t
         if isinstance(default, tuple):
             parser.add_argument(flag, type=int, nargs="+", default=list(default), dest=prefix + f.name)
         else:
-            parser.add_argument(flag, type=type(default), default=default, dest=prefix + f.name)
+            parser.add_argument(flag, type=flag_type(default), default=default, dest=prefix + f.name)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

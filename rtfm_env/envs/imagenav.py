@@ -13,7 +13,23 @@ from rtfm_env.envs.tasks import Episode, NavigationTask, free_ray_lengths
 from rtfm_env.geometry import RobotState
 from rtfm_env.scenes.base import Scene
 
-__all__ = ["ImageNavTask", "ImageNavEnv"]
+__all__ = ["ImageNavTask", "ImageNavEnv", "landmarks_in_view"]
+
+
+def landmarks_in_view(scene: Scene, state: RobotState, headings: np.ndarray) -> np.ndarray:
+    """(H,) how many of ``scene``'s landmark objects are in view from ``state`` turned to each of ``headings``.
+
+    Landmarks are the objects of an :class:`~rtfm_env.envs.objectnav.ObjectScene` (ImageNav with
+    ``landmarks=True``), tested with :func:`~rtfm_env.envs.objectnav.target_in_view` (inside the
+    image and not hidden). A scene without objects has none in view anywhere.
+    """
+    from rtfm_env.envs.objectnav import target_in_view
+
+    counts = np.zeros(len(headings), dtype=np.int64)
+    for obj in getattr(scene, "objects", ()):
+        for i, yaw in enumerate(headings):
+            counts[i] += target_in_view(scene, state.replace(yaw=float(yaw)), obj)
+    return counts
 
 
 class ImageNavTask(NavigationTask):
@@ -23,7 +39,9 @@ class ImageNavTask(NavigationTask):
     goal point, at the robot's camera height and pitch, facing the most open direction: of the
     headings a turn step apart, the one whose field of view has the longest mean free-space
     ray on the scene's floor grid. So the image shows the room around the goal, not a wall
-    close up (goals often lie near walls). Rewards, success and metrics are PointNav's.
+    close up (goals often lie near walls). In a scene with landmark objects (``landmarks=True``)
+    the heading is first chosen to show as many of them as possible (:func:`landmarks_in_view`),
+    then the most open of those. Rewards, success and metrics are PointNav's.
 
     A scene without a ground-truth renderer (a recorded world) cannot take the goal image
     itself. With ``goal_from_camera`` set (as :class:`ImageNavEnv` sets it) the image is then
@@ -62,8 +80,12 @@ class ImageNavTask(NavigationTask):
         half_fov = 0.5 * math.radians(scene.intrinsics.fov_x)
         angles = headings[:, None] + np.linspace(-half_fov, half_fov, self.view_rays)[None, :]  # (H, R)
         lengths = free_ray_lengths(scene.top_down_map(), self.goal, angles, self.view_range)
-        yaw = float(headings[int(np.argmax(lengths.reshape(angles.shape).mean(axis=1)))])
-        self.goal_state = episode.start.replace(x=float(self.goal[0]), z=float(self.goal[1]), yaw=yaw)
+        openness = lengths.reshape(angles.shape).mean(axis=1)  # (H,) metres
+        at_goal = episode.start.replace(x=float(self.goal[0]), z=float(self.goal[1]))
+        seen = landmarks_in_view(scene, at_goal, headings)  # (H,), zeros in a scene without landmarks
+        # Most landmarks in view first, then the most open view (lexicographic; openness < view_range).
+        yaw = float(headings[int(np.argmax(seen * (self.view_range + 1.0) + openness))])
+        self.goal_state = at_goal.replace(yaw=yaw)
         image = scene.render(self.goal_state.pose())
         self.goal_image, self.goal_pending = None, False
         if image is None:
@@ -164,6 +186,13 @@ class ImageNavEnv(RTFMEnv):
     ```
 
     - ``success_distance``: metres from the goal within which a stop succeeds (0.2).
+    - ``landmarks``: False (default) shows the bare MiniWorld layout. True places
+      ``RTFM/ObjectNav-v0``'s coloured objects in it (four of distinct kinds per layout, drawn
+      from the layout seed: :class:`~rtfm_env.envs.objectnav.ObjectScene`) and turns the goal
+      image towards as many of them as it can see. A bare room (OneRoom) looks alike from
+      everywhere at 64x64, so without landmarks a goal image barely tells where it was taken;
+      with them a policy that sees can localise it, and a blind one cannot. MiniWorld scenes
+      only; objects are obstacles.
     - the world and camera arguments of every id, described in
       :class:`rtfm_env.envs.base.RTFMEnv`.
 
@@ -172,14 +201,37 @@ class ImageNavEnv(RTFMEnv):
 
     ## Version History
 
-    - v0: initial version.
+    - v0: initial version; ``landmarks`` added later (default False: the original task).
     """
 
-    def __init__(self, success_distance: float = 0.2, resolution: int = 64, **kwargs: Any) -> None:
+    def __init__(
+        self, success_distance: float = 0.2, resolution: int = 64, landmarks: bool = False, **kwargs: Any
+    ) -> None:
         """Build the env; see the class docstring's Arguments section."""
+        if not isinstance(landmarks, (bool, np.bool_)):
+            raise ValueError(f"landmarks must be True or False, got {landmarks!r}")
+        self.landmarks = bool(landmarks)  # read by _make_scene, during RTFMEnv.__init__
         task = ImageNavTask(resolution, success_distance=success_distance)
         super().__init__(task, resolution=resolution, **kwargs)
         task.goal_from_camera = True  # a recorded world's goal image comes from the camera (reset)
+
+    def _make_scene(self, scene: Any, scene_file: Any) -> Scene:
+        """:meth:`RTFMEnv._make_scene`'s scene; with ``landmarks``, the MiniWorld layout with ObjectNav's objects."""
+        made = super()._make_scene(scene, scene_file)
+        if not self.landmarks:
+            return made
+        from rtfm_env.envs.objectnav import ObjectScene
+        from rtfm_env.scenes.miniworld import MiniWorldScene
+
+        if not isinstance(made, MiniWorldScene):
+            made.close()
+            raise ValueError(
+                f"landmarks=True places MiniWorld objects in the layout; the recorded world {made.env_id!r} cannot "
+                "hold them: drop landmarks or use a MiniWorld scene (scene='MiniWorld-OneRoom-v0')"
+            )
+        env_id = made.env_id
+        made.close()
+        return ObjectScene(env_id, width=self.resolution, height=self.resolution, fov_y=self.fov)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
