@@ -144,7 +144,8 @@ def make_agent(spec: str, env: gym.Env, seed: int = 0, env_config: EnvConfig | N
         if env_config is not None:
             trained = agent.env_config.to_dict()
             # The camera is what rankings vary; depth is an extra observation a PPO policy never reads.
-            differ = sorted(k for k, v in env_config.to_dict().items() if k not in ("camera", "depth") and trained[k] != v)
+            same = ("camera", "depth")
+            differ = sorted(k for k, v in env_config.to_dict().items() if k not in same and trained[k] != v)
             if differ:
                 raise ValueError(
                     f"{spec} was trained on another task: {', '.join(f'{k}={trained[k]!r}' for k in differ)} "

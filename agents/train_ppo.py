@@ -226,7 +226,9 @@ def main(cfg: TrainConfig) -> Path:
         print(f"resuming {out} from {start} timesteps", file=sys.stderr)
     elif cfg.init_policy:
         init, meta = load_policy(cfg.init_policy)
-        differ = sorted(k for k, v in cfg.env.to_dict().items() if meta["env"].get(k) != v)
+        # Through EnvConfig, so a policy saved before a field existed reads that field's default.
+        trained = EnvConfig.from_dict(meta["env"]).to_dict()
+        differ = sorted(k for k, v in cfg.env.to_dict().items() if k != "depth" and trained[k] != v)
         if differ:
             raise ValueError(f"--init-policy {cfg.init_policy} was trained on another task ({differ} differ)")
         try:

@@ -1,5 +1,6 @@
 """Tests for agents/train_bc.py (DAgger imitation of the oracle) and train_ppo's --init-policy."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -116,3 +117,34 @@ def test_ppo_starts_from_an_imitation_policy(run, tmp_path, one_thread):
     with pytest.raises(ValueError, match="another task"):
         ppo_main(ppo_args([*argv, "--max-steps", "30", "--total-timesteps", "32", "--out", str(tmp_path / "other")]))
     assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_policy"] == str(final)
+
+
+def test_a_policy_saved_before_the_landmarks_and_depth_fields_still_loads(run, tmp_path, one_thread):
+    """A policy file whose env config lacks fields added since (landmarks, depth) reads their defaults."""
+    import shutil
+
+    _, _, _, _, final = run
+    old = tmp_path / "old"
+    shutil.copytree(final, old)
+    meta = json.loads((old / "policy.json").read_text())
+    for key in ("landmarks", "depth"):
+        meta["env"].pop(key)
+    (old / "policy.json").write_text(json.dumps(meta))
+    argv = [*TASK, *NET, "--n-steps", "16", "--batch-size", "16", "--n-epochs", "1", "--n-envs", "2",
+            "--torch-threads", "0", "--init-policy", str(old), "--total-timesteps", "0"]  # fmt: skip
+    start = ppo_main(ppo_args([*argv, "--out", str(tmp_path / "zero")]))
+    init = load_policy(final)[0].state_dict()
+    assert all(torch.equal(v, init[k]) for k, v in load_policy(start)[0].state_dict().items())
+    agent = PPOAgent(old)
+    assert agent.env_config.landmarks is False and agent.env_config.depth is False
+    # Evaluated with a depth observation it never reads: the same task, not refused.
+    from agents.evaluate import make_agent
+
+    config = dataclasses.replace(agent.env_config, depth=True)
+    env = make_env(config)()
+    try:
+        assert make_agent(f"ppo:{old}", env, env_config=config).env_config == agent.env_config
+        with pytest.raises(ValueError, match="another task"):
+            make_agent(f"ppo:{old}", env, env_config=dataclasses.replace(config, max_steps=7))
+    finally:
+        env.close()
