@@ -109,3 +109,9 @@ def test_both_checkers_pass_with_landmarks_and_depth(camera, tiny_v2_checkpoint)
         assert env.observation_space["imagegoal"].shape == (64, 64, 3)
     finally:
         env.close()
+
+
+def test_a_scene_too_narrow_for_landmarks_says_so():
+    """A corridor has no open floor for four landmarks: the error names the task and suggests a roomier scene."""
+    with pytest.raises(RuntimeError, match="ImageNav with landmarks.*roomier"):
+        gym.make("RTFM/ImageNav-v0", scene="MiniWorld-Hallway-v0", landmarks=True).reset(seed=0)

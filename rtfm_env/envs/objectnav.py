@@ -266,7 +266,8 @@ class ObjectScene(MiniWorldScene):
             if len(candidates) == 0:
                 raise RuntimeError(
                     f"{self!r} has no open floor for {OBJECTS_PER_LAYOUT} objects {MIN_SEPARATION} m apart and "
-                    f"{MIN_START_DISTANCE} m from the start; ObjectNav needs a roomier scene (e.g. FourRooms, OneRoom)"
+                    f"{MIN_START_DISTANCE} m from the start; ObjectNav (and ImageNav with landmarks) needs a roomier "
+                    "scene (e.g. FourRooms, OneRoom)"
                 )
             x, z = centres[int(rng.choice(candidates))]
             placed.append(PlacedObject(int(kind), float(x), float(z), float(entity.radius), float(entity.height)))
