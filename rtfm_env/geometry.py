@@ -15,6 +15,7 @@ Conventions (see DESIGN.md):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -301,18 +302,27 @@ def plucker_rays(
     if reference is not None:
         ref = _as_float64(reference)
         poses_t = _invert_torch(ref) @ poses_t
+    rot = poses_t[..., :3, :3]  # (..., 3, 3)
+    ox, oy, oz = poses_t[..., 0, 3], poses_t[..., 1, 3], poses_t[..., 2, 3]  # camera centre, (...,) each
+    zero = torch.zeros_like(ox)
+    # o x d is linear in d: [o]_x d with the cross-product matrix [o]_x. Both halves of the ray are
+    # then one (6, 3) map of the camera-frame directions: d = R d_cam, m = [o]_x R d_cam.
+    skew = torch.stack(
+        [torch.stack([zero, -oz, oy], -1), torch.stack([oz, zero, -ox], -1), torch.stack([-oy, ox, zero], -1)], -2
+    )  # (..., 3, 3)
+    rows = torch.cat([rot, skew @ rot], dim=-2)  # (..., 6, 3)
+    return torch.einsum("...ij,jhw->...ihw", rows, _pixel_directions(intrinsics)).to(dtype)  # (..., 6, H, W)
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_directions(intrinsics: Intrinsics) -> torch.Tensor:
+    """(3, H, W) float64 unit directions through the pixel centres, camera frame (OpenGL axes); cached: never modify."""
     h, w, f = intrinsics.height, intrinsics.width, intrinsics.focal
     v, u = torch.meshgrid(
         torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij"
     )
-    dirs_cam = torch.stack([(u - w / 2.0) / f, -(v - h / 2.0) / f, -torch.ones_like(u)], dim=-1)  # (H, W, 3)
-    dirs_cam = dirs_cam / dirs_cam.norm(dim=-1, keepdim=True)
-    rot = poses_t[..., :3, :3]  # (..., 3, 3)
-    origin = poses_t[..., :3, 3]  # (..., 3)
-    d = torch.einsum("...ij,hwj->...hwi", rot, dirs_cam)  # (..., H, W, 3)
-    m = torch.cross(origin[..., None, None, :].expand_as(d), d, dim=-1)  # (..., H, W, 3)
-    rays = torch.cat([d, m], dim=-1)  # (..., H, W, 6)
-    return rays.movedim(-1, -3).to(dtype)  # (..., 6, H, W)
+    dirs = torch.stack([(u - w / 2.0) / f, -(v - h / 2.0) / f, -torch.ones_like(u)])  # (3, H, W)
+    return dirs / dirs.norm(dim=0, keepdim=True)
 
 
 def _as_float64(x: torch.Tensor | np.ndarray) -> torch.Tensor:
