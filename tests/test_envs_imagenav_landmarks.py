@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env as gym_check_env
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from test_envs_objectnav import _checker_messages
 
 import rtfm_env  # noqa: F401  (registers the RTFM/* ids)
 from rtfm_env.envs.imagenav import ImageNavEnv, landmarks_in_view
@@ -84,14 +82,6 @@ def test_landmarks_refuse_a_recorded_world(tmp_path):
     scene.close()
     with pytest.raises(ValueError, match="landmarks=True places MiniWorld objects"):
         gym.make("RTFM/ImageNav-v0", world=str(path), camera="reprojection", landmarks=True)
-
-
-def _checker_messages(env) -> list[str]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        gym_check_env(env.unwrapped, skip_render_check=True, skip_close_check=True)
-        sb3_check_env(env.unwrapped, warn=True)
-    return [str(w.message) for w in caught if "unconventional shape" not in str(w.message)]
 
 
 @pytest.mark.parametrize("camera", ["ground_truth", "reprojection", "model"])

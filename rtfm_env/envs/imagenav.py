@@ -221,17 +221,13 @@ class ImageNavEnv(RTFMEnv):
         if not self.landmarks:
             return made
         from rtfm_env.envs.objectnav import ObjectScene
-        from rtfm_env.scenes.miniworld import MiniWorldScene
 
-        if not isinstance(made, MiniWorldScene):
-            made.close()
-            raise ValueError(
-                f"landmarks=True places MiniWorld objects in the layout; the recorded world {made.env_id!r} cannot "
-                "hold them: drop landmarks or use a MiniWorld scene (scene='MiniWorld-OneRoom-v0')"
-            )
-        env_id = made.env_id
-        made.close()
-        return ObjectScene(env_id, width=self.resolution, height=self.resolution, fov_y=self.fov)
+        return ObjectScene.replacing(
+            made,
+            self.fov,
+            "landmarks=True places MiniWorld objects in the layout; the recorded world {id!r} cannot hold them: "
+            "drop landmarks or use a MiniWorld scene (scene='MiniWorld-OneRoom-v0')",
+        )
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

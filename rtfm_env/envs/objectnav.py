@@ -224,6 +224,27 @@ class ObjectScene(MiniWorldScene):
         super().__init__(*args, **kwargs)
         self.objects: tuple[PlacedObject, ...] = ()
 
+    @classmethod
+    def replacing(cls, made: Scene, fov_y: float, refusal: str) -> ObjectScene:
+        """The :class:`ObjectScene` of the MiniWorld scene ``made`` (same id and view size), which is closed.
+
+        Args:
+            made: the scene an env built (:meth:`RTFMEnv._make_scene`).
+            fov_y: the view's vertical field of view, degrees.
+            refusal: the error when ``made`` is a recorded world, which cannot hold objects
+                (``{id}`` is replaced by its id).
+
+        Raises:
+            ValueError: ``made`` is not a MiniWorld scene (``refusal``).
+        """
+        env_id = made.env_id
+        width, height = made.intrinsics.width, made.intrinsics.height
+        is_miniworld = isinstance(made, MiniWorldScene)
+        made.close()
+        if not is_miniworld:
+            raise ValueError(refusal.format(id=env_id))
+        return cls(env_id, width=width, height=height, fov_y=fov_y)
+
     def reset(self, seed: int) -> RobotState:
         """Build the layout for ``seed`` with its objects; returns MiniWorld's start state."""
         start = super().reset(seed)
@@ -542,16 +563,12 @@ class ObjectNavEnv(RTFMEnv):
 
     def _make_scene(self, scene: Any, scene_file: Any) -> Scene:
         """:meth:`RTFMEnv._make_scene`'s MiniWorld scene as an :class:`ObjectScene`; recorded worlds are refused."""
-        made = super()._make_scene(scene, scene_file)
-        if not isinstance(made, MiniWorldScene):
-            made.close()
-            raise ValueError(
-                f"RTFM/ObjectNav-v0 places MiniWorld objects in its layouts; the recorded world {made.env_id!r} has "
-                "none to find: use a MiniWorld scene (scene='MiniWorld-FourRooms-v0') with any camera"
-            )
-        env_id = made.env_id
-        made.close()
-        return ObjectScene(env_id, width=self.resolution, height=self.resolution, fov_y=self.fov)
+        return ObjectScene.replacing(
+            super()._make_scene(scene, scene_file),
+            self.fov,
+            "RTFM/ObjectNav-v0 places MiniWorld objects in its layouts; the recorded world {id!r} has none to find: "
+            "use a MiniWorld scene (scene='MiniWorld-FourRooms-v0') with any camera",
+        )
 
 
 class ObjectNavVectorEnv(RTFMVectorEnv):
