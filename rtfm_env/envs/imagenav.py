@@ -25,10 +25,16 @@ def landmarks_in_view(scene: Scene, state: RobotState, headings: np.ndarray) -> 
     """
     from rtfm_env.envs.objectnav import target_in_view
 
+    objects = tuple(getattr(scene, "objects", ()))
     counts = np.zeros(len(headings), dtype=np.int64)
-    for obj in getattr(scene, "objects", ()):
-        for i, yaw in enumerate(headings):
-            counts[i] += target_in_view(scene, state.replace(yaw=float(yaw)), obj)
+    if not objects:
+        return counts
+    for i, yaw in enumerate(headings):
+        turned = state.replace(yaw=float(yaw))
+        depth = scene.render_depth(turned.pose())  # one render per heading, shared by every object
+        if depth is None:  # no ground-truth depth: nothing can be told to be in view
+            continue
+        counts[i] = sum(target_in_view(scene, turned, obj, depth) for obj in objects)
     return counts
 
 

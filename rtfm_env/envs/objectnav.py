@@ -322,7 +322,7 @@ class ObjectScene(MiniWorldScene):
         return out
 
 
-def target_in_view(scene: Scene, state: RobotState, obj: PlacedObject) -> bool:
+def target_in_view(scene: Scene, state: RobotState, obj: PlacedObject, depth_map: np.ndarray | None = None) -> bool:
     """Whether ``obj`` is in ``state``'s view: a point of its axis projects inside the image, unhidden.
 
     Points on the object's vertical axis at :data:`VIEW_HEIGHTS` of its height are projected
@@ -331,7 +331,9 @@ def target_in_view(scene: Scene, state: RobotState, obj: PlacedObject) -> bool:
     and the scene's ground-truth depth at its pixel is not nearer than the object's front (the
     point's depth less the object's radius, less :data:`VISIBILITY_TOLERANCE`); a nearer depth
     means a wall or another object stands in between. A scene without ground-truth depth cannot
-    tell, and counts the object as not in view.
+    tell, and counts the object as not in view. ``depth_map``: the scene's depth map at ``state``,
+    when the caller has rendered it already (several objects tested from one pose); None renders
+    it here, only if some point projects inside the image.
     """
     pose = state.pose()
     heights = np.asarray(VIEW_HEIGHTS) * obj.height  # (P,) metres
@@ -345,7 +347,7 @@ def target_in_view(scene: Scene, state: RobotState, obj: PlacedObject) -> bool:
     inside = (depth > 0.0) & (u >= 0.0) & (u < k.width) & (v >= 0.0) & (v < k.height)
     if not inside.any():
         return False
-    seen = scene.render_depth(pose)
+    seen = scene.render_depth(pose) if depth_map is None else depth_map
     if seen is None:
         return False
     rows, cols = v[inside].astype(int), u[inside].astype(int)
