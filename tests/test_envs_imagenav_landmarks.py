@@ -101,7 +101,18 @@ def test_both_checkers_pass_with_landmarks_and_depth(camera, tiny_v2_checkpoint)
         env.close()
 
 
-def test_a_scene_too_narrow_for_landmarks_says_so():
-    """A corridor has no open floor for four landmarks: the error names the task and suggests a roomier scene."""
-    with pytest.raises(RuntimeError, match="ImageNav with landmarks.*roomier"):
-        gym.make("RTFM/ImageNav-v0", scene="MiniWorld-Hallway-v0", landmarks=True).reset(seed=0)
+def test_a_scene_too_narrow_for_landmarks_says_so(monkeypatch):
+    """A floor that holds the landmarks at no spacing: the error names the spacing, the task and a roomier scene.
+
+    Every MiniWorld layout holds them at the closest spacing (a corridor's too), so the test asks
+    for a spacing no layout has room for.
+    """
+    from rtfm_env.envs import objectnav
+
+    monkeypatch.setattr(objectnav, "PLACEMENT_SPACINGS", ((2.0, 2.0), (2.0, 40.0)))
+    env = gym.make("RTFM/ImageNav-v0", scene="MiniWorld-Hallway-v0", landmarks=True)
+    try:
+        with pytest.raises(RuntimeError, match=r"even 40\.0 m apart.*ImageNav with landmarks.*roomier"):
+            env.reset(seed=0)
+    finally:
+        env.close()

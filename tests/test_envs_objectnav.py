@@ -259,3 +259,54 @@ def test_view_zone_distance_is_finite_from_a_pocket_the_grid_does_not_connect():
     zone = ViewZone(FreeSpace(lone, 0.0, 0.0, 0.1), np.zeros((0, 2, 2)),
                     PlacedObject(kind=0, x=1.55, z=0.65, radius=0.05, height=1.0), 0.2)  # fmt: skip
     assert zone.distance(np.array([1.55, 0.65])) == 0.0
+
+
+def test_narrow_layouts_get_closer_spacing_and_roomy_ones_keep_theirs(monkeypatch):
+    """A corridor layout too narrow for 2 m spacing gets a closer one, from the same seed; a roomy one is untouched."""
+    from rtfm_env.envs import objectnav
+
+    closest_start, closest_separation = objectnav.PLACEMENT_SPACINGS[-1]
+    hall = ObjectScene("MiniWorld-Hallway-v0", width=32, height=32)
+    room = ObjectScene("MiniWorld-OneRoom-v0", width=32, height=32)
+    try:
+        placed = {}
+        for seed in range(8):
+            start = hall.reset(seed)  # no layout of the corridor is refused
+            xz = np.array([o.xz for o in hall.objects])
+            assert len(hall.objects) == 4 and len({o.kind for o in hall.objects}) == 4
+            gaps = np.hypot(*(xz[:, None] - xz[None]).transpose(2, 0, 1))[np.triu_indices(4, 1)]
+            assert gaps.min() >= closest_separation - 1e-9
+            assert np.hypot(*(xz - (start.x, start.z)).T).min() >= closest_start - 1e-9
+            placed[seed] = hall.objects
+            hall.reset(seed)
+            assert hall.objects == placed[seed]  # the same seed places the same objects
+        roomy = {seed: (room.reset(seed), room.objects)[1] for seed in range(3)}
+        # With the first spacing alone, some corridor layouts are refused (they needed the closer
+        # spacing), and the roomy layouts come out exactly as with the fallback in place.
+        monkeypatch.setattr(objectnav, "PLACEMENT_SPACINGS", objectnav.PLACEMENT_SPACINGS[:1])
+        refused = 0
+        for seed in placed:
+            try:
+                hall.reset(seed)
+            except RuntimeError as e:
+                assert "even 2.0 m apart" in str(e)
+                refused += 1
+            else:
+                assert hall.objects == placed[seed]  # a layout that fits the first spacing keeps it
+        assert refused > 0
+        for seed, objects in roomy.items():
+            room.reset(seed)
+            assert room.objects == objects
+    finally:
+        hall.close()
+        room.close()
+
+
+def test_a_scene_that_cannot_hold_the_objects_names_the_robot_radius():
+    """RoomObjects widens its robot to 1.5 m: it cannot reach any object, and the error says why."""
+    env = gym.make("RTFM/ObjectNav-v0", scene="MiniWorld-RoomObjects-v0")
+    try:
+        with pytest.raises(RuntimeError, match=r"robot of radius 1\.50 m.*roomier scene"):
+            env.reset(seed=0)
+    finally:
+        env.close()

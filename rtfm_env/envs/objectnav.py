@@ -76,6 +76,12 @@ BALL_SIZE = 1.0  # metres, a ball's diameter
 VIEW_HEIGHTS = (0.3, 0.5, 0.7, 0.9)  # fractions of an object's height tested by target_in_view
 MIN_START_DISTANCE = 2.0  # metres, least straight-line distance from the start to an object's centre
 MIN_SEPARATION = 2.0  # metres, least distance between two objects' centres
+#: (start distance, separation) in metres, tried in turn: a layout whose floor cannot hold the
+#: objects at the first spacing (a corridor's narrow layouts) gets the next, so every layout a
+#: robot can move in holds its objects; only when the last fails is the scene refused.
+PLACEMENT_SPACINGS: tuple[tuple[float, float], ...] = (
+    (MIN_START_DISTANCE, MIN_SEPARATION), (1.5, 1.5), (1.0, 1.0),
+)
 PLACEMENT_SALT = 0x0B1EC7  # mixed into the layout seed, so placements do not echo MiniWorld's draws
 VISIBILITY_TOLERANCE = 0.05  # metres of depth slack in the occlusion test
 
@@ -207,8 +213,11 @@ class ObjectScene(MiniWorldScene):
     stands on a free cell at least :data:`MIN_START_DISTANCE` from the start and
     :data:`MIN_SEPARATION` from the others, in open floor: the disk it blocks for the robot
     (robot radius + object radius) plus two grid cells around it is free, so an object never
-    closes a doorway and every object can be walked around. Objects are obstacles: motion,
-    free space, geodesic distances and the map include them.
+    closes a doorway and every object can be walked around. A layout too narrow for that (some
+    of Hallway's) is placed again with the closer spacings of :data:`PLACEMENT_SPACINGS`, from
+    the same seed; a scene that cannot hold the objects even then (RoomObjects, whose robot is
+    1.5 m wide) raises RuntimeError at reset. Objects are obstacles: motion, free space,
+    geodesic distances and the map include them.
 
     Takes :class:`~rtfm_env.scenes.MiniWorldScene`'s arguments.
 
@@ -251,7 +260,17 @@ class ObjectScene(MiniWorldScene):
         env = self.miniworld_env
         env.entities = [e for e in env.entities if e is env.agent or e.is_static]
         self._refresh()
-        placed = self._place(np.random.default_rng([PLACEMENT_SALT, int(seed)]), start)
+        for i, (start_distance, separation) in enumerate(PLACEMENT_SPACINGS):
+            placed = self._place(np.random.default_rng([PLACEMENT_SALT, int(seed)]), start, start_distance,
+                                 separation)
+            if placed is not None:
+                break
+            if i == len(PLACEMENT_SPACINGS) - 1:
+                raise RuntimeError(
+                    f"{self!r} has no open floor for {OBJECTS_PER_LAYOUT} objects, even {separation} m apart and "
+                    f"{start_distance} m from the start, that a robot of radius {self.radius:.2f} m can walk around; "
+                    "ObjectNav (and ImageNav with landmarks) needs a roomier scene (e.g. FourRooms, OneRoom)"
+                )
         for obj in placed:
             entity = _make_entity(OBJECT_KINDS[obj.kind])
             entity.pos, entity.dir = np.array([obj.x, 0.0, obj.z]), 0.0
@@ -266,7 +285,10 @@ class ObjectScene(MiniWorldScene):
         self._free_space = None
         self._map_image = None
 
-    def _place(self, rng: np.random.Generator, start: RobotState) -> list[PlacedObject]:
+    def _place(
+        self, rng: np.random.Generator, start: RobotState, start_distance: float, separation: float
+    ) -> list[PlacedObject] | None:
+        """The layout's objects at this spacing (metres), or None where the floor cannot hold them all."""
         fs = self._grid()
         kinds = rng.choice(len(OBJECT_KINDS), size=OBJECTS_PER_LAYOUT, replace=False)
         sizes = [_make_entity(OBJECT_KINDS[k]) for k in kinds]
@@ -276,20 +298,16 @@ class ObjectScene(MiniWorldScene):
         clearance = ndimage.distance_transform_edt(fs.free) * fs.cell
         centres = fs.centre(np.arange(fs.num_nodes))  # (N, 2)
         open_floor = clearance[fs.node_row, fs.node_col]  # (N,)
-        far_from_start = np.hypot(*(centres - (start.x, start.z)).T) >= MIN_START_DISTANCE
+        far_from_start = np.hypot(*(centres - (start.x, start.z)).T) >= start_distance
         placed: list[PlacedObject] = []
         for kind, entity in zip(kinds, sizes, strict=True):
             reach = self.radius + entity.radius  # metres the robot's centre keeps from the object's
             ok = reachable & far_from_start & (open_floor >= reach + 2.0 * fs.cell)
             for other in placed:
-                ok &= np.hypot(*(centres - other.xz).T) >= MIN_SEPARATION
+                ok &= np.hypot(*(centres - other.xz).T) >= separation
             candidates = np.flatnonzero(ok)
             if len(candidates) == 0:
-                raise RuntimeError(
-                    f"{self!r} has no open floor for {OBJECTS_PER_LAYOUT} objects {MIN_SEPARATION} m apart and "
-                    f"{MIN_START_DISTANCE} m from the start; ObjectNav (and ImageNav with landmarks) needs a roomier "
-                    "scene (e.g. FourRooms, OneRoom)"
-                )
+                return None
             x, z = centres[int(rng.choice(candidates))]
             placed.append(PlacedObject(int(kind), float(x), float(z), float(entity.radius), float(entity.height)))
         return placed
@@ -411,7 +429,11 @@ class ObjectNavTask(NavigationTask):
         gap = np.maximum(np.maximum(self.min_goal_distance - distances, distances - self.max_goal_distance), 0.0)
         gap[~np.isfinite(distances)] = np.inf
         if not np.isfinite(gap).any():
-            raise RuntimeError(f"no object of {scene!r} can be reached from the start")
+            raise RuntimeError(
+                f"no object of {scene!r} can be reached from the start: no floor within success_distance "
+                f"{self.success_distance} m of an object is reachable by its robot of radius {scene.radius:.2f} m; "
+                "ObjectNav needs a roomier scene (e.g. FourRooms, OneRoom) or a larger success_distance"
+            )
         self.scene = scene
         self.target = int(rng.choice(np.flatnonzero(gap <= gap.min() + 1e-9)))
         self.zone = scene.view_zone(self.target, self.success_distance)
