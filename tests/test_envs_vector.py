@@ -225,6 +225,11 @@ def test_model_camera_is_reproducible_and_seed_dependent(make_vec, checkpoint):
     assert not np.array_equal(a, c)
 
 
+#: Ids whose batched (N = 3) frames are also compared: the camera's batching is shared code, so
+#: two ids cover it; every id's own wiring is compared bit for bit at N = 1.
+BATCHED_IDS = ("RTFM/ImageNav-v0", "RTFM/PointNav-v0")
+
+
 @pytest.mark.parametrize("env_id", RTFM_IDS)
 def test_model_camera_frames_match_the_single_env(make_vec, checkpoint, env_id):
     """Each env's generated frames are the single env's (bit for bit at N = 1, to batch arithmetic at N = 3)."""
@@ -232,6 +237,8 @@ def test_model_camera_frames_match_the_single_env(make_vec, checkpoint, env_id):
         _model_frames(make_vec, checkpoint, 1, 8, env_id=env_id),
         _model_frames(make_vec, checkpoint, 1, 8, mode="sync", env_id=env_id),
     )
+    if env_id not in BATCHED_IDS:
+        return
     native = _model_frames(make_vec, checkpoint, N, 8, env_id=env_id).astype(int)
     sync = _model_frames(make_vec, checkpoint, N, 8, mode="sync", env_id=env_id).astype(int)
     diff = np.abs(native - sync)

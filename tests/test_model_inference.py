@@ -126,12 +126,26 @@ def test_model_camera_options_record_gelu_and_compile():
         ModelCamera(cam.model, gelu="tanh")
 
 
-def test_envs_take_compile_model():
-    """compile_model=True reaches the model camera of an env and of a vector env (one shared, compiled model)."""
+def test_envs_take_compile_model(monkeypatch):
+    """compile_model=True reaches the model camera of an env and of a vector env (one shared, compiled model).
+
+    This tests the wiring: ``FrameModel.compile`` is replaced by a recorder, so no graph is
+    compiled here (a cold compile costs a minute or more on 2 cores); that compiled frames equal
+    eager ones is :func:`test_compiled_model_matches_eager`'s.
+    """
     import gymnasium as gym
 
     import rtfm_env  # noqa: F401 (registers the ids)
 
+    compiled = []
+
+    def record(model):  # as FrameModel.compile: a compiled model is returned as it is
+        if not model.compiled:
+            compiled.append(id(model))
+            model.compiled = True
+        return model
+
+    monkeypatch.setattr(sm.FrameModel, "compile", record)
     with pytest.raises(ValueError, match=r"\['compile_model'\] do not apply to camera='ground_truth'"):
         gym.make("RTFM/PointNav-v0", compile_model=True)
     envs = gym.make_vec("RTFM/PointNav-v0", num_envs=2, camera="model", compile_model=True, scene="OneRoom")
@@ -140,9 +154,17 @@ def test_envs_take_compile_model():
         obs, *_ = envs.step(np.array([1, 2]))
         models = {id(env.camera.model) for env in envs.envs}
         assert len(models) == 1 and envs.envs[0].camera.model.compiled
+        assert compiled == list(models)  # the shared model was compiled, once
+        assert all(env.camera.options["compile"] for env in envs.envs)
         assert obs["rgb"].shape == (2, 64, 64, 3)
     finally:
         envs.close()
+    single = gym.make("RTFM/PointNav-v0", camera="model", compile_model=True, scene="OneRoom")
+    try:
+        single.reset(seed=0)
+        assert single.unwrapped.camera.model.compiled and len(compiled) == 2
+    finally:
+        single.close()
 
 
 def test_default_precision_follows_the_hardware(monkeypatch):
