@@ -260,17 +260,17 @@ class ObjectScene(MiniWorldScene):
         env = self.miniworld_env
         env.entities = [e for e in env.entities if e is env.agent or e.is_static]
         self._refresh()
-        for i, (start_distance, separation) in enumerate(PLACEMENT_SPACINGS):
+        for start_distance, separation in PLACEMENT_SPACINGS:
             placed = self._place(np.random.default_rng([PLACEMENT_SALT, int(seed)]), start, start_distance,
                                  separation)
             if placed is not None:
                 break
-            if i == len(PLACEMENT_SPACINGS) - 1:
-                raise RuntimeError(
-                    f"{self!r} has no open floor for {OBJECTS_PER_LAYOUT} objects, even {separation} m apart and "
-                    f"{start_distance} m from the start, that a robot of radius {self.radius:.2f} m can walk around; "
-                    "ObjectNav (and ImageNav with landmarks) needs a roomier scene (e.g. FourRooms, OneRoom)"
-                )
+        else:
+            raise RuntimeError(
+                f"{self!r} has no open floor for {OBJECTS_PER_LAYOUT} objects, even {separation} m apart and "
+                f"{start_distance} m from the start, that a robot of radius {self.radius:.2f} m can walk around; "
+                "ObjectNav (and ImageNav with landmarks) needs a roomier scene (e.g. FourRooms, OneRoom)"
+            )
         for obj in placed:
             entity = _make_entity(OBJECT_KINDS[obj.kind])
             entity.pos, entity.dir = np.array([obj.x, 0.0, obj.z]), 0.0
