@@ -277,8 +277,13 @@ def transfer(
     the group's episodes, pooled). ``ratio[train]`` is the group's success under ``reference``
     divided by the ``reference``-trained group's success under ``reference`` (1 = as good as
     training on the real thing); ``ratio_interval[train]`` its percentile bootstrap interval over
-    episodes (the same episodes drawn for every policy). It does not cover the spread between
-    training seeds, which only more seeds per group measure.
+    episodes (the same episodes drawn for every policy), which does not cover the spread between
+    training seeds. ``ratio_interval_seeds[train]`` covers it: a two-level bootstrap that
+    resamples each group's policies (its training seeds) with replacement and then the episodes,
+    so a group's seeds that disagree widen it; it needs at least two policies in both groups
+    (NaN otherwise; a few seeds give a coarse interval). ``ratio_per_policy[train]`` pairs the
+    group's policies with the reference group's by position (seed i against seed i) when the
+    groups are the same size, else it is None.
     """
     index = {n: i for i, n in enumerate(names)}
     cells: dict[str, dict[str, dict[str, float]]] = {}
@@ -293,31 +298,52 @@ def transfer(
             se = float(success.std(ddof=1) / math.sqrt(len(success))) if len(success) > 1 else 0.0
             cells[train][test] = {"success": float(success.mean()), "success_se": se, "spl": float(spl.mean()),
                                   "policies": len(rows)}  # fmt: skip
-    ratio, interval = {}, {}
+    ratio, interval, seeds_interval, per_policy = {}, {}, {}, {}
     base = cells.get(reference, {}).get(reference, {}).get("success")
     ref_rows = results[reference]["rows"] if reference in results else None
     rng = np.random.default_rng(seed)
+    tail = 100 * (1 - confidence) / 2
 
-    def per_episode(members: list[str]) -> np.ndarray:  # (N,) the group's mean success per episode
-        return np.array([[float(c) for c in ref_rows[index[n]]["episode_success"]] for n in members]).mean(axis=0)
+    def episodes(members: list[str]) -> np.ndarray:  # (P, N) each policy's success per episode
+        return np.array([[float(c) for c in ref_rows[index[n]]["episode_success"]] for n in members])
+
+    def seed_draws(per_episode: np.ndarray, pick: np.ndarray) -> np.ndarray:  # (R,) mean over drawn seeds, episodes
+        return np.take_along_axis(per_episode[pick].mean(axis=1), draws, axis=1).mean(axis=1)
+
+    def percentiles(r: np.ndarray) -> list[float]:
+        r = r[np.isfinite(r)]
+        return [float(np.percentile(r, tail)), float(np.percentile(r, 100 - tail))] if len(r) else [math.nan] * 2
 
     draws = None
     if ref_rows is not None and reference in groups:
         n = len(ref_rows[0]["episode_success"])
         draws = rng.integers(0, n, size=(resamples, n))
-        base_draws = per_episode(groups[reference])[draws].mean(axis=1)
+        base_episodes = episodes(groups[reference])
+        base_draws = base_episodes.mean(axis=0)[draws].mean(axis=1)
+        # two levels: the reference group's seeds, then (below) each other group's, then the shared episodes
+        base_pick = rng.integers(0, len(base_episodes), size=(resamples, len(base_episodes)))
+        base_seed_draws = seed_draws(base_episodes, base_pick)
     for train in groups:
         own = cells[train].get(reference, {}).get("success")
         ratio[train] = own / base if base and own is not None else math.nan
-        interval[train] = [math.nan, math.nan]
-        if draws is not None:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                r = per_episode(groups[train])[draws].mean(axis=1) / base_draws
-            r = r[np.isfinite(r)]
-            if len(r):
-                tail = 100 * (1 - confidence) / 2
-                interval[train] = [float(np.percentile(r, tail)), float(np.percentile(r, 100 - tail))]
-    return {"groups": groups, "cells": cells, "ratio": ratio, "ratio_interval": interval, "reference": reference}
+        interval[train] = seeds_interval[train] = [math.nan, math.nan]
+        per_policy[train] = None
+        if draws is None:
+            continue
+        own_episodes = episodes(groups[train])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            interval[train] = percentiles(own_episodes.mean(axis=0)[draws].mean(axis=1) / base_draws)
+            if len(own_episodes) == len(base_episodes):
+                own_mean, base_mean = own_episodes.mean(axis=1), base_episodes.mean(axis=1)
+                per_policy[train] = [float(a / b) if b else math.nan for a, b in zip(own_mean, base_mean, strict=True)]
+            if len(own_episodes) >= 2 and len(base_episodes) >= 2:
+                if train == reference:  # the reference against itself: the same draws, ratio 1
+                    seeds_interval[train] = percentiles(base_seed_draws / base_seed_draws)
+                else:
+                    pick = rng.integers(0, len(own_episodes), size=(resamples, len(own_episodes)))
+                    seeds_interval[train] = percentiles(seed_draws(own_episodes, pick) / base_seed_draws)
+    return {"groups": groups, "cells": cells, "ratio": ratio, "ratio_interval": interval,
+            "ratio_interval_seeds": seeds_interval, "ratio_per_policy": per_policy, "reference": reference}
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -366,15 +392,21 @@ def study_table(result: dict[str, Any]) -> str:
         tests = [c for c in cams if c != BLIND]
         lines += ["", f"Transfer (train x test; mean success / SPL over each group's policies; ratio = success under "
                       f"{tr['reference']} / the {tr['reference']}-trained group's, with its "
-                      f"{round(100 * cfg['confidence'])}% bootstrap interval over episodes; the spread between "
-                      "training seeds is not in it):", "",
-                  "| trained with | " + " | ".join(f"test: {c}" for c in tests) + f" | ratio on {tr['reference']} |",
-                  "|---|" + "---:|" * (len(tests) + 1)]  # fmt: skip
+                      f"{round(100 * cfg['confidence'])}% bootstrap interval over episodes, then over training seeds "
+                      "and episodes (each group's policies resampled too: the seed spread is in it; needs two or more "
+                      "policies per group), and per policy paired by position (seed i against seed i)):", "",
+                  "| trained with | " + " | ".join(f"test: {c}" for c in tests)
+                  + f" | ratio on {tr['reference']} [episodes] | [seeds and episodes] | per policy |",
+                  "|---|" + "---:|" * (len(tests) + 3)]  # fmt: skip
         for train, row in tr["cells"].items():
             cells = [f"{row[c]['success']:.2f} ± {row[c]['success_se']:.2f} / {row[c]['spl']:.2f}" for c in tests]
             low, high = tr.get("ratio_interval", {}).get(train, [math.nan, math.nan])
+            s_low, s_high = tr.get("ratio_interval_seeds", {}).get(train, [math.nan, math.nan])
+            per = tr.get("ratio_per_policy", {}).get(train)
+            per_text = ", ".join(_fmt(v) for v in per) if per else "-"
             lines.append(f"| {train} ({', '.join(tr['groups'][train])}) | " + " | ".join(cells)
-                         + f" | {_fmt(tr['ratio'][train])} [{_fmt(low)}, {_fmt(high)}] |")  # fmt: skip
+                         + f" | {_fmt(tr['ratio'][train])} [{_fmt(low)}, {_fmt(high)}]"
+                         + f" | [{_fmt(s_low)}, {_fmt(s_high)}] | {per_text} |")  # fmt: skip
     blind = result["blind_check"]
     if blind is not None:
         verdict = "holds" if blind["needs_eyes"] else "FAILS"

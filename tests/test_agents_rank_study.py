@@ -167,3 +167,28 @@ def test_transfer_ratio_has_a_bootstrap_interval():
     # no reference-trained group: no ratio, no interval
     none = rank_study.transfer(results, ["a", "b", "c"], {"model": ["c"]}, "ground_truth")
     assert all(map(lambda x: x != x, none["ratio_interval"]["model"]))
+
+
+def test_transfer_interval_over_seeds_widens_when_seeds_disagree():
+    """Resampling each group's policies (its seeds) puts the seed spread in the interval; pairs are by position."""
+    def row(wins, n=400):
+        return {"episode_success": "".join("1" if i % 100 < wins else "0" for i in range(n)), "episode_spl": [0.0] * n}
+
+    names = ["g0", "g1", "g2", "m0", "m1", "m2", "c0", "c1", "c2"]
+    # the same pooled success (0.30) in both simulated groups: m's seeds agree, c's do not
+    results = {"ground_truth": {"rows": [row(30), row(30), row(30), row(30), row(30), row(30),
+                                         row(5), row(30), row(55)]}}  # fmt: skip
+    groups = {"ground_truth": ["g0", "g1", "g2"], "model": ["m0", "m1", "m2"], "other": ["c0", "c1", "c2"]}
+    tr = rank_study.transfer(results, names, groups, "ground_truth", resamples=400, seed=1)
+    assert tr["ratio"]["model"] == pytest.approx(1.0) and tr["ratio"]["other"] == pytest.approx(1.0)
+    width = {g: tr["ratio_interval_seeds"][g][1] - tr["ratio_interval_seeds"][g][0] for g in ("model", "other")}
+    assert width["other"] > 2 * width["model"]  # the disagreeing seeds widen it
+    episodes_only = tr["ratio_interval"]["other"]
+    assert tr["ratio_interval_seeds"]["other"][1] - tr["ratio_interval_seeds"]["other"][0] > \
+        episodes_only[1] - episodes_only[0]  # fmt: skip
+    assert tr["ratio_interval_seeds"]["ground_truth"] == [1.0, 1.0]
+    assert tr["ratio_per_policy"]["other"] == pytest.approx([5 / 30, 1.0, 55 / 30])
+    # one policy in a group: no seed interval; unequal sizes: no pairing
+    one = rank_study.transfer(results, names, {"ground_truth": ["g0", "g1"], "model": ["m0"]}, "ground_truth")
+    assert all(map(lambda x: x != x, one["ratio_interval_seeds"]["model"])) and one["ratio_per_policy"]["model"] is None
+    assert one["ratio_per_policy"]["ground_truth"] == [1.0, 1.0]
