@@ -420,7 +420,12 @@ def study_table(result: dict[str, Any]) -> str:
 
 
 def plot_scatter(result: dict[str, Any], path: Path) -> None:
-    """Per-policy success, reference (x) against each other camera (y), with y = x."""
+    """Per-policy success, reference (x) against each other camera (y), with y = x.
+
+    Policies of a transfer group are coloured by the camera they were trained with. When every
+    success is below 0.6 the axes stop just above the largest one, so policies of close skill
+    stay apart (the y = x line is drawn either way).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -428,20 +433,31 @@ def plot_scatter(result: dict[str, Any], path: Path) -> None:
 
     ref = result["config"]["reference"]
     others = [c for c in result["cameras"] if c != ref]
-    fig, axes = plt.subplots(1, len(others), figsize=(3.2 * len(others), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(others), figsize=(3.6 * len(others), 3.6), squeeze=False)
     x = [r["success"] for r in result["results"][ref]["rows"]]
+    groups = (result.get("transfer") or {}).get("groups", {})
+    trained = {name: train for train, members in groups.items() for name in members}
+    colours = {train: f"C{i}" for i, train in enumerate(groups)}
+    top = max([*x, *(r["success"] for c in others for r in result["results"][c]["rows"])])
+    high = 1.03 if top > 0.6 else 1.15 * top + 0.03
     for ax, cam in zip(axes[0], others, strict=True):
         y = [r["success"] for r in result["results"][cam]["rows"]]
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
-        ax.scatter(x, y, s=18)
+        c = [colours.get(trained.get(n), "0.3") for n in result["policies"]]
+        ax.scatter(x, y, s=18, c=c)
         for name, xi, yi in zip(result["policies"], x, y, strict=True):
             ax.annotate(name, (xi, yi), fontsize=5, xytext=(2, 2), textcoords="offset points")
+        for train, colour in colours.items():
+            ax.scatter([], [], s=18, c=colour, label=f"trained with {train}")
+        if colours:
+            ax.legend(fontsize=5, loc="upper left")
         r = result["agreement"][cam]["success"]["pearson"]["value"]
         ax.set_title(f"{cam} (r = {_fmt(r)})", fontsize=8)
         ax.set_xlabel(f"success, {ref}", fontsize=7)
         ax.set_ylabel(f"success, {cam}", fontsize=7)
-        ax.set_xlim(-0.03, 1.03)
-        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlim(-0.03, high)
+        ax.set_ylim(-0.03, high)
+        ax.set_aspect("equal")
         ax.tick_params(labelsize=6)
     fig.suptitle(f"{result['config']['task']}: per-policy success", fontsize=9)
     save_figure(fig, path)
