@@ -4,7 +4,8 @@ Each run's training log (``log.csv``): the success of the episodes it collected,
 (``agents/train_bc.py``) or by timestep (``agents/train_ppo.py``), one panel per x axis. Last, with ``--rank``:
 the same runs' checkpoints as the ranking study measured them (``agents/rank_study.py``'s
 ``rank.json``: 100 fixed episodes per checkpoint, ground truth), matched by policy name
-``<run>_r<round>``.
+``<run>_r<round>`` (DAgger rounds) and, in a panel of their own, ``<run>_<N>k`` (PPO checkpoints
+at N thousand timesteps).
 
 Example::
 
@@ -37,9 +38,15 @@ def read_log(path: Path) -> tuple[str, list[float], list[float]]:
     raise ValueError(f"{path} is neither a train_bc nor a train_ppo log (no 'round' or 'timesteps' column)")
 
 
-def evaluated(rank: dict[str, Any], run: str, reference: str) -> tuple[list[int], list[float], list[float]]:
-    """(rounds, success, standard error) of ``<run>_r<round>`` policies under ``reference`` in a rank.json."""
-    pattern = re.compile(re.escape(run) + r"_r(\d+)$")
+def evaluated(
+    rank: dict[str, Any], run: str, reference: str, suffix: str = r"_r(\d+)"
+) -> tuple[list[int], list[float], list[float]]:
+    r"""(rounds, success, standard error) of ``<run>_r<round>`` policies under ``reference`` in a rank.json.
+
+    ``suffix`` is the pattern after the run's name whose group is the x value: ``_(\d+)k`` reads
+    PPO checkpoints named by thousands of timesteps.
+    """
+    pattern = re.compile(re.escape(run) + suffix + "$")
     rows = rank["results"][reference]["rows"]
     pts = sorted((int(m.group(1)), r["success"], r["success_se"]) for r in rows if (m := pattern.match(r["name"])))
     return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
@@ -55,7 +62,14 @@ def plot(runs: dict[str, Path], rank_path: Path | None, out: Path) -> None:
     rank = json.loads(rank_path.read_text(encoding="utf-8")) if rank_path is not None else None
     logs = {name: read_log(directory / "log.csv") for name, directory in runs.items()}
     kinds = sorted({label for label, _, _ in logs.values()})  # one panel per x axis: rounds, timesteps
-    panels = len(kinds) + (rank is not None)
+    # the ranking study's checkpoints: DAgger rounds, and PPO timesteps when any run has them
+    checkpoint_panels = []
+    if rank is not None:
+        ref = rank["config"]["reference"]
+        checkpoint_panels.append((r"_r(\d+)", "DAgger round of the checkpoint", 1))
+        if any(evaluated(rank, name, ref, r"_(\d+)k")[0] for name in runs):
+            checkpoint_panels.append((r"_(\d+)k", "PPO timesteps of the checkpoint", 1000))
+    panels = len(kinds) + len(checkpoint_panels)
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=False):
         for name, (label, x, y) in logs.items():
@@ -65,14 +79,12 @@ def plot(runs: dict[str, Path], rank_path: Path | None, out: Path) -> None:
         ax.set_ylabel("success of the collected episodes", fontsize=8)
         ax.set_title("training log", fontsize=9)
         ax.legend(fontsize=6)
-    if rank is not None:
-        ref = rank["config"]["reference"]
-        ax = axes[0][-1]
+    for ax, (suffix, xlabel, scale) in zip(axes[0][len(kinds) :], checkpoint_panels, strict=True):
         for name in runs:
-            rounds, success, se = evaluated(rank, name, ref)
-            if rounds:
-                ax.errorbar(rounds, success, yerr=se, marker="o", ms=3, capsize=2, label=name)
-        ax.set_xlabel("DAgger round of the checkpoint", fontsize=8)
+            steps, success, se = evaluated(rank, name, ref, suffix)
+            if steps:
+                ax.errorbar([x * scale for x in steps], success, yerr=se, marker="o", ms=3, capsize=2, label=name)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(f"success, {ref} ({rank['config']['episodes']} episodes)", fontsize=8)
         ax.set_title("checkpoints in the ranking study", fontsize=9)
         ax.legend(fontsize=6)

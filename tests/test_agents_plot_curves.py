@@ -22,6 +22,9 @@ def test_logs_ranks_and_png(tmp_path):
     rows = [{"name": n, "success": s, "success_se": 0.1} for n, s in (("bc_r1", 0.4), ("bc_r0", 0.2), ("x", 1.0))]
     rank = {"config": {"reference": "ground_truth", "episodes": 10}, "results": {"ground_truth": {"rows": rows}}}
     assert plot_curves.evaluated(rank, "bc", "ground_truth") == ([0, 1], [0.2, 0.4], [0.1, 0.1])
+    rows += [{"name": n, "success": s, "success_se": 0.1} for n, s in (("ppo_33k", 0.3), ("ppo_16k", 0.1))]
+    assert plot_curves.evaluated(rank, "ppo", "ground_truth", r"_(\d+)k") == ([16, 33], [0.1, 0.3], [0.1, 0.1])
+    assert plot_curves.evaluated(rank, "ppo", "ground_truth") == ([], [], [])  # not DAgger rounds
     rank_path = _write(tmp_path / "rank.json", json.dumps(rank))
     argv = ["--runs", f"bc={bc}", f"ppo={ppo}", "--rank", str(rank_path), "--out", str(tmp_path / "c.png")]
     out = plot_curves.main(argv)
