@@ -45,7 +45,7 @@ import torch
 from agents.envs import EnvConfig, flag_type
 from agents.plot_curves import save_figure
 from agents.rank import BLIND, RANKED, RankConfig, _ranks, env_setup, evaluate_camera
-from agents.ranking import MEASURES, agreement
+from agents.ranking import MEASURES, agreement, percentile_interval
 from rtfm_env.data.shards import atomic_write_bytes
 from rtfm_env.provenance import machine_info
 
@@ -302,7 +302,6 @@ def transfer(
     base = cells.get(reference, {}).get(reference, {}).get("success")
     ref_rows = results[reference]["rows"] if reference in results else None
     rng = np.random.default_rng(seed)
-    tail = 100 * (1 - confidence) / 2
 
     def episodes(members: list[str]) -> np.ndarray:  # (P, N) each policy's success per episode
         return np.array([[float(c) for c in ref_rows[index[n]]["episode_success"]] for n in members])
@@ -311,8 +310,7 @@ def transfer(
         return np.take_along_axis(per_episode[pick].mean(axis=1), draws, axis=1).mean(axis=1)
 
     def percentiles(r: np.ndarray) -> list[float]:
-        r = r[np.isfinite(r)]
-        return [float(np.percentile(r, tail)), float(np.percentile(r, 100 - tail))] if len(r) else [math.nan] * 2
+        return list(percentile_interval(r, confidence))
 
     draws = None
     if ref_rows is not None and reference in groups:
@@ -326,7 +324,7 @@ def transfer(
     for train in groups:
         own = cells[train].get(reference, {}).get("success")
         ratio[train] = own / base if base and own is not None else math.nan
-        interval[train] = seeds_interval[train] = [math.nan, math.nan]
+        interval[train], seeds_interval[train] = [math.nan, math.nan], [math.nan, math.nan]
         per_policy[train] = None
         if draws is None:
             continue
@@ -437,20 +435,18 @@ def plot_scatter(result: dict[str, Any], path: Path) -> None:
     x = [r["success"] for r in result["results"][ref]["rows"]]
     groups = (result.get("transfer") or {}).get("groups", {})
     trained = {name: train for train, members in groups.items() for name in members}
-    colours = {train: f"C{i}" for i, train in enumerate(groups)}
+    colours = [f"C{list(groups).index(trained[n])}" if n in trained else "0.3" for n in result["policies"]]
     top = max([*x, *(r["success"] for c in others for r in result["results"][c]["rows"])])
     high = 1.03 if top > 0.6 else 1.15 * top + 0.03
     for ax, cam in zip(axes[0], others, strict=True):
         y = [r["success"] for r in result["results"][cam]["rows"]]
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
-        c = [colours.get(trained.get(n), "0.3") for n in result["policies"]]
-        ax.scatter(x, y, s=18, c=c)
+        ax.scatter(x, y, s=18, c=colours)
         for name, xi, yi in zip(result["policies"], x, y, strict=True):
             ax.annotate(name, (xi, yi), fontsize=5, xytext=(2, 2), textcoords="offset points")
-        for train, colour in colours.items():
-            ax.scatter([], [], s=18, c=colour, label=f"trained with {train}")
-        if colours:
-            ax.legend(fontsize=5, loc="upper left")
+        if groups:
+            handles = [plt.Line2D([], [], ls="", marker="o", ms=4, color=f"C{i}") for i in range(len(groups))]
+            ax.legend(handles, [f"trained with {t}" for t in groups], fontsize=5, loc="upper left")
         r = result["agreement"][cam]["success"]["pearson"]["value"]
         ax.set_title(f"{cam} (r = {_fmt(r)})", fontsize=8)
         ax.set_xlabel(f"success, {ref}", fontsize=7)

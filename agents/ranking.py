@@ -179,13 +179,19 @@ def bootstrap(
     c_means = c[:, idx].mean(axis=-1).T  # (B, P)
     r_means = r[:, idx].mean(axis=-1).T  # (B, P)
     values = np.asarray(fn(c_means, r_means))  # (B,)
+    low, high = percentile_interval(values, confidence)
+    return Estimate(value, low, high, float(confidence), int(resamples), int(np.isfinite(values).sum()))
+
+
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The central ``confidence`` percentile interval of the finite ``values`` (NaN, NaN when none is finite)."""
+    values = np.asarray(values, dtype=np.float64)
     finite = values[np.isfinite(values)]
+    if not len(finite):
+        return float("nan"), float("nan")
     alpha = 1.0 - float(confidence)
-    if len(finite):
-        low, high = (float(q) for q in np.quantile(finite, [alpha / 2.0, 1.0 - alpha / 2.0]))
-    else:
-        low = high = float("nan")
-    return Estimate(value, low, high, float(confidence), int(resamples), len(finite))
+    low, high = np.quantile(finite, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
 
 
 def agreement(
